@@ -1,0 +1,39 @@
+// Shared helpers, prepended to every kernel that reduces across a workgroup.
+// Workgroups that reduce are 256 invocations wide.
+
+var<workgroup> scratch: array<f32, 256>;
+
+// Sum of `v` over the 256 invocations; every invocation gets the result.
+fn workgroup_sum(v: f32, lid: u32) -> f32 {
+    scratch[lid] = v;
+    workgroupBarrier();
+    for (var s = 128u; s > 0u; s = s >> 1u) {
+        if (lid < s) {
+            scratch[lid] = scratch[lid] + scratch[lid + s];
+        }
+        workgroupBarrier();
+    }
+    let total = scratch[0];
+    workgroupBarrier();
+    return total;
+}
+
+// Maximum of `v` over the 256 invocations; every invocation gets the result.
+fn workgroup_max(v: f32, lid: u32) -> f32 {
+    scratch[lid] = v;
+    workgroupBarrier();
+    for (var s = 128u; s > 0u; s = s >> 1u) {
+        if (lid < s) {
+            scratch[lid] = max(scratch[lid], scratch[lid + s]);
+        }
+        workgroupBarrier();
+    }
+    let total = scratch[0];
+    workgroupBarrier();
+    return total;
+}
+
+// Linear workgroup id of a 2-D grid (grids split at 65535 groups per dimension).
+fn group_index(wid: vec3<u32>, nwg: vec3<u32>) -> u32 {
+    return wid.x + wid.y * nwg.x;
+}

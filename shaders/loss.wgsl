@@ -1,0 +1,98 @@
+// Mean cross-entropy over the rows of [rows, classes] logits with i32 targets.
+// Rows whose target is `ignore_index` (or negative) count for nothing.
+//   ce_rows:     per row: lse = logsumexp(logits), loss = lse - logits[target]
+//   ce_mean:     one workgroup: stats = [sum(loss) / count, count]
+//   ce_backward: dlogits = g * (softmax(logits) - onehot(target)) / count
+
+struct Params {
+    rows: u32,
+    classes: u32,
+    ignore_index: i32,
+}
+
+@group(0) @binding(0) var<uniform> p: Params;
+@group(0) @binding(1) var<storage, read> logits: array<f32>;
+@group(0) @binding(2) var<storage, read> targets: array<i32>;
+@group(0) @binding(3) var<storage, read_write> row_loss: array<f32>;
+@group(0) @binding(4) var<storage, read_write> lse: array<f32>;
+@group(0) @binding(5) var<storage, read_write> stats: array<f32>;
+@group(0) @binding(6) var<storage, read> grad_out: array<f32>;
+@group(0) @binding(7) var<storage, read_write> dlogits: array<f32>;
+
+fn is_counted(t: i32) -> bool {
+    return t != p.ignore_index && t >= 0;
+}
+
+@compute @workgroup_size(256)
+fn ce_rows(
+    @builtin(local_invocation_index) lid: u32,
+    @builtin(workgroup_id) wid: vec3<u32>,
+    @builtin(num_workgroups) nwg: vec3<u32>,
+) {
+    let row = group_index(wid, nwg);
+    if (row >= p.rows) {
+        return;
+    }
+    let base = row * p.classes;
+    var m = -3.4028235e38;
+    for (var j = lid; j < p.classes; j += 256u) {
+        m = max(m, logits[base + j]);
+    }
+    let row_max = workgroup_max(m, lid);
+    var s = 0.0;
+    for (var j = lid; j < p.classes; j += 256u) {
+        s = s + exp(logits[base + j] - row_max);
+    }
+    let l = row_max + log(workgroup_sum(s, lid));
+    if (lid == 0u) {
+        lse[row] = l;
+        let t = targets[row];
+        if (is_counted(t) && u32(t) < p.classes) {
+            row_loss[row] = l - logits[base + u32(t)];
+        } else {
+            row_loss[row] = 0.0;
+        }
+    }
+}
+
+@compute @workgroup_size(256)
+fn ce_mean(@builtin(local_invocation_index) lid: u32) {
+    var s = 0.0;
+    var n = 0.0;
+    for (var i = lid; i < p.rows; i += 256u) {
+        s = s + row_loss[i];
+        if (is_counted(targets[i])) {
+            n = n + 1.0;
+        }
+    }
+    let total = workgroup_sum(s, lid);
+    let count = workgroup_sum(n, lid);
+    if (lid == 0u) {
+        stats[0] = total / max(count, 1.0);
+        stats[1] = count;
+    }
+}
+
+@compute @workgroup_size(256)
+fn ce_backward(
+    @builtin(local_invocation_index) lid: u32,
+    @builtin(workgroup_id) wid: vec3<u32>,
+    @builtin(num_workgroups) nwg: vec3<u32>,
+) {
+    let i = group_index(wid, nwg) * 256u + lid;
+    if (i >= p.rows * p.classes) {
+        return;
+    }
+    let row = i / p.classes;
+    let t = targets[row];
+    if (!is_counted(t)) {
+        dlogits[i] = 0.0;
+        return;
+    }
+    var onehot = 0.0;
+    if (u32(t) == i % p.classes) {
+        onehot = 1.0;
+    }
+    let scale = grad_out[0] / max(stats[1], 1.0);
+    dlogits[i] = scale * (exp(logits[i] - lse[row]) - onehot);
+}

@@ -1,0 +1,33 @@
+// Row L2 norms of an [rows, cols] weight: out[i] = ||W_i||_2. For a Hugging
+// Face [out, in] weight this is the DoRA paper's column norm ||.||_c.
+// One 256-wide workgroup per row; W may be 16-bit (`load_w` unpacks it).
+
+struct Params {
+    rows: u32,
+    cols: u32,
+}
+
+@group(0) @binding(0) var<uniform> p: Params;
+@group(0) @binding(1) var<storage, read> w: array<WWord>;
+@group(0) @binding(2) var<storage, read_write> out: array<f32>;
+
+@compute @workgroup_size(256)
+fn row_norm(
+    @builtin(local_invocation_index) lid: u32,
+    @builtin(workgroup_id) wid: vec3<u32>,
+    @builtin(num_workgroups) nwg: vec3<u32>,
+) {
+    let row = group_index(wid, nwg);
+    if (row >= p.rows) {
+        return;
+    }
+    var s = 0.0;
+    for (var j = lid; j < p.cols; j += 256u) {
+        let v = load_w(row * p.cols + j);
+        s = fma(v, v, s);
+    }
+    let total = workgroup_sum(s, lid);
+    if (lid == 0u) {
+        out[row] = sqrt(total);
+    }
+}

@@ -1,0 +1,50 @@
+// Reductions of an [rows, cols] matrix, scaled by alpha:
+//   sum_rows: out[i] = alpha * sum_j x[i, j]   (one 256-wide workgroup per row)
+//   sum_cols: out[j] = alpha * sum_i x[i, j]   (one invocation per column)
+
+struct Params {
+    rows: u32,
+    cols: u32,
+    alpha: f32,
+}
+
+@group(0) @binding(0) var<uniform> p: Params;
+@group(0) @binding(1) var<storage, read> x: array<f32>;
+@group(0) @binding(2) var<storage, read_write> out: array<f32>;
+
+@compute @workgroup_size(256)
+fn sum_rows(
+    @builtin(local_invocation_index) lid: u32,
+    @builtin(workgroup_id) wid: vec3<u32>,
+    @builtin(num_workgroups) nwg: vec3<u32>,
+) {
+    let row = group_index(wid, nwg);
+    if (row >= p.rows) {
+        return;
+    }
+    var s = 0.0;
+    for (var j = lid; j < p.cols; j += 256u) {
+        s = s + x[row * p.cols + j];
+    }
+    let total = workgroup_sum(s, lid);
+    if (lid == 0u) {
+        out[row] = p.alpha * total;
+    }
+}
+
+@compute @workgroup_size(256)
+fn sum_cols(
+    @builtin(local_invocation_index) lid: u32,
+    @builtin(workgroup_id) wid: vec3<u32>,
+    @builtin(num_workgroups) nwg: vec3<u32>,
+) {
+    let col = group_index(wid, nwg) * 256u + lid;
+    if (col >= p.cols) {
+        return;
+    }
+    var s = 0.0;
+    for (var i = 0u; i < p.rows; i++) {
+        s = s + x[i * p.cols + col];
+    }
+    out[col] = p.alpha * s;
+}

@@ -1,0 +1,286 @@
+//! The GPU context: one wgpu device and queue, plus the per-context caches
+//! (pipelines, buffer pool, pending command batch). No global state: two
+//! contexts can live side by side, and a context can wrap an application's
+//! own device.
+
+use std::sync::{Arc, Mutex};
+
+use super::batch::Batch;
+use super::pipeline::PipelineCache;
+use super::pool::{BufferPool, MemoryStats};
+use crate::error::{Error, Result};
+
+/// Options for picking an adapter. `Default` honours wgpu's own environment
+/// variables: `WGPU_BACKEND` (vulkan, metal, dx12, gl) and `WGPU_ADAPTER_NAME`
+/// (a case-insensitive substring of the adapter's name).
+#[derive(Clone, Debug)]
+pub struct GpuOptions {
+    pub backends: wgpu::Backends,
+    pub adapter_name: Option<String>,
+    pub power_preference: wgpu::PowerPreference,
+}
+
+impl Default for GpuOptions {
+    fn default() -> Self {
+        GpuOptions {
+            backends: wgpu::Backends::all().with_env(),
+            adapter_name: std::env::var("WGPU_ADAPTER_NAME").ok(),
+            power_preference: wgpu::PowerPreference::HighPerformance,
+        }
+    }
+}
+
+/// What to tell a user who has no adapter at all.
+const NO_ADAPTER_HELP: &str = "install a GPU driver; on a machine without a GPU, \
+Mesa's software Vulkan driver works (Debian/Ubuntu: `apt-get install mesa-vulkan-drivers`, \
+or run scripts/install-mesa.sh), or try `WGPU_BACKEND=gl` with Mesa's llvmpipe";
+
+/// A handle to a GPU context. Cheap to clone; all clones share one device.
+#[derive(Clone)]
+pub struct Gpu {
+    pub(crate) inner: Arc<GpuInner>,
+}
+
+pub(crate) struct GpuInner {
+    pub device: wgpu::Device,
+    pub queue: wgpu::Queue,
+    pub info: wgpu::AdapterInfo,
+    pub limits: wgpu::Limits,
+    pub pipelines: PipelineCache,
+    pub pool: Mutex<BufferPool>,
+    pub batch: Mutex<Batch>,
+    /// The first uncaptured device error, reported at the next synchronisation.
+    pub device_error: Arc<Mutex<Option<String>>>,
+}
+
+impl Gpu {
+    /// Picks an adapter as [`GpuOptions::default`] does and opens a device on it.
+    pub fn new() -> Result<Gpu> {
+        Gpu::with_options(&GpuOptions::default())
+    }
+
+    /// Picks an adapter according to `options` and opens a device on it with the
+    /// adapter's own buffer-size limits (wgpu's defaults are too small for LLM weights).
+    pub fn with_options(options: &GpuOptions) -> Result<Gpu> {
+        let instance = wgpu::Instance::new(wgpu::InstanceDescriptor {
+            backends: options.backends,
+            ..wgpu::InstanceDescriptor::new_without_display_handle_from_env()
+        });
+        let adapter = pick_adapter(&instance, options)?;
+        let info = adapter.get_info();
+        // The adapter's own limits: wgpu's defaults (128 MiB bindings, 256 MiB
+        // buffers) are too small for the embedding and LM-head weights of real models.
+        let limits = adapter.limits();
+        let (device, queue) = pollster::block_on(adapter.request_device(&wgpu::DeviceDescriptor {
+            label: Some("dora-wgpu"),
+            required_features: wgpu::Features::empty(),
+            required_limits: limits,
+            experimental_features: wgpu::ExperimentalFeatures::disabled(),
+            memory_hints: wgpu::MemoryHints::Performance,
+            trace: wgpu::Trace::Off,
+        }))
+        .map_err(|e| Error::NoAdapter(format!("{} ({:?}): {e}", info.name, info.backend)))?;
+        let gpu = Gpu::from_device(device, queue, info)?;
+        // Our own device: route uncaptured errors to the next sync instead of panicking.
+        let slot = gpu.inner.device_error.clone();
+        gpu.inner
+            .device
+            .on_uncaptured_error(Arc::new(move |e: wgpu::Error| {
+                let mut slot = slot.lock().unwrap_or_else(|p| p.into_inner());
+                if slot.is_none() {
+                    // One line: wgpu's message spans several.
+                    let text = e.to_string();
+                    let parts: Vec<&str> = text
+                        .lines()
+                        .map(str::trim)
+                        .filter(|l| !l.is_empty())
+                        .collect();
+                    *slot = Some(parts.join("; "));
+                }
+            }));
+        Ok(gpu)
+    }
+
+    /// Wraps a device and queue the application already owns (e.g. a desktop
+    /// app's renderer) so training shares that device. `info` is the adapter's
+    /// info, used for reporting only. The device must allow storage buffers
+    /// in compute shaders (any WebGPU or downlevel-compute device does).
+    pub fn from_device(
+        device: wgpu::Device,
+        queue: wgpu::Queue,
+        info: wgpu::AdapterInfo,
+    ) -> Result<Gpu> {
+        let limits = device.limits();
+        if limits.max_storage_buffers_per_shader_stage < 5 {
+            return Err(Error::NoAdapter(format!(
+                "{} allows {} storage buffers per shader stage; dora-wgpu needs 5",
+                info.name, limits.max_storage_buffers_per_shader_stage
+            )));
+        }
+        let batch = Batch::new(&device, limits.min_uniform_buffer_offset_alignment);
+        Ok(Gpu {
+            inner: Arc::new(GpuInner {
+                device,
+                queue,
+                info,
+                limits,
+                pipelines: PipelineCache::default(),
+                pool: Mutex::new(BufferPool::default()),
+                batch: Mutex::new(batch),
+                device_error: Arc::new(Mutex::new(None)),
+            }),
+        })
+    }
+
+    /// The adapter's name, e.g. "llvmpipe (LLVM 19.1.7, 256 bits)".
+    pub fn adapter_name(&self) -> &str {
+        &self.inner.info.name
+    }
+
+    /// The backend in use: Vulkan, Metal, Dx12 or Gl.
+    pub fn backend(&self) -> wgpu::Backend {
+        self.inner.info.backend
+    }
+
+    /// Full adapter info as wgpu reports it.
+    pub fn adapter_info(&self) -> &wgpu::AdapterInfo {
+        &self.inner.info
+    }
+
+    /// The limits the device was opened with.
+    pub fn limits(&self) -> &wgpu::Limits {
+        &self.inner.limits
+    }
+
+    pub fn device(&self) -> &wgpu::Device {
+        &self.inner.device
+    }
+
+    pub fn queue(&self) -> &wgpu::Queue {
+        &self.inner.queue
+    }
+
+    /// Live and peak bytes of GPU buffers owned by this context.
+    pub fn memory_stats(&self) -> MemoryStats {
+        self.inner.pool.lock().unwrap().stats()
+    }
+
+    /// Starts a new peak measurement at the current live size.
+    pub fn reset_peak_memory(&self) {
+        self.inner.pool.lock().unwrap().reset_peak();
+    }
+
+    /// Frees pooled buffers that no tensor is using.
+    pub fn release_unused_memory(&self) {
+        self.inner.pool.lock().unwrap().release_free();
+    }
+
+    /// Number of compute pipelines compiled so far (each variant once).
+    pub fn pipelines_compiled(&self) -> usize {
+        self.inner.pipelines.len()
+    }
+
+    /// How many command buffers this context has submitted: work is batched,
+    /// so this grows once per flush, not once per op.
+    pub fn submit_count(&self) -> u64 {
+        self.inner.batch.lock().unwrap().submits
+    }
+
+    /// Submits all recorded work and waits until the GPU has finished it.
+    pub fn synchronize(&self) -> Result<()> {
+        self.flush();
+        self.wait()
+    }
+
+    /// Submits recorded work without waiting for it.
+    pub fn flush(&self) {
+        let mut batch = self.inner.batch.lock().unwrap();
+        batch.submit(&self.inner.queue);
+        // Buffers freed while that batch was recorded are now safe for host writes.
+        self.inner.pool.lock().unwrap().batch_submitted();
+    }
+
+    /// Waits for all submitted work and reports any device error raised meanwhile.
+    pub(crate) fn wait(&self) -> Result<()> {
+        self.inner
+            .device
+            .poll(wgpu::PollType::wait_indefinitely())
+            .map_err(|e| Error::Device(e.to_string()))?;
+        self.check_device_error()
+    }
+
+    pub(crate) fn check_device_error(&self) -> Result<()> {
+        let mut slot = self.inner.device_error.lock().unwrap();
+        match slot.take() {
+            Some(msg) => Err(Error::Device(msg)),
+            None => Ok(()),
+        }
+    }
+}
+
+impl std::fmt::Debug for Gpu {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Gpu({} / {:?})", self.adapter_name(), self.backend())
+    }
+}
+
+/// Lists every adapter wgpu can see on the given backends.
+pub fn list_adapters(backends: wgpu::Backends) -> Vec<wgpu::AdapterInfo> {
+    let instance = wgpu::Instance::new(wgpu::InstanceDescriptor {
+        backends,
+        ..wgpu::InstanceDescriptor::new_without_display_handle_from_env()
+    });
+    pollster::block_on(instance.enumerate_adapters(backends))
+        .iter()
+        .map(|a| a.get_info())
+        .collect()
+}
+
+fn pick_adapter(instance: &wgpu::Instance, options: &GpuOptions) -> Result<wgpu::Adapter> {
+    let adapters = pollster::block_on(instance.enumerate_adapters(options.backends));
+    let compute_capable = |a: &wgpu::Adapter| {
+        a.get_downlevel_capabilities()
+            .flags
+            .contains(wgpu::DownlevelFlags::COMPUTE_SHADERS)
+    };
+    if let Some(wanted) = &options.adapter_name {
+        let wanted_lc = wanted.to_lowercase();
+        let names: Vec<String> = adapters.iter().map(|a| a.get_info().name).collect();
+        return adapters
+            .into_iter()
+            .find(|a| a.get_info().name.to_lowercase().contains(&wanted_lc))
+            .ok_or_else(|| {
+                Error::NoAdapter(format!(
+                    "WGPU_ADAPTER_NAME={wanted:?} matches none of the adapters found: {names:?}"
+                ))
+            });
+    }
+    // Prefer what wgpu itself picks for the requested power preference, then
+    // any compute-capable adapter (discrete > integrated > others).
+    let preferred = pollster::block_on(instance.request_adapter(&wgpu::RequestAdapterOptions {
+        power_preference: options.power_preference,
+        ..Default::default()
+    }));
+    if let Ok(a) = preferred {
+        if compute_capable(&a) {
+            return Ok(a);
+        }
+    }
+    let rank = |a: &wgpu::Adapter| match a.get_info().device_type {
+        wgpu::DeviceType::DiscreteGpu => 0,
+        wgpu::DeviceType::IntegratedGpu => 1,
+        wgpu::DeviceType::VirtualGpu => 2,
+        wgpu::DeviceType::Cpu => 3,
+        wgpu::DeviceType::Other => 4,
+    };
+    adapters
+        .into_iter()
+        .filter(compute_capable)
+        .min_by_key(rank)
+        .ok_or_else(|| {
+            Error::NoAdapter(format!(
+                "none found on backends {:?}; {NO_ADAPTER_HELP}",
+                options.backends
+            ))
+        })
+}

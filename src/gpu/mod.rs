@@ -1,0 +1,239 @@
+//! wgpu plumbing only: the context, buffer pool, pipeline cache, command
+//! batching and readback. Nothing here knows about tensors' meaning.
+
+mod batch;
+mod context;
+mod pipeline;
+mod pool;
+
+pub use context::{list_adapters, Gpu, GpuOptions};
+pub use pool::MemoryStats;
+
+use crate::error::{Error, Result};
+use crate::shaders::Kernel;
+use batch::PARAM_BYTES;
+
+/// Largest workgroup count per dispatch dimension that every backend accepts.
+pub(crate) const MAX_GROUPS_PER_DIM: u32 = 65_535;
+
+/// A storage buffer owned by one tensor; it goes back to the pool on drop.
+pub(crate) struct GpuBuffer {
+    buffer: Option<wgpu::Buffer>,
+    gpu: Gpu,
+}
+
+impl GpuBuffer {
+    pub fn raw(&self) -> &wgpu::Buffer {
+        self.buffer.as_ref().expect("buffer present until drop")
+    }
+}
+
+impl Drop for GpuBuffer {
+    fn drop(&mut self) {
+        if let Some(b) = self.buffer.take() {
+            if let Ok(mut pool) = self.gpu.inner.pool.lock() {
+                pool.give_back(b);
+            }
+        }
+    }
+}
+
+/// Splits a 1-D count of workgroups into a 2-D grid within the per-dimension limit.
+/// Kernels rebuild the linear id as `wid.x + wid.y * nwg.x`.
+pub(crate) fn grid(workgroups: u32) -> [u32; 3] {
+    if workgroups <= MAX_GROUPS_PER_DIM {
+        [workgroups.max(1), 1, 1]
+    } else {
+        [
+            MAX_GROUPS_PER_DIM,
+            workgroups.div_ceil(MAX_GROUPS_PER_DIM),
+            1,
+        ]
+    }
+}
+
+impl Gpu {
+    /// A storage buffer of at least `bytes` bytes, from the pool when possible.
+    /// `host_write`: the caller will fill it with `queue.write_buffer`.
+    pub(crate) fn alloc(&self, bytes: u64, host_write: bool) -> Result<GpuBuffer> {
+        let class = pool::size_class(bytes);
+        if bytes > self.inner.limits.max_buffer_size
+            || bytes > self.inner.limits.max_storage_buffer_binding_size
+        {
+            return Err(Error::Device(format!(
+                "a buffer of {bytes} bytes exceeds {}'s limit of {} bytes per storage binding",
+                self.inner.info.name,
+                self.inner
+                    .limits
+                    .max_storage_buffer_binding_size
+                    .min(self.inner.limits.max_buffer_size)
+            )));
+        }
+        let pooled = self.inner.pool.lock().unwrap().take(class, host_write);
+        let buffer = match pooled {
+            Some(b) => b,
+            None => {
+                let class = class.min(self.inner.limits.max_buffer_size);
+                let b = self.inner.device.create_buffer(&wgpu::BufferDescriptor {
+                    label: None,
+                    size: class,
+                    usage: wgpu::BufferUsages::STORAGE
+                        | wgpu::BufferUsages::COPY_SRC
+                        | wgpu::BufferUsages::COPY_DST,
+                    mapped_at_creation: false,
+                });
+                self.inner.pool.lock().unwrap().created(b.size());
+                b
+            }
+        };
+        Ok(GpuBuffer {
+            buffer: Some(buffer),
+            gpu: self.clone(),
+        })
+    }
+
+    /// A buffer holding `data` (padded with zeros to a multiple of 4 bytes).
+    pub(crate) fn upload(&self, data: &[u8]) -> Result<GpuBuffer> {
+        let buf = self.alloc(data.len() as u64, true)?;
+        let whole = data.len() / 4 * 4;
+        if whole > 0 {
+            self.inner.queue.write_buffer(buf.raw(), 0, &data[..whole]);
+        }
+        if whole < data.len() {
+            let mut tail = [0u8; 4];
+            tail[..data.len() - whole].copy_from_slice(&data[whole..]);
+            self.inner
+                .queue
+                .write_buffer(buf.raw(), whole as u64, &tail);
+        }
+        Ok(buf)
+    }
+
+    /// A buffer of `bytes` zero bytes, cleared on the GPU.
+    pub(crate) fn zeros_buffer(&self, bytes: u64) -> Result<GpuBuffer> {
+        let buf = self.alloc(bytes, false)?;
+        let mut batch = self.inner.batch.lock().unwrap();
+        batch.encoder(&self.inner.device).clear_buffer(
+            buf.raw(),
+            0,
+            Some(bytes.next_multiple_of(4)),
+        );
+        Ok(buf)
+    }
+
+    /// Records a buffer-to-buffer copy into the batch.
+    pub(crate) fn copy(&self, src: &GpuBuffer, dst: &GpuBuffer, bytes: u64) {
+        let mut batch = self.inner.batch.lock().unwrap();
+        batch.encoder(&self.inner.device).copy_buffer_to_buffer(
+            src.raw(),
+            0,
+            dst.raw(),
+            0,
+            bytes.next_multiple_of(4),
+        );
+    }
+
+    /// Records one compute dispatch. `params` is the kernel's uniform struct;
+    /// `buffers` bind at 1.. in the order of `kernel.bindings()`.
+    pub(crate) fn dispatch(
+        &self,
+        kernel: &Kernel,
+        params: &[u8],
+        buffers: &[&GpuBuffer],
+        workgroups: [u32; 3],
+    ) -> Result<()> {
+        debug_assert_eq!(buffers.len(), kernel.bindings().len(), "{}", kernel.label());
+        if params.len() as u64 > PARAM_BYTES {
+            return Err(Error::InvalidArgument(format!(
+                "{}: parameter struct of {} bytes",
+                kernel.label(),
+                params.len()
+            )));
+        }
+        if workgroups.iter().any(|&g| g > MAX_GROUPS_PER_DIM) {
+            return Err(Error::InvalidArgument(format!(
+                "{}: {workgroups:?} workgroups exceed {MAX_GROUPS_PER_DIM} per dimension",
+                kernel.label()
+            )));
+        }
+        let pipeline = self.inner.pipelines.get(&self.inner.device, kernel);
+        let mut batch = self.inner.batch.lock().unwrap();
+        if batch.is_full() {
+            batch.submit(&self.inner.queue);
+            self.inner.pool.lock().unwrap().batch_submitted();
+        }
+        let offset = batch.push_params(params);
+        let mut entries = vec![wgpu::BindGroupEntry {
+            binding: 0,
+            resource: wgpu::BindingResource::Buffer(wgpu::BufferBinding {
+                buffer: &batch.params_buffer,
+                offset: 0,
+                size: wgpu::BufferSize::new(PARAM_BYTES),
+            }),
+        }];
+        for (&(binding, _), b) in kernel.bindings().iter().zip(buffers) {
+            entries.push(wgpu::BindGroupEntry {
+                binding,
+                resource: b.raw().as_entire_binding(),
+            });
+        }
+        let bind_group = self
+            .inner
+            .device
+            .create_bind_group(&wgpu::BindGroupDescriptor {
+                label: None,
+                layout: &pipeline.layout,
+                entries: &entries,
+            });
+        if workgroups.contains(&0) {
+            return Ok(()); // empty tensor: nothing to run
+        }
+        let encoder = batch.encoder(&self.inner.device);
+        let mut pass = encoder.begin_compute_pass(&wgpu::ComputePassDescriptor {
+            label: None,
+            timestamp_writes: None,
+        });
+        pass.set_pipeline(&pipeline.pipeline);
+        pass.set_bind_group(0, &bind_group, &[offset]);
+        pass.dispatch_workgroups(workgroups[0], workgroups[1], workgroups[2]);
+        Ok(())
+    }
+
+    /// Copies the first `bytes` bytes of a buffer to the host. Submits the batch
+    /// and waits: the only place the host waits on the GPU.
+    pub(crate) fn read(&self, src: &GpuBuffer, bytes: u64) -> Result<Vec<u8>> {
+        let padded = bytes.next_multiple_of(4).max(4);
+        let staging = self.inner.device.create_buffer(&wgpu::BufferDescriptor {
+            label: Some("readback"),
+            size: padded,
+            usage: wgpu::BufferUsages::MAP_READ | wgpu::BufferUsages::COPY_DST,
+            mapped_at_creation: false,
+        });
+        {
+            let mut batch = self.inner.batch.lock().unwrap();
+            batch.encoder(&self.inner.device).copy_buffer_to_buffer(
+                src.raw(),
+                0,
+                &staging,
+                0,
+                padded,
+            );
+        }
+        self.flush();
+        let (tx, rx) = std::sync::mpsc::channel();
+        staging.map_async(wgpu::MapMode::Read, .., move |r| {
+            let _ = tx.send(r);
+        });
+        self.wait()?;
+        rx.recv()
+            .map_err(|_| Error::Device("readback never completed".into()))?
+            .map_err(|e| Error::Device(format!("readback failed: {e}")))?;
+        let view = staging
+            .get_mapped_range(..)
+            .map_err(|e| Error::Device(format!("readback failed: {e:?}")))?;
+        let out = view[..bytes as usize].to_vec();
+        drop(view);
+        staging.unmap();
+        Ok(out)
+    }
+}

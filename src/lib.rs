@@ -1,0 +1,30 @@
+//! dora-wgpu: DoRA (weight-decomposed low-rank adaptation) fine-tuning on any
+//! GPU through wgpu. WGSL kernels do the math, a small autograd tape runs the
+//! backward passes, AdamW updates on the GPU.
+//!
+//! ```no_run
+//! use dora_wgpu::{ops, Gpu, Tensor};
+//! let gpu = Gpu::new()?;
+//! let x = Tensor::from_f32(&gpu, &[1.0, 2.0, 3.0, 4.0], &[2, 2])?;
+//! let w = Tensor::param(&gpu, &[0.5, -1.0, 0.25, 2.0], &[2, 2])?;
+//! let loss = ops::mean_all(&ops::square(&ops::matmul(&x, &w)?)?)?;
+//! loss.backward()?;
+//! println!("loss {} grad {:?}", loss.item()?, w.grad().unwrap().to_vec_f32()?);
+//! # Ok::<(), dora_wgpu::Error>(())
+//! ```
+
+pub mod autograd;
+mod error;
+pub mod gpu;
+pub mod nn;
+pub mod ops;
+pub mod optim;
+pub mod shaders;
+mod tensor;
+
+pub use autograd::{is_grad_enabled, no_grad, NoGradGuard};
+pub use error::{Error, Result};
+pub use gpu::{list_adapters, Gpu, GpuOptions, MemoryStats};
+pub use tensor::{DType, Tensor};
+/// The wgpu this crate is built on, for applications that share their device.
+pub use wgpu;

@@ -1,0 +1,304 @@
+//! Elementwise ops (unary and binary with broadcasting), gradient accumulation,
+//! copies and dtype widening; their backward rules sit beside each.
+
+use super::reduce::{sum_cols_raw, sum_rows_raw};
+use super::{groups_for_elements, launch, rows_cols};
+use crate::autograd::record;
+use crate::error::{shape_err, Result};
+use crate::shaders::{BinaryOp, Broadcast, Kernel, UnaryOp};
+use crate::tensor::{DType, Tensor};
+
+#[repr(C)]
+#[derive(Clone, Copy, bytemuck::Pod, bytemuck::Zeroable)]
+struct Params {
+    n: u32,
+    cols: u32,
+    alpha: f32,
+    beta: f32,
+}
+
+fn unary_raw(x: &Tensor, op: UnaryOp, alpha: f32) -> Result<Tensor> {
+    x.expect_f32("elementwise op", "input")?;
+    let out = Tensor::empty(x.gpu(), x.shape(), DType::F32)?;
+    let n = x.numel();
+    let params = Params {
+        n: n as u32,
+        cols: x.last_dim() as u32,
+        alpha,
+        beta: 0.0,
+    };
+    launch(
+        Kernel::Unary(op),
+        &params,
+        &[x, &out],
+        groups_for_elements(n),
+    )?;
+    Ok(out)
+}
+
+/// How `b` broadcasts against `a`, or an error naming both shapes.
+fn broadcast_kind(a: &Tensor, b: &Tensor, op: &str) -> Result<Broadcast> {
+    let (sa, sb) = (a.shape(), b.shape());
+    if sa == sb {
+        return Ok(Broadcast::None);
+    }
+    if !sa.is_empty() && sb == [sa[sa.len() - 1]] {
+        return Ok(Broadcast::Row);
+    }
+    if !sa.is_empty()
+        && sb.len() == sa.len()
+        && sb[..sb.len() - 1] == sa[..sa.len() - 1]
+        && sb[sb.len() - 1] == 1
+    {
+        return Ok(Broadcast::PerRow);
+    }
+    shape_err!(
+        "{op}: cannot broadcast {sb:?} against {sa:?} (same shape, the last dimension, or one value per row)"
+    )
+}
+
+pub(crate) fn binary_raw(a: &Tensor, b: &Tensor, op: BinaryOp, bc: Broadcast) -> Result<Tensor> {
+    let out = Tensor::empty(a.gpu(), a.shape(), DType::F32)?;
+    let n = a.numel();
+    let params = Params {
+        n: n as u32,
+        cols: a.last_dim() as u32,
+        alpha: 1.0,
+        beta: 0.0,
+    };
+    launch(
+        Kernel::Binary(op, bc),
+        &params,
+        &[a, b, &out],
+        groups_for_elements(n),
+    )?;
+    Ok(out)
+}
+
+/// Expands `b` (broadcast as `bc`) to `shape`.
+pub(crate) fn expand(b: &Tensor, shape: &[usize], bc: Broadcast) -> Result<Tensor> {
+    let out = Tensor::empty(b.gpu(), shape, DType::F32)?;
+    let n = out.numel();
+    let cols = match bc {
+        // One value per row of `shape`, or (for a scalar) one value in all.
+        Broadcast::PerRow if b.numel() == 1 => n.max(1),
+        _ => shape.last().copied().unwrap_or(1),
+    };
+    let params = Params {
+        n: n as u32,
+        cols: cols as u32,
+        alpha: 1.0,
+        beta: 0.0,
+    };
+    launch(
+        Kernel::Binary(BinaryOp::Right, bc),
+        &params,
+        &[b, b, &out],
+        groups_for_elements(n),
+    )?;
+    Ok(out)
+}
+
+/// Sums a full-shape gradient down to the shape of a broadcast operand.
+fn reduce_to(g: &Tensor, bc: Broadcast, b: &Tensor) -> Result<Tensor> {
+    let r = match bc {
+        Broadcast::None => return Ok(g.clone()),
+        Broadcast::Row => sum_cols_raw(g, 1.0)?,
+        Broadcast::PerRow => sum_rows_raw(g, 1.0)?,
+    };
+    super::reshape(&r, b.shape())
+}
+
+fn binary(a: &Tensor, b: &Tensor, op: BinaryOp, name: &'static str) -> Result<Tensor> {
+    a.expect_f32(name, "first operand")?;
+    b.expect_f32(name, "second operand")?;
+    a.expect_same_gpu(b, name)?;
+    let bc = broadcast_kind(a, b, name)?;
+    let out = binary_raw(a, b, op, bc)?;
+    let (sa, sb, so) = (a.clone(), b.clone(), out.clone());
+    Ok(record(out, name, &[a, b], move |g, needs| {
+        let (ga, gb) = match op {
+            BinaryOp::Add => (g.clone(), g.clone()),
+            BinaryOp::Sub => (g.clone(), unary_raw(g, UnaryOp::Scale, -1.0)?),
+            BinaryOp::Mul => (
+                if needs[0] {
+                    binary_raw(g, &sb, BinaryOp::Mul, bc)?
+                } else {
+                    g.clone()
+                },
+                if needs[1] {
+                    binary_raw(g, &sa, BinaryOp::Mul, Broadcast::None)?
+                } else {
+                    g.clone()
+                },
+            ),
+            BinaryOp::Div => {
+                let ga = binary_raw(g, &sb, BinaryOp::Div, bc)?;
+                // d(a/b)/db = -(a/b)/b: reduce g*out first, then divide by b (constant along the reduced axis).
+                let gb = if needs[1] {
+                    let t = reduce_to(
+                        &binary_raw(g, &so, BinaryOp::Mul, Broadcast::None)?,
+                        bc,
+                        &sb,
+                    )?;
+                    unary_raw(
+                        &binary_raw(&t, &sb, BinaryOp::Div, Broadcast::None)?,
+                        UnaryOp::Scale,
+                        -1.0,
+                    )?
+                } else {
+                    g.clone()
+                };
+                return Ok(vec![needs[0].then_some(ga), needs[1].then_some(gb)]);
+            }
+            BinaryOp::SiluBackward | BinaryOp::Right => {
+                unreachable!("not a differentiable public op")
+            }
+        };
+        let gb = if needs[1] {
+            Some(reduce_to(&gb, bc, &sb)?)
+        } else {
+            None
+        };
+        Ok(vec![needs[0].then_some(ga), gb])
+    }))
+}
+
+/// a + b; `b` may have `a`'s shape, its last dimension (a bias) or one value per row.
+pub fn add(a: &Tensor, b: &Tensor) -> Result<Tensor> {
+    binary(a, b, BinaryOp::Add, "add")
+}
+
+/// a - b, broadcasting as [`add`].
+pub fn sub(a: &Tensor, b: &Tensor) -> Result<Tensor> {
+    binary(a, b, BinaryOp::Sub, "sub")
+}
+
+/// a * b, broadcasting as [`add`].
+pub fn mul(a: &Tensor, b: &Tensor) -> Result<Tensor> {
+    binary(a, b, BinaryOp::Mul, "mul")
+}
+
+/// a / b, broadcasting as [`add`].
+pub fn div(a: &Tensor, b: &Tensor) -> Result<Tensor> {
+    binary(a, b, BinaryOp::Div, "div")
+}
+
+/// s * x.
+pub fn scale(x: &Tensor, s: f32) -> Result<Tensor> {
+    let out = unary_raw(x, UnaryOp::Scale, s)?;
+    Ok(record(out, "scale", &[x], move |g, _| {
+        Ok(vec![Some(unary_raw(g, UnaryOp::Scale, s)?)])
+    }))
+}
+
+/// x * sigmoid(x).
+pub fn silu(x: &Tensor) -> Result<Tensor> {
+    let out = unary_raw(x, UnaryOp::Silu, 1.0)?;
+    let saved = x.clone();
+    Ok(record(out, "silu", &[x], move |g, _| {
+        Ok(vec![Some(binary_raw(
+            g,
+            &saved,
+            BinaryOp::SiluBackward,
+            Broadcast::None,
+        )?)])
+    }))
+}
+
+/// x².
+pub fn square(x: &Tensor) -> Result<Tensor> {
+    let out = unary_raw(x, UnaryOp::Square, 1.0)?;
+    let saved = x.clone();
+    Ok(record(out, "square", &[x], move |g, _| {
+        let gx = binary_raw(g, &saved, BinaryOp::Mul, Broadcast::None)?;
+        Ok(vec![Some(unary_raw(&gx, UnaryOp::Scale, 2.0)?)])
+    }))
+}
+
+/// √x.
+pub fn sqrt(x: &Tensor) -> Result<Tensor> {
+    let out = unary_raw(x, UnaryOp::Sqrt, 1.0)?;
+    let saved = out.clone();
+    Ok(record(out, "sqrt", &[x], move |g, _| {
+        let gx = binary_raw(g, &saved, BinaryOp::Div, Broadcast::None)?;
+        Ok(vec![Some(unary_raw(&gx, UnaryOp::Scale, 0.5)?)])
+    }))
+}
+
+/// eˣ.
+pub fn exp(x: &Tensor) -> Result<Tensor> {
+    let out = unary_raw(x, UnaryOp::Exp, 1.0)?;
+    let saved = out.clone();
+    Ok(record(out, "exp", &[x], move |g, _| {
+        Ok(vec![Some(binary_raw(
+            g,
+            &saved,
+            BinaryOp::Mul,
+            Broadcast::None,
+        )?)])
+    }))
+}
+
+/// acc += alpha * x, in place. Not recorded: for gradient and state buffers.
+pub fn add_assign(acc: &Tensor, x: &Tensor, alpha: f32) -> Result<()> {
+    acc.expect_f32("add_assign", "accumulator")?;
+    x.expect_f32("add_assign", "addend")?;
+    acc.expect_same_gpu(x, "add_assign")?;
+    if acc.shape() != x.shape() {
+        shape_err!(
+            "add_assign: accumulator {:?} and addend {:?} differ",
+            acc.shape(),
+            x.shape()
+        );
+    }
+    let n = acc.numel();
+    let params = Params {
+        n: n as u32,
+        cols: 1,
+        alpha,
+        beta: 0.0,
+    };
+    launch(
+        Kernel::AddAssign,
+        &params,
+        &[x, acc],
+        groups_for_elements(n),
+    )
+}
+
+/// A copy of `x` in a buffer of its own (not recorded).
+pub fn copy(x: &Tensor) -> Result<Tensor> {
+    let out = Tensor::empty(x.gpu(), x.shape(), x.dtype())?;
+    x.gpu()
+        .copy(x.buf(), out.buf(), x.dtype().storage_bytes(x.numel()));
+    Ok(out)
+}
+
+/// `x` widened to f32 on the GPU (a copy when already f32). Not recorded.
+pub fn to_f32(x: &Tensor) -> Result<Tensor> {
+    match x.dtype() {
+        DType::F32 => copy(x),
+        DType::I32 => Err(crate::Error::InvalidArgument(
+            "to_f32: i32 tensors hold ids, not values".into(),
+        )),
+        dtype => {
+            let out = Tensor::empty(x.gpu(), x.shape(), DType::F32)?;
+            let n = x.numel();
+            let (_, cols) = rows_cols(x);
+            let params = Params {
+                n: n as u32,
+                cols: cols as u32,
+                alpha: 1.0,
+                beta: 0.0,
+            };
+            launch(
+                Kernel::Widen(dtype),
+                &params,
+                &[&out, x],
+                groups_for_elements(n),
+            )?;
+            Ok(out)
+        }
+    }
+}

@@ -1,0 +1,215 @@
+//! Matrix products C = op(A)·op(B), batched, with either operand transposed,
+//! and their backward rules. B may be a frozen 16-bit weight.
+
+use super::launch;
+use crate::autograd::record;
+use crate::error::{arg_err, shape_err, Result};
+use crate::shaders::Kernel;
+use crate::tensor::{DType, Tensor};
+
+/// Which operands are transposed: `NT` is `A·Bᵀ`, the layout of `x·Wᵀ` with a
+/// Hugging Face `[out, in]` weight.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Transpose {
+    NN,
+    NT,
+    TN,
+    TT,
+}
+
+impl Transpose {
+    fn flags(self) -> (bool, bool) {
+        match self {
+            Transpose::NN => (false, false),
+            Transpose::NT => (false, true),
+            Transpose::TN => (true, false),
+            Transpose::TT => (true, true),
+        }
+    }
+}
+
+#[repr(C)]
+#[derive(Clone, Copy, bytemuck::Pod, bytemuck::Zeroable)]
+struct Params {
+    m: u32,
+    n: u32,
+    k: u32,
+    stride_a: u32,
+    stride_b: u32,
+    stride_c: u32,
+    alpha: f32,
+    beta: f32,
+}
+
+/// The sizes of one product, after checking the operands fit.
+struct Plan {
+    batch: usize,
+    m: usize,
+    k: usize,
+    n: usize,
+    /// B is 2-D and shared by every batch (A's leading dims fold into M).
+    shared_b: bool,
+    out_shape: Vec<usize>,
+}
+
+fn plan(a: &Tensor, b: &Tensor, t: Transpose) -> Result<Plan> {
+    let (ta, tb) = t.flags();
+    let (sa, sb) = (a.shape(), b.shape());
+    if sa.len() < 2 || sb.len() < 2 || sb.len() > 3 {
+        shape_err!("matmul {t:?}: A {sa:?} and B {sb:?} must be matrices or batches of matrices");
+    }
+    let (a_rows, a_cols) = (sa[sa.len() - 2], sa[sa.len() - 1]);
+    let (b_rows, b_cols) = (sb[sb.len() - 2], sb[sb.len() - 1]);
+    let (m, ka) = if ta {
+        (a_cols, a_rows)
+    } else {
+        (a_rows, a_cols)
+    };
+    let (kb, n) = if tb {
+        (b_cols, b_rows)
+    } else {
+        (b_rows, b_cols)
+    };
+    if ka != kb {
+        shape_err!("matmul {t:?}: A {sa:?} and B {sb:?} have inner dimensions {ka} and {kb}");
+    }
+    let lead_a: usize = sa[..sa.len() - 2].iter().product();
+    if sb.len() == 2 {
+        if ta && sa.len() > 2 {
+            shape_err!("matmul {t:?}: a batched transposed A {sa:?} needs a batched B, got {sb:?}");
+        }
+        // Fold A's leading dims into M: one big product against the shared B.
+        let mut out_shape = sa[..sa.len() - 1].to_vec();
+        if ta {
+            out_shape = vec![m];
+        }
+        out_shape.push(n);
+        return Ok(Plan {
+            batch: 1,
+            m: m * lead_a,
+            k: ka,
+            n,
+            shared_b: true,
+            out_shape,
+        });
+    }
+    if sa.len() != 3 || sa[0] != sb[0] {
+        shape_err!("matmul {t:?}: batched A {sa:?} and B {sb:?} need the same leading batch size");
+    }
+    Ok(Plan {
+        batch: sa[0],
+        m,
+        k: ka,
+        n,
+        shared_b: false,
+        out_shape: vec![sa[0], m, n],
+    })
+}
+
+/// out = alpha·op(A)·op(B) + beta·out, recorded nowhere. `out` is created when None.
+pub(crate) fn matmul_raw(
+    a: &Tensor,
+    b: &Tensor,
+    t: Transpose,
+    alpha: f32,
+    beta: f32,
+    out: Option<&Tensor>,
+) -> Result<Tensor> {
+    a.expect_f32("matmul", "A")?;
+    if !b.dtype().is_float() {
+        arg_err!(
+            "matmul: B must be f32, bf16 or f16, got {}",
+            b.dtype().name()
+        );
+    }
+    a.expect_same_gpu(b, "matmul")?;
+    let p = plan(a, b, t)?;
+    let out = match out {
+        Some(o) if o.shape() == p.out_shape.as_slice() && o.dtype() == DType::F32 => o.clone(),
+        Some(o) => shape_err!(
+            "matmul {t:?}: output is {:?}, expected {:?}",
+            o.shape(),
+            p.out_shape
+        ),
+        None => Tensor::empty(a.gpu(), &p.out_shape, DType::F32)?,
+    };
+    let (ta, tb) = t.flags();
+    let params = Params {
+        m: p.m as u32,
+        n: p.n as u32,
+        k: p.k as u32,
+        stride_a: (p.m * p.k) as u32,
+        stride_b: if p.shared_b { 0 } else { (p.k * p.n) as u32 },
+        stride_c: (p.m * p.n) as u32,
+        alpha,
+        beta,
+    };
+    let kernel = Kernel::Matmul {
+        trans_a: ta,
+        trans_b: tb,
+        b_dtype: b.dtype(),
+    };
+    let groups = [
+        p.n.div_ceil(64) as u32,
+        p.m.div_ceil(64) as u32,
+        p.batch as u32,
+    ];
+    launch(kernel, &params, &[a, b, &out], groups)?;
+    Ok(out)
+}
+
+/// A·B.
+pub fn matmul(a: &Tensor, b: &Tensor) -> Result<Tensor> {
+    matmul_ex(a, b, Transpose::NN)
+}
+
+/// op(A)·op(B) for any [`Transpose`]. A is [.., M, K] (or [.., K, M] transposed)
+/// and f32; B is 2-D (shared by every row of A) or batched like A, and may be a
+/// frozen bf16/f16 weight.
+pub fn matmul_ex(a: &Tensor, b: &Tensor, t: Transpose) -> Result<Tensor> {
+    if b.dtype() != DType::F32 && b.requires_grad() {
+        arg_err!("matmul: a trained B must be f32, got {}", b.dtype().name());
+    }
+    if b.dtype() != DType::F32 && a.requires_grad() && matches!(t, Transpose::TN | Transpose::TT) {
+        arg_err!(
+            "matmul {t:?}: the gradient of A needs an f32 B; use NN or NT with 16-bit weights"
+        );
+    }
+    let out = matmul_raw(a, b, t, 1.0, 0.0, None)?;
+    let (sa, sb) = (a.clone(), b.clone());
+    Ok(record(out, "matmul", &[a, b], move |g, needs| {
+        // Fold batch dims when B was shared, so both gradients are plain 2-D products.
+        let (a2, g2) = if sb.shape().len() == 2 && sa.shape().len() > 2 {
+            let k = sa.last_dim();
+            (
+                super::reshape(&sa, &[sa.numel() / k, k])?,
+                super::reshape(g, &[g.numel() / g.last_dim(), g.last_dim()])?,
+            )
+        } else {
+            (sa.clone(), g.clone())
+        };
+        use Transpose::*;
+        let ga = if needs[0] {
+            let ga = match t {
+                NN => matmul_raw(&g2, &sb, NT, 1.0, 0.0, None)?,
+                NT => matmul_raw(&g2, &sb, NN, 1.0, 0.0, None)?,
+                TN => matmul_raw(&sb, &g2, NT, 1.0, 0.0, None)?,
+                TT => matmul_raw(&sb, &g2, TT, 1.0, 0.0, None)?,
+            };
+            Some(super::reshape(&ga, sa.shape())?)
+        } else {
+            None
+        };
+        let gb = if needs[1] {
+            Some(match t {
+                NN => matmul_raw(&a2, &g2, TN, 1.0, 0.0, None)?,
+                NT => matmul_raw(&g2, &a2, TN, 1.0, 0.0, None)?,
+                TN => matmul_raw(&a2, &g2, NN, 1.0, 0.0, None)?,
+                TT => matmul_raw(&g2, &a2, TT, 1.0, 0.0, None)?,
+            })
+        } else {
+            None
+        };
+        Ok(vec![ga, gb])
+    }))
+}

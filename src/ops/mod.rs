@@ -1,0 +1,58 @@
+//! Tensor operations. Each file holds one op family: the Rust launcher of its
+//! WGSL kernel and, beside it, its backward rule (recorded on the tape by
+//! `autograd::record`). Ops check shapes and dtypes and return errors; they
+//! never panic on user input.
+
+mod dora;
+mod elementwise;
+mod loss;
+mod matmul;
+mod norm;
+mod reduce;
+mod shape;
+mod softmax;
+
+pub use dora::recompose;
+pub use elementwise::{
+    add, add_assign, copy, div, exp, mul, scale, silu, sqrt, square, sub, to_f32,
+};
+pub use loss::{cross_entropy, IGNORE_INDEX};
+pub(crate) use matmul::matmul_raw;
+pub use matmul::{matmul, matmul_ex, Transpose};
+pub use norm::row_norm;
+pub use reduce::{mean_all, sum_all, sum_cols, sum_rows};
+pub use shape::reshape;
+pub use softmax::softmax;
+
+use crate::error::Result;
+use crate::gpu::grid;
+use crate::shaders::Kernel;
+use crate::tensor::Tensor;
+
+/// Records one dispatch of `kernel` over `tensors` (in its bindings' order).
+pub(crate) fn launch<P: bytemuck::Pod>(
+    kernel: Kernel,
+    params: &P,
+    tensors: &[&Tensor],
+    workgroups: [u32; 3],
+) -> Result<()> {
+    let gpu = tensors[0].gpu();
+    let buffers: Vec<_> = tensors.iter().map(|t| t.buf()).collect();
+    gpu.dispatch(&kernel, bytemuck::bytes_of(params), &buffers, workgroups)
+}
+
+/// A grid of `n` workgroups (for one-workgroup-per-row kernels).
+pub(crate) fn groups(n: usize) -> [u32; 3] {
+    grid(n as u32)
+}
+
+/// A grid covering `n` elements at 256 per workgroup.
+pub(crate) fn groups_for_elements(n: usize) -> [u32; 3] {
+    grid(n.div_ceil(256) as u32)
+}
+
+/// Rows and columns of a tensor seen as a matrix over its last dimension.
+pub(crate) fn rows_cols(t: &Tensor) -> (usize, usize) {
+    let cols = t.last_dim();
+    (t.numel() / cols.max(1), cols)
+}

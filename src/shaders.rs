@@ -1,0 +1,304 @@
+//! Every compute kernel the library can launch, and the WGSL source of each
+//! variant. A variant's source is the family's `.wgsl` file (from `shaders/`)
+//! behind a short generated header: the constants and small functions that
+//! differ between variants (transposes, the weight's storage type, the
+//! elementwise op). `all()` lists every variant so tests can validate and
+//! cross-compile each one with naga.
+
+use crate::tensor::DType;
+
+const COMMON: &str = include_str!("../shaders/common.wgsl");
+const MATMUL: &str = include_str!("../shaders/matmul.wgsl");
+const NORM: &str = include_str!("../shaders/norm.wgsl");
+const DORA: &str = include_str!("../shaders/dora.wgsl");
+const ELEMENTWISE: &str = include_str!("../shaders/elementwise.wgsl");
+const REDUCE: &str = include_str!("../shaders/reduce.wgsl");
+const SOFTMAX: &str = include_str!("../shaders/softmax.wgsl");
+const LOSS: &str = include_str!("../shaders/loss.wgsl");
+const ADAMW: &str = include_str!("../shaders/adamw.wgsl");
+
+/// How a kernel declares a storage binding.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Access {
+    Read,
+    ReadWrite,
+}
+use Access::{Read, ReadWrite};
+
+/// Elementwise functions of one argument.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum UnaryOp {
+    /// alpha * x
+    Scale,
+    /// x * sigmoid(x)
+    Silu,
+    Square,
+    Sqrt,
+    Exp,
+}
+
+/// Elementwise functions of two arguments.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum BinaryOp {
+    Add,
+    Sub,
+    Mul,
+    Div,
+    /// g * silu'(x): the backward of silu, with g first.
+    SiluBackward,
+    /// The second operand alone: expands a broadcast operand to full shape.
+    Right,
+}
+
+/// How the second operand of a binary op is indexed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Broadcast {
+    /// Same shape as the first.
+    None,
+    /// One value per column: shape is the last dimension (a bias).
+    Row,
+    /// One value per row: shape is the leading dimensions with a trailing 1.
+    PerRow,
+}
+
+/// One compiled kernel variant.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Kernel {
+    Matmul {
+        trans_a: bool,
+        trans_b: bool,
+        b_dtype: DType,
+    },
+    RowNorm {
+        dtype: DType,
+    },
+    Recompose {
+        dtype: DType,
+    },
+    Unary(UnaryOp),
+    Binary(BinaryOp, Broadcast),
+    AddAssign,
+    Widen(DType),
+    SumRows,
+    SumCols,
+    SoftmaxForward,
+    SoftmaxBackward,
+    CrossEntropyRows,
+    CrossEntropyMean,
+    CrossEntropyBackward,
+    AdamW,
+}
+
+impl Kernel {
+    /// A unique name for the variant: the pipeline cache key.
+    pub fn label(&self) -> String {
+        format!("{self:?}")
+    }
+
+    pub fn entry(&self) -> &'static str {
+        match self {
+            Kernel::Matmul { .. } => "main",
+            Kernel::RowNorm { .. } => "row_norm",
+            Kernel::Recompose { .. } => "recompose",
+            Kernel::Unary(_) => "map_unary",
+            Kernel::Binary(..) => "map_binary",
+            Kernel::AddAssign => "add_assign",
+            Kernel::Widen(_) => "widen",
+            Kernel::SumRows => "sum_rows",
+            Kernel::SumCols => "sum_cols",
+            Kernel::SoftmaxForward => "softmax_forward",
+            Kernel::SoftmaxBackward => "softmax_backward",
+            Kernel::CrossEntropyRows => "ce_rows",
+            Kernel::CrossEntropyMean => "ce_mean",
+            Kernel::CrossEntropyBackward => "ce_backward",
+            Kernel::AdamW => "adamw_step",
+        }
+    }
+
+    /// The storage bindings the entry point uses, as (binding, access) in the
+    /// order a dispatch passes its buffers. Binding 0 is always the parameters.
+    pub fn bindings(&self) -> &'static [(u32, Access)] {
+        match self {
+            Kernel::Matmul { .. } => &[(1, Read), (2, Read), (3, ReadWrite)],
+            Kernel::RowNorm { .. } => &[(1, Read), (2, ReadWrite)],
+            Kernel::Recompose { .. } => &[
+                (1, Read),
+                (2, Read),
+                (3, Read),
+                (4, Read),
+                (5, ReadWrite),
+                (6, ReadWrite),
+            ],
+            Kernel::Unary(_) => &[(1, Read), (3, ReadWrite)],
+            Kernel::Binary(..) => &[(1, Read), (2, Read), (3, ReadWrite)],
+            Kernel::AddAssign => &[(1, Read), (3, ReadWrite)],
+            Kernel::Widen(_) => &[(3, ReadWrite), (4, Read)],
+            Kernel::SumRows | Kernel::SumCols => &[(1, Read), (2, ReadWrite)],
+            Kernel::SoftmaxForward => &[(1, Read), (3, ReadWrite)],
+            Kernel::SoftmaxBackward => &[(1, Read), (2, Read), (3, ReadWrite)],
+            Kernel::CrossEntropyRows => &[(1, Read), (2, Read), (3, ReadWrite), (4, ReadWrite)],
+            Kernel::CrossEntropyMean => &[(2, Read), (3, ReadWrite), (5, ReadWrite)],
+            Kernel::CrossEntropyBackward => &[
+                (1, Read),
+                (2, Read),
+                (4, ReadWrite),
+                (5, ReadWrite),
+                (6, Read),
+                (7, ReadWrite),
+            ],
+            Kernel::AdamW => &[(1, ReadWrite), (2, Read), (3, ReadWrite), (4, ReadWrite)],
+        }
+    }
+
+    /// The full WGSL source of this variant.
+    pub fn source(&self) -> String {
+        let (header, body) = match *self {
+            Kernel::Matmul {
+                trans_a,
+                trans_b,
+                b_dtype,
+            } => (
+                format!(
+                    "const TRANS_A: bool = {trans_a};\nconst TRANS_B: bool = {trans_b};\n{}",
+                    weight_loader("BWord", "load_b", "b", b_dtype)
+                ),
+                MATMUL,
+            ),
+            Kernel::RowNorm { dtype } => (weight_loader("WWord", "load_w", "w", dtype), NORM),
+            Kernel::Recompose { dtype } => (weight_loader("WWord", "load_w", "w", dtype), DORA),
+            Kernel::Unary(op) => (
+                elementwise_header(op, BinaryOp::Add, Broadcast::None, DType::F32),
+                ELEMENTWISE,
+            ),
+            Kernel::Binary(op, bc) => (
+                elementwise_header(UnaryOp::Scale, op, bc, DType::F32),
+                ELEMENTWISE,
+            ),
+            Kernel::AddAssign => (
+                elementwise_header(UnaryOp::Scale, BinaryOp::Add, Broadcast::None, DType::F32),
+                ELEMENTWISE,
+            ),
+            Kernel::Widen(dtype) => (
+                elementwise_header(UnaryOp::Scale, BinaryOp::Add, Broadcast::None, dtype),
+                ELEMENTWISE,
+            ),
+            Kernel::SumRows | Kernel::SumCols => (String::new(), REDUCE),
+            Kernel::SoftmaxForward | Kernel::SoftmaxBackward => (String::new(), SOFTMAX),
+            Kernel::CrossEntropyRows | Kernel::CrossEntropyMean | Kernel::CrossEntropyBackward => {
+                (String::new(), LOSS)
+            }
+            Kernel::AdamW => (String::new(), ADAMW),
+        };
+        format!("// variant: {}\n{header}\n{COMMON}\n{body}", self.label())
+    }
+
+    /// Every kernel variant the library can launch.
+    pub fn all() -> Vec<Kernel> {
+        let weight_types = [DType::F32, DType::BF16, DType::F16];
+        let mut v = Vec::new();
+        for trans_a in [false, true] {
+            for trans_b in [false, true] {
+                for b_dtype in weight_types {
+                    v.push(Kernel::Matmul {
+                        trans_a,
+                        trans_b,
+                        b_dtype,
+                    });
+                }
+            }
+        }
+        for dtype in weight_types {
+            v.push(Kernel::RowNorm { dtype });
+            v.push(Kernel::Recompose { dtype });
+            v.push(Kernel::Widen(dtype));
+        }
+        use UnaryOp as U;
+        for op in [U::Scale, U::Silu, U::Square, U::Sqrt, U::Exp] {
+            v.push(Kernel::Unary(op));
+        }
+        use BinaryOp as B;
+        for op in [B::Add, B::Sub, B::Mul, B::Div, B::SiluBackward, B::Right] {
+            for bc in [Broadcast::None, Broadcast::Row, Broadcast::PerRow] {
+                v.push(Kernel::Binary(op, bc));
+            }
+        }
+        v.extend([
+            Kernel::AddAssign,
+            Kernel::SumRows,
+            Kernel::SumCols,
+            Kernel::SoftmaxForward,
+            Kernel::SoftmaxBackward,
+            Kernel::CrossEntropyRows,
+            Kernel::CrossEntropyMean,
+            Kernel::CrossEntropyBackward,
+            Kernel::AdamW,
+        ]);
+        v
+    }
+}
+
+/// Declares `word` (the array element type) and `fun(i) -> f32`, which reads
+/// element `i` of `array` whatever its storage type. 16-bit values sit two per
+/// u32, the lower-indexed one in the low half (little-endian packing).
+const F16_DECODE: &str = "fn f16_to_f32(h: u32) -> f32 {
+    let sign = (h & 0x8000u) << 16u;
+    let exponent = (h >> 10u) & 0x1fu;
+    let mantissa = h & 0x3ffu;
+    if (exponent == 0u) {
+        let v = f32(mantissa) * 5.9604645e-8; // subnormal: mantissa * 2^-24
+        return select(v, -v, sign != 0u);
+    }
+    if (exponent == 31u) {
+        return bitcast<f32>(sign | 0x7f800000u | (mantissa << 13u));
+    }
+    return bitcast<f32>(sign | ((exponent + 112u) << 23u) | (mantissa << 13u));
+}
+";
+
+fn weight_loader(word: &str, fun: &str, array: &str, dtype: DType) -> String {
+    match dtype {
+        DType::F32 => {
+            format!("alias {word} = f32;\nfn {fun}(i: u32) -> f32 {{ return {array}[i]; }}\n")
+        }
+        DType::BF16 => format!(
+            "alias {word} = u32;\nfn {fun}(i: u32) -> f32 {{\n    let v = {array}[i >> 1u];\n    \
+             return bitcast<f32>(select(v << 16u, v & 0xffff0000u, (i & 1u) == 1u));\n}}\n"
+        ),
+        // Decoded with integer ops: unpack2x16float needs a capability some GL drivers lack.
+        DType::F16 => format!(
+            "alias {word} = u32;\nfn {fun}(i: u32) -> f32 {{\n    \
+             return f16_to_f32(({array}[i >> 1u] >> ((i & 1u) * 16u)) & 0xffffu);\n}}\n{F16_DECODE}"
+        ),
+        DType::I32 => unreachable!("integer tensors are never weight operands"),
+    }
+}
+
+fn elementwise_header(unary: UnaryOp, binary: BinaryOp, bc: Broadcast, w: DType) -> String {
+    let unary = match unary {
+        UnaryOp::Scale => "p.alpha * x",
+        UnaryOp::Silu => "x / (1.0 + exp(-x))",
+        UnaryOp::Square => "x * x",
+        UnaryOp::Sqrt => "sqrt(x)",
+        UnaryOp::Exp => "exp(x)",
+    };
+    let binary = match binary {
+        BinaryOp::Add => "a + b",
+        BinaryOp::Sub => "a - b",
+        BinaryOp::Mul => "a * b",
+        BinaryOp::Div => "a / b",
+        BinaryOp::SiluBackward => "a * silu_grad(b)",
+        BinaryOp::Right => "b",
+    };
+    let index = match bc {
+        Broadcast::None => "i",
+        Broadcast::Row => "i % p.cols",
+        Broadcast::PerRow => "i / p.cols",
+    };
+    format!(
+        "fn unary(x: f32) -> f32 {{ return {unary}; }}\n\
+         fn binary(a: f32, b: f32) -> f32 {{ return {binary}; }}\n\
+         fn b_index(i: u32) -> u32 {{ return {index}; }}\n\
+         fn silu_grad(x: f32) -> f32 {{ let s = 1.0 / (1.0 + exp(-x)); return s * (1.0 + x * (1.0 - s)); }}\n{}",
+        weight_loader("WWord", "load_w", "w", w)
+    )
+}

@@ -1,0 +1,144 @@
+//! Shared test helpers: one GPU context per test binary (a missing adapter is
+//! a failure, never a skip), seeded random data, and plain f64 CPU references.
+#![allow(dead_code)]
+
+use std::sync::OnceLock;
+
+use dora_wgpu::nn::Rng;
+use dora_wgpu::Gpu;
+
+/// The context every test in a binary shares. Panics with wgpu's adapter
+/// error when there is no GPU: the suite must fail, not skip.
+pub fn gpu() -> &'static Gpu {
+    static GPU: OnceLock<Gpu> = OnceLock::new();
+    GPU.get_or_init(|| {
+        let gpu = Gpu::new().unwrap_or_else(|e| panic!("GPU tests need an adapter: {e}"));
+        eprintln!("testing on {} ({:?})", gpu.adapter_name(), gpu.backend());
+        gpu
+    })
+}
+
+pub fn random(rng: &mut Rng, n: usize) -> Vec<f32> {
+    (0..n).map(|_| rng.uniform_in(-1.0, 1.0)).collect()
+}
+
+pub fn to_f64(v: &[f32]) -> Vec<f64> {
+    v.iter().map(|&x| x as f64).collect()
+}
+
+/// Asserts |got - want| <= atol + rtol * |want| elementwise, naming the first miss.
+pub fn assert_close(what: &str, got: &[f32], want: &[f64], rtol: f64, atol: f64) {
+    assert_eq!(got.len(), want.len(), "{what}: length");
+    let mut worst = (0.0f64, 0usize);
+    for (i, (&g, &w)) in got.iter().zip(want).enumerate() {
+        let err = (g as f64 - w).abs();
+        assert!(
+            err <= atol + rtol * w.abs() && g.is_finite(),
+            "{what}: element {i}: got {g}, want {w} (|err| {err:e})"
+        );
+        if err > worst.0 {
+            worst = (err, i);
+        }
+    }
+}
+
+/// Largest |got - want| / max(|want|, floor) over all elements.
+pub fn max_rel_err(got: &[f32], want: &[f64], floor: f64) -> f64 {
+    got.iter()
+        .zip(want)
+        .map(|(&g, &w)| (g as f64 - w).abs() / w.abs().max(floor))
+        .fold(0.0, f64::max)
+}
+
+/// C = op(A)·op(B) in f64 for row-major A and B stored as given.
+pub fn matmul_ref(
+    a: &[f64],
+    b: &[f64],
+    m: usize,
+    k: usize,
+    n: usize,
+    ta: bool,
+    tb: bool,
+) -> Vec<f64> {
+    let mut c = vec![0.0; m * n];
+    for i in 0..m {
+        for j in 0..n {
+            let mut s = 0.0;
+            for l in 0..k {
+                let av = if ta { a[l * m + i] } else { a[i * k + l] };
+                let bv = if tb { b[j * k + l] } else { b[l * n + j] };
+                s += av * bv;
+            }
+            c[i * n + j] = s;
+        }
+    }
+    c
+}
+
+pub fn row_norm_ref(w: &[f64], rows: usize, cols: usize) -> Vec<f64> {
+    (0..rows)
+        .map(|i| {
+            w[i * cols..(i + 1) * cols]
+                .iter()
+                .map(|v| v * v)
+                .sum::<f64>()
+                .sqrt()
+        })
+        .collect()
+}
+
+pub fn softmax_ref(x: &[f64], cols: usize) -> Vec<f64> {
+    let mut out = Vec::with_capacity(x.len());
+    for row in x.chunks(cols) {
+        let m = row.iter().cloned().fold(f64::NEG_INFINITY, f64::max);
+        let s: f64 = row.iter().map(|v| (v - m).exp()).sum();
+        out.extend(row.iter().map(|v| (v - m).exp() / s));
+    }
+    out
+}
+
+/// Mean cross-entropy over rows whose target is not ignored.
+pub fn cross_entropy_ref(logits: &[f64], targets: &[i32], classes: usize, ignore: i32) -> f64 {
+    let (mut total, mut count) = (0.0, 0usize);
+    for (row, &t) in logits.chunks(classes).zip(targets) {
+        if t == ignore || t < 0 {
+            continue;
+        }
+        let m = row.iter().cloned().fold(f64::NEG_INFINITY, f64::max);
+        let lse = m + row.iter().map(|v| (v - m).exp()).sum::<f64>().ln();
+        total += lse - row[t as usize];
+        count += 1;
+    }
+    if count == 0 {
+        0.0
+    } else {
+        total / count as f64
+    }
+}
+
+/// Central finite differences of a scalar f64 function at `x`.
+pub fn numeric_grad(f: &dyn Fn(&[f64]) -> f64, x: &[f64], eps: f64) -> Vec<f64> {
+    let mut x = x.to_vec();
+    (0..x.len())
+        .map(|i| {
+            let orig = x[i];
+            x[i] = orig + eps;
+            let up = f(&x);
+            x[i] = orig - eps;
+            let down = f(&x);
+            x[i] = orig;
+            (up - down) / (2.0 * eps)
+        })
+        .collect()
+}
+
+/// Rounds through bf16 / f16 as the GPU stores them.
+pub fn round_bf16(v: &[f32]) -> Vec<f32> {
+    v.iter()
+        .map(|&x| half::bf16::from_f32(x).to_f32())
+        .collect()
+}
+
+pub fn round_f16(v: &[f32]) -> Vec<f32> {
+    v.iter().map(|&x| half::f16::from_f32(x).to_f32()).collect()
+}

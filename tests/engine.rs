@@ -1,0 +1,215 @@
+//! The GPU context and dispatcher: adapter choice, shared devices, two
+//! contexts side by side, the pipeline cache, the buffer pool, memory
+//! statistics and command batching.
+
+mod common;
+
+use common::*;
+use dora_wgpu::{ops, DType, Gpu, GpuOptions, Tensor};
+
+#[test]
+fn context_reports_adapter_and_backend() {
+    let gpu = gpu();
+    assert!(!gpu.adapter_name().is_empty());
+    if let Ok(wanted) = std::env::var("WGPU_BACKEND") {
+        let backend = format!("{:?}", gpu.backend()).to_lowercase();
+        assert!(
+            wanted.to_lowercase().contains(&backend),
+            "WGPU_BACKEND={wanted} but got {backend}"
+        );
+    }
+    assert!(gpu.limits().max_storage_buffer_binding_size >= 128 << 20);
+    let listed = dora_wgpu::list_adapters(wgpu::Backends::all());
+    assert!(listed.iter().any(|a| a.name == gpu.adapter_name()));
+}
+
+#[test]
+fn unknown_adapter_name_is_a_clear_error() {
+    let options = GpuOptions {
+        adapter_name: Some("no-such-gpu-xyz".into()),
+        ..Default::default()
+    };
+    let err = Gpu::with_options(&options).unwrap_err().to_string();
+    assert!(
+        err.contains("no-such-gpu-xyz") && err.contains("matches none"),
+        "{err}"
+    );
+    assert_eq!(err.lines().count(), 1);
+}
+
+#[test]
+fn no_backend_at_all_says_how_to_get_one() {
+    let options = GpuOptions {
+        backends: wgpu::Backends::empty(),
+        adapter_name: None,
+        ..Default::default()
+    };
+    let err = Gpu::with_options(&options).unwrap_err().to_string();
+    assert!(
+        err.contains("no GPU adapter") && err.contains("mesa-vulkan-drivers"),
+        "{err}"
+    );
+}
+
+#[test]
+fn two_contexts_live_side_by_side() {
+    let a = Gpu::new().unwrap();
+    let b = Gpu::new().unwrap();
+    let ta = Tensor::from_f32(&a, &[1.0, 2.0], &[2]).unwrap();
+    let tb = Tensor::from_f32(&b, &[10.0, 20.0], &[2]).unwrap();
+    assert_eq!(
+        ops::scale(&ta, 2.0).unwrap().to_vec_f32().unwrap(),
+        vec![2.0, 4.0]
+    );
+    assert_eq!(
+        ops::scale(&tb, 0.5).unwrap().to_vec_f32().unwrap(),
+        vec![5.0, 10.0]
+    );
+    // Mixing them is an error, not a crash.
+    let err = ops::add(&ta, &tb).unwrap_err().to_string();
+    assert!(err.contains("different GPU contexts"), "{err}");
+}
+
+#[test]
+fn context_wraps_an_applications_own_device() {
+    // An application that already owns a device (say, a renderer) shares it.
+    let instance =
+        wgpu::Instance::new(wgpu::InstanceDescriptor::new_without_display_handle_from_env());
+    let adapter = pollster::block_on(instance.request_adapter(&Default::default())).unwrap();
+    let (device, queue) = pollster::block_on(adapter.request_device(&wgpu::DeviceDescriptor {
+        required_limits: adapter.limits(),
+        ..Default::default()
+    }))
+    .unwrap();
+    let gpu = Gpu::from_device(device.clone(), queue.clone(), adapter.get_info()).unwrap();
+    let x = Tensor::from_f32(&gpu, &[1.0, 2.0, 3.0, 4.0], &[2, 2]).unwrap();
+    let y = ops::matmul(&x, &x).unwrap();
+    assert_eq!(y.to_vec_f32().unwrap(), vec![7.0, 10.0, 15.0, 22.0]);
+    // The application's own handle still works alongside.
+    let buf = device.create_buffer(&wgpu::BufferDescriptor {
+        label: None,
+        size: 16,
+        usage: wgpu::BufferUsages::COPY_DST,
+        mapped_at_creation: false,
+    });
+    queue.write_buffer(&buf, 0, &[0u8; 16]);
+    queue.submit([]);
+}
+
+#[test]
+fn pipelines_are_compiled_once_per_variant() {
+    let gpu = Gpu::new().unwrap();
+    let x = Tensor::from_f32(&gpu, &[1.0; 6], &[2, 3]).unwrap();
+    let _ = ops::scale(&x, 2.0).unwrap().to_vec_f32().unwrap();
+    let after_one = gpu.pipelines_compiled();
+    for _ in 0..10 {
+        let _ = ops::scale(&x, 3.0).unwrap();
+    }
+    gpu.synchronize().unwrap();
+    assert_eq!(gpu.pipelines_compiled(), after_one);
+    let _ = ops::silu(&x).unwrap();
+    assert_eq!(gpu.pipelines_compiled(), after_one + 1);
+}
+
+#[test]
+fn dispatches_are_batched_and_submitted_only_when_needed() {
+    let gpu = Gpu::new().unwrap();
+    let mut x = Tensor::from_f32(&gpu, &[1.0; 1000], &[10, 100]).unwrap();
+    gpu.synchronize().unwrap();
+    let before = gpu.submit_count();
+    for _ in 0..200 {
+        x = ops::scale(&x, 1.01).unwrap();
+    }
+    assert_eq!(gpu.submit_count(), before, "recording must not submit");
+    let v = x.to_vec_f32().unwrap();
+    assert_eq!(gpu.submit_count(), before + 1, "one readback, one submit");
+    let want = 1.01f64.powi(200);
+    assert_close("chained", &v[..1], &[want], 1e-5, 0.0);
+}
+
+#[test]
+fn buffers_are_reused_and_memory_is_counted() {
+    let gpu = Gpu::new().unwrap();
+    let n = 1 << 16;
+    let bytes = 4 * n as u64;
+    let stats0 = gpu.memory_stats();
+    assert_eq!(stats0.live_bytes, 0);
+    let a = Tensor::zeros(&gpu, &[n], DType::F32).unwrap();
+    let b = Tensor::zeros(&gpu, &[n], DType::F32).unwrap();
+    let s = gpu.memory_stats();
+    assert_eq!(s.live_bytes, 2 * bytes);
+    assert_eq!(s.peak_live_bytes, 2 * bytes);
+    drop(a);
+    drop(b);
+    let s = gpu.memory_stats();
+    assert_eq!(s.live_bytes, 0);
+    assert_eq!(s.pooled_bytes, 2 * bytes, "freed buffers stay pooled");
+    assert_eq!(s.peak_live_bytes, 2 * bytes);
+    // New tensors of the same size class come from the pool: nothing new is allocated.
+    let c = ops::scale(&Tensor::zeros(&gpu, &[n], DType::F32).unwrap(), 2.0).unwrap();
+    let s = gpu.memory_stats();
+    assert_eq!(s.allocated_bytes, 2 * bytes);
+    assert_eq!(s.live_bytes, bytes);
+    assert!(c.to_vec_f32().unwrap().iter().all(|&v| v == 0.0));
+    // Pooled buffers are released on request; the peak can be reset.
+    drop(c);
+    gpu.synchronize().unwrap();
+    gpu.flush();
+    gpu.release_unused_memory();
+    assert_eq!(gpu.memory_stats().allocated_bytes, 0);
+    gpu.reset_peak_memory();
+    assert_eq!(gpu.memory_stats().peak_live_bytes, 0);
+    // 16-bit tensors take half the memory of f32 ones.
+    let h = Tensor::from_f32_as(&gpu, &vec![1.0; n], &[n], DType::BF16).unwrap();
+    assert_eq!(gpu.memory_stats().live_bytes, bytes / 2);
+    drop(h);
+}
+
+#[test]
+fn a_reused_buffer_never_changes_data_still_pending_in_the_batch() {
+    // Upload, compute, free and re-upload inside one batch: each op must see
+    // its own input, though the pool recycles buffers along the way.
+    let gpu = Gpu::new().unwrap();
+    let mut results = Vec::new();
+    for i in 0..20 {
+        let x = Tensor::from_f32(&gpu, &[i as f32; 64], &[64]).unwrap();
+        results.push(ops::scale(&x, 2.0).unwrap());
+    }
+    for (i, r) in results.iter().enumerate() {
+        assert!(
+            r.to_vec_f32().unwrap().iter().all(|&v| v == 2.0 * i as f32),
+            "result {i}"
+        );
+    }
+}
+
+#[test]
+fn tensors_round_trip_every_dtype() {
+    let gpu = gpu();
+    let v = [1.5f32, -2.0, 0.25, 3.0, 7.0];
+    assert_eq!(
+        Tensor::from_f32(gpu, &v, &[5])
+            .unwrap()
+            .to_vec_f32()
+            .unwrap(),
+        v.to_vec()
+    );
+    for dtype in [DType::BF16, DType::F16] {
+        let t = Tensor::from_f32_as(gpu, &v, &[5], dtype).unwrap();
+        assert_eq!(t.dtype(), dtype);
+        assert_eq!(
+            t.to_vec_f32().unwrap(),
+            v.to_vec(),
+            "{dtype:?} holds these exactly"
+        );
+    }
+    let ids = Tensor::from_i32(gpu, &[3, -100, 7], &[3]).unwrap();
+    assert_eq!(ids.to_vec_i32().unwrap(), vec![3, -100, 7]);
+    assert_eq!(
+        Tensor::zeros(gpu, &[3, 3], DType::F32)
+            .unwrap()
+            .to_vec_f32()
+            .unwrap(),
+        vec![0.0; 9]
+    );
+}

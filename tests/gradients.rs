@@ -1,0 +1,426 @@
+//! Finite-difference checks of every op's backward rule. The GPU computes
+//! loss = Σ op(inputs) ⊙ R and back-propagates; the reference differentiates
+//! the same loss numerically through a plain f64 CPU version of the op.
+
+mod common;
+
+use common::*;
+use dora_wgpu::nn::Rng;
+use dora_wgpu::ops::{self, Transpose};
+use dora_wgpu::{Result, Tensor};
+
+type Inputs = Vec<(Vec<f32>, Vec<usize>)>;
+
+/// Checks forward values and the gradient of every input against f64.
+fn check_grads(
+    name: &str,
+    inputs: Inputs,
+    gpu_fn: impl Fn(&[Tensor]) -> Result<Tensor>,
+    cpu_fn: impl Fn(&[Vec<f64>]) -> Vec<f64>,
+) {
+    let gpu = gpu();
+    let mut rng = Rng::new(name.len() as u64 * 7919);
+    let params: Vec<Tensor> = inputs
+        .iter()
+        .map(|(d, s)| Tensor::param(gpu, d, s).unwrap())
+        .collect();
+    let out = gpu_fn(&params).unwrap();
+    let r = random(&mut rng, out.numel());
+    let loss =
+        ops::sum_all(&ops::mul(&out, &Tensor::from_f32(gpu, &r, out.shape()).unwrap()).unwrap())
+            .unwrap();
+    loss.backward().unwrap();
+
+    let x64: Vec<Vec<f64>> = inputs.iter().map(|(d, _)| to_f64(d)).collect();
+    let want_out = cpu_fn(&x64);
+    assert_close(
+        &format!("{name} forward"),
+        &out.to_vec_f32().unwrap(),
+        &want_out,
+        1e-4,
+        1e-5,
+    );
+    for (i, p) in params.iter().enumerate() {
+        let f = |xi: &[f64]| {
+            let mut xs = x64.clone();
+            xs[i] = xi.to_vec();
+            cpu_fn(&xs)
+                .iter()
+                .zip(&r)
+                .map(|(o, r)| o * *r as f64)
+                .sum::<f64>()
+        };
+        let want = numeric_grad(&f, &x64[i], 1e-6);
+        let got = p
+            .grad()
+            .unwrap_or_else(|| panic!("{name}: input {i} got no gradient"))
+            .to_vec_f32()
+            .unwrap();
+        assert_close(&format!("{name} d/dinput{i}"), &got, &want, 2e-3, 2e-4);
+    }
+}
+
+fn rand_input(rng: &mut Rng, shape: &[usize]) -> (Vec<f32>, Vec<usize>) {
+    (random(rng, shape.iter().product()), shape.to_vec())
+}
+
+fn positive_input(rng: &mut Rng, shape: &[usize]) -> (Vec<f32>, Vec<usize>) {
+    let n = shape.iter().product();
+    (
+        (0..n).map(|_| rng.uniform_in(0.5, 2.0)).collect(),
+        shape.to_vec(),
+    )
+}
+
+#[test]
+fn matmul_gradients_all_layouts() {
+    let mut rng = Rng::new(1);
+    let (m, k, n) = (5, 7, 3);
+    for (t, ta, tb) in [
+        (Transpose::NN, false, false),
+        (Transpose::NT, false, true),
+        (Transpose::TN, true, false),
+        (Transpose::TT, true, true),
+    ] {
+        let a = rand_input(&mut rng, &if ta { [k, m] } else { [m, k] });
+        let b = rand_input(&mut rng, &if tb { [n, k] } else { [k, n] });
+        check_grads(
+            &format!("matmul {t:?}"),
+            vec![a, b],
+            |p| ops::matmul_ex(&p[0], &p[1], t),
+            |x| matmul_ref(&x[0], &x[1], m, k, n, ta, tb),
+        );
+    }
+}
+
+#[test]
+fn matmul_gradients_batched_and_shared_weight() {
+    let mut rng = Rng::new(2);
+    let (bt, m, k, n) = (2, 3, 4, 5);
+    check_grads(
+        "matmul batched NT",
+        vec![
+            rand_input(&mut rng, &[bt, m, k]),
+            rand_input(&mut rng, &[bt, n, k]),
+        ],
+        |p| ops::matmul_ex(&p[0], &p[1], Transpose::NT),
+        |x| {
+            (0..bt)
+                .flat_map(|i| {
+                    matmul_ref(
+                        &x[0][i * m * k..(i + 1) * m * k],
+                        &x[1][i * n * k..(i + 1) * n * k],
+                        m,
+                        k,
+                        n,
+                        false,
+                        true,
+                    )
+                })
+                .collect()
+        },
+    );
+    // x [2, 3, k] against one weight [n, k]: dW sums over every row of every batch.
+    check_grads(
+        "matmul shared weight",
+        vec![
+            rand_input(&mut rng, &[bt, m, k]),
+            rand_input(&mut rng, &[n, k]),
+        ],
+        |p| ops::matmul_ex(&p[0], &p[1], Transpose::NT),
+        |x| matmul_ref(&x[0], &x[1], bt * m, k, n, false, true),
+    );
+}
+
+#[test]
+fn binary_op_gradients_with_each_broadcast() {
+    let mut rng = Rng::new(3);
+    let (rows, cols) = (4, 6);
+    type F = fn(f64, f64) -> f64;
+    type Op = fn(&Tensor, &Tensor) -> Result<Tensor>;
+    let ops_list: [(&str, Op, F); 4] = [
+        ("add", ops::add, |a, b| a + b),
+        ("sub", ops::sub, |a, b| a - b),
+        ("mul", ops::mul, |a, b| a * b),
+        ("div", ops::div, |a, b| a / b),
+    ];
+    for (name, op, f) in ops_list {
+        for (bshape, index) in [
+            (
+                vec![rows, cols],
+                (|i: usize, _c: usize| i) as fn(usize, usize) -> usize,
+            ),
+            (vec![cols], |i, c| i % c),
+            (vec![rows, 1], |i, c| i / c),
+        ] {
+            let a = rand_input(&mut rng, &[rows, cols]);
+            let b = positive_input(&mut rng, &bshape);
+            check_grads(
+                &format!("{name} b{bshape:?}"),
+                vec![a, b],
+                |p| op(&p[0], &p[1]),
+                |x| {
+                    (0..rows * cols)
+                        .map(|i| f(x[0][i], x[1][index(i, cols)]))
+                        .collect()
+                },
+            );
+        }
+    }
+}
+
+#[test]
+fn unary_op_gradients() {
+    let mut rng = Rng::new(4);
+    let shape = [3, 5];
+    type Op = fn(&Tensor) -> Result<Tensor>;
+    let cases: [(&str, Op, fn(f64) -> f64); 4] = [
+        ("silu", ops::silu, |x| x / (1.0 + (-x).exp())),
+        ("square", ops::square, |x| x * x),
+        ("sqrt", ops::sqrt, |x| x.sqrt()),
+        ("exp", ops::exp, |x| x.exp()),
+    ];
+    for (name, op, f) in cases {
+        check_grads(
+            name,
+            vec![positive_input(&mut rng, &shape)],
+            |p| op(&p[0]),
+            |x| x[0].iter().map(|&v| f(v)).collect(),
+        );
+    }
+    check_grads(
+        "scale",
+        vec![rand_input(&mut rng, &shape)],
+        |p| ops::scale(&p[0], -1.5),
+        |x| x[0].iter().map(|v| -1.5 * v).collect(),
+    );
+    check_grads(
+        "reshape",
+        vec![rand_input(&mut rng, &shape)],
+        |p| ops::square(&ops::reshape(&p[0], &[5, 3])?),
+        |x| x[0].iter().map(|v| v * v).collect(),
+    );
+}
+
+#[test]
+fn reduction_gradients() {
+    let mut rng = Rng::new(5);
+    let (rows, cols) = (4, 7);
+    check_grads(
+        "sum_rows",
+        vec![rand_input(&mut rng, &[rows, cols])],
+        |p| ops::sum_rows(&p[0]),
+        |x| x[0].chunks(cols).map(|r| r.iter().sum()).collect(),
+    );
+    check_grads(
+        "sum_rows 1-D",
+        vec![rand_input(&mut rng, &[cols])],
+        |p| ops::sum_rows(&p[0]),
+        |x| vec![x[0].iter().sum()],
+    );
+    check_grads(
+        "sum_cols",
+        vec![rand_input(&mut rng, &[2, rows, cols])],
+        |p| ops::sum_cols(&p[0]),
+        |x| {
+            (0..cols)
+                .map(|j| (0..2 * rows).map(|i| x[0][i * cols + j]).sum())
+                .collect()
+        },
+    );
+    check_grads(
+        "sum_all",
+        vec![rand_input(&mut rng, &[rows, cols])],
+        |p| ops::sum_all(&p[0]),
+        |x| vec![x[0].iter().sum()],
+    );
+    check_grads(
+        "mean_all",
+        vec![rand_input(&mut rng, &[rows, cols])],
+        |p| ops::mean_all(&p[0]),
+        |x| vec![x[0].iter().sum::<f64>() / (rows * cols) as f64],
+    );
+}
+
+#[test]
+fn softmax_gradient() {
+    let mut rng = Rng::new(6);
+    let cols = 9;
+    check_grads(
+        "softmax",
+        vec![rand_input(&mut rng, &[3, cols])],
+        |p| ops::softmax(&p[0]),
+        |x| softmax_ref(&x[0], cols),
+    );
+}
+
+#[test]
+fn cross_entropy_gradient_with_ignored_rows() {
+    let mut rng = Rng::new(7);
+    let (rows, classes) = (6, 11);
+    let targets = vec![3, ops::IGNORE_INDEX, 0, 10, ops::IGNORE_INDEX, 5];
+    let t2 = targets.clone();
+    check_grads(
+        "cross_entropy",
+        vec![rand_input(&mut rng, &[rows, classes])],
+        move |p| {
+            ops::cross_entropy(
+                &p[0],
+                &Tensor::from_i32(p[0].gpu(), &targets, &[rows])?,
+                ops::IGNORE_INDEX,
+            )
+        },
+        move |x| vec![cross_entropy_ref(&x[0], &t2, classes, ops::IGNORE_INDEX)],
+    );
+}
+
+#[test]
+fn row_norm_gradient() {
+    let mut rng = Rng::new(8);
+    let (rows, cols) = (5, 13);
+    check_grads(
+        "row_norm",
+        vec![rand_input(&mut rng, &[rows, cols])],
+        |p| ops::row_norm(&p[0]),
+        |x| row_norm_ref(&x[0], rows, cols),
+    );
+}
+
+#[test]
+fn gradients_accumulate_across_backward_calls_and_zero_grad_clears_them() {
+    let gpu = gpu();
+    let w = Tensor::param(gpu, &[1.0, 2.0, 3.0], &[3]).unwrap();
+    for _ in 0..3 {
+        // d/dw Σ w² = 2w, three times
+        ops::sum_all(&ops::square(&w).unwrap())
+            .unwrap()
+            .backward()
+            .unwrap();
+    }
+    assert_eq!(
+        w.grad().unwrap().to_vec_f32().unwrap(),
+        vec![6.0, 12.0, 18.0]
+    );
+    w.zero_grad();
+    assert!(w.grad().is_none());
+    // A tensor used twice gets both contributions: d/dw Σ (w + w) = 2.
+    ops::sum_all(&ops::add(&w, &w).unwrap())
+        .unwrap()
+        .backward()
+        .unwrap();
+    assert_eq!(w.grad().unwrap().to_vec_f32().unwrap(), vec![2.0, 2.0, 2.0]);
+}
+
+#[test]
+fn frozen_tensors_get_no_gradient_and_no_grad_records_nothing() {
+    let gpu = gpu();
+    let x = Tensor::from_f32(gpu, &[1.0, 2.0, 3.0, 4.0], &[2, 2]).unwrap();
+    let w = Tensor::param(gpu, &[0.5, 0.0, 0.0, 0.5], &[2, 2]).unwrap();
+    let y = ops::matmul(&x, &w).unwrap();
+    assert!(y.requires_grad() && !x.requires_grad());
+    ops::sum_all(&y).unwrap().backward().unwrap();
+    assert!(x.grad().is_none(), "a frozen input never holds a gradient");
+    assert!(w.grad().is_some());
+    {
+        let _guard = dora_wgpu::no_grad();
+        let y = ops::matmul(&x, &w).unwrap();
+        assert!(!y.requires_grad(), "no_grad must not record");
+        assert!(!dora_wgpu::is_grad_enabled());
+    }
+    assert!(dora_wgpu::is_grad_enabled());
+    // A graph is consumed by backward: a second pass is an error, not a panic.
+    let loss = ops::sum_all(&ops::matmul(&x, &w).unwrap()).unwrap();
+    loss.backward().unwrap();
+    assert!(loss.backward().is_err());
+}
+
+#[test]
+fn dora_linear_gradients_match_finite_differences() {
+    // The DoRA layer as composed ops, with the row norm detached (paper §4.3).
+    let gpu = gpu();
+    let mut rng = Rng::new(9);
+    let (tokens, in_f, out_f, r) = (4, 6, 5, 2);
+    let w = random(&mut rng, out_f * in_f);
+    let x = random(&mut rng, tokens * in_f);
+    let layer = dora_wgpu::nn::DoraLinear::new(
+        Tensor::from_f32(gpu, &w, &[out_f, in_f]).unwrap(),
+        None,
+        r,
+        4.0,
+        3,
+    )
+    .unwrap();
+    // Move away from the B = 0 start so every gradient is non-trivial.
+    let b0 = random(&mut rng, out_f * r);
+    ops::add_assign(
+        &layer.lora_b,
+        &Tensor::from_f32(gpu, &b0, &[out_f, r]).unwrap(),
+        1.0,
+    )
+    .unwrap();
+    let a0 = layer.lora_a.to_vec_f32().unwrap();
+    let m0 = layer.magnitude.to_vec_f32().unwrap();
+    let s = layer.scale as f64;
+
+    let xt = Tensor::param(gpu, &x, &[tokens, in_f]).unwrap();
+    let y = layer.forward(&xt).unwrap();
+    let rr = random(&mut rng, y.numel());
+    ops::sum_all(&ops::mul(&y, &Tensor::from_f32(gpu, &rr, y.shape()).unwrap()).unwrap())
+        .unwrap()
+        .backward()
+        .unwrap();
+
+    // f64 reference with n computed from the *evaluation point's* A and B, held fixed.
+    let n_fixed = {
+        let ba = matmul_ref(&to_f64(&b0), &to_f64(&a0), out_f, r, in_f, false, false);
+        let v: Vec<f64> = w
+            .iter()
+            .zip(&ba)
+            .map(|(w, ba)| *w as f64 + s * ba)
+            .collect();
+        row_norm_ref(&v, out_f, in_f)
+    };
+    let forward = |x: &[f64], a: &[f64], b: &[f64], m: &[f64]| -> f64 {
+        let base = matmul_ref(x, &to_f64(&w), tokens, in_f, out_f, false, true);
+        let xa = matmul_ref(x, a, tokens, in_f, r, false, true);
+        let lr = matmul_ref(&xa, b, tokens, r, out_f, false, true);
+        (0..tokens * out_f)
+            .map(|i| {
+                let o = i % out_f;
+                m[o] / n_fixed[o] * (base[i] + s * lr[i]) * rr[i] as f64
+            })
+            .sum()
+    };
+    let (x64, a64, b64, m64) = (to_f64(&x), to_f64(&a0), to_f64(&b0), to_f64(&m0));
+    let checks: [(&str, &Tensor, Vec<f64>); 4] = [
+        (
+            "x",
+            &xt,
+            numeric_grad(&|v| forward(v, &a64, &b64, &m64), &x64, 1e-6),
+        ),
+        (
+            "A",
+            &layer.lora_a,
+            numeric_grad(&|v| forward(&x64, v, &b64, &m64), &a64, 1e-6),
+        ),
+        (
+            "B",
+            &layer.lora_b,
+            numeric_grad(&|v| forward(&x64, &a64, v, &m64), &b64, 1e-6),
+        ),
+        (
+            "m",
+            &layer.magnitude,
+            numeric_grad(&|v| forward(&x64, &a64, &b64, v), &m64, 1e-6),
+        ),
+    ];
+    for (name, t, want) in checks {
+        assert_close(
+            &format!("DoRA d/d{name}"),
+            &t.grad().unwrap().to_vec_f32().unwrap(),
+            &want,
+            2e-3,
+            2e-4,
+        );
+    }
+}

@@ -1,0 +1,96 @@
+//! Every kernel variant parses and validates with naga and translates to
+//! SPIR-V (Vulkan), MSL (Metal), HLSL (DX12) and GLSL ES 3.1 (GL): this
+//! catches Metal/DX12/GL breakage on a machine that has none of them.
+
+use dora_wgpu::shaders::Kernel;
+use naga::back::{glsl, hlsl, msl, spv};
+use naga::valid::{Capabilities, ValidationFlags, Validator};
+
+fn check(kernel: &Kernel) -> Result<(), String> {
+    let source = kernel.source();
+    let module = naga::front::wgsl::parse_str(&source).map_err(|e| e.emit_to_string(&source))?;
+    let info = Validator::new(ValidationFlags::all(), Capabilities::empty())
+        .validate(&module)
+        .map_err(|e| e.emit_to_string(&source))?;
+    if !module.entry_points.iter().any(|e| e.name == kernel.entry()) {
+        return Err(format!("no entry point {}", kernel.entry()));
+    }
+    spv::write_vec(&module, &info, &spv::Options::default(), None)
+        .map_err(|e| format!("SPIR-V: {e}"))?;
+    let msl_options = msl::Options {
+        lang_version: (2, 0),
+        ..Default::default()
+    };
+    msl::write_string(
+        &module,
+        &info,
+        &msl_options,
+        &msl::PipelineOptions::default(),
+    )
+    .map_err(|e| format!("MSL: {e}"))?;
+    let mut hlsl_out = String::new();
+    hlsl::Writer::new(
+        &mut hlsl_out,
+        &hlsl::Options::default(),
+        &hlsl::PipelineOptions::default(),
+    )
+    .write(&module, &info, None)
+    .map_err(|e| format!("HLSL: {e}"))?;
+    for ep in &module.entry_points {
+        let mut glsl_out = String::new();
+        let options = glsl::Options {
+            version: glsl::Version::new_gles(310),
+            ..Default::default()
+        };
+        let pipeline = glsl::PipelineOptions {
+            shader_stage: naga::ShaderStage::Compute,
+            entry_point: ep.name.clone(),
+            multiview: None,
+        };
+        glsl::Writer::new(
+            &mut glsl_out,
+            &module,
+            &info,
+            &options,
+            &pipeline,
+            Default::default(),
+        )
+        .and_then(|mut w| w.write().map(|_| ()))
+        .map_err(|e| format!("GLSL {}: {e}", ep.name))?;
+    }
+    Ok(())
+}
+
+#[test]
+fn every_kernel_variant_validates_and_translates_to_all_backends() {
+    let kernels = Kernel::all();
+    assert!(kernels.len() > 40, "expected every variant to be listed");
+    let failures: Vec<String> = kernels
+        .iter()
+        .filter_map(|k| check(k).err().map(|e| format!("{}: {e}", k.label())))
+        .collect();
+    assert!(
+        failures.is_empty(),
+        "{} variants failed:\n{}",
+        failures.len(),
+        failures.join("\n")
+    );
+}
+
+#[test]
+fn every_wgsl_file_is_used_by_some_kernel() {
+    let sources: Vec<String> = Kernel::all().iter().map(Kernel::source).collect();
+    for entry in std::fs::read_dir(concat!(env!("CARGO_MANIFEST_DIR"), "/shaders")).unwrap() {
+        let path = entry.unwrap().path();
+        let text = std::fs::read_to_string(&path).unwrap();
+        let first_code_line = text
+            .lines()
+            .find(|l| !l.starts_with("//") && !l.trim().is_empty())
+            .unwrap();
+        assert!(
+            sources.iter().any(|s| s.contains(first_code_line)),
+            "{} is not included by any kernel",
+            path.display()
+        );
+    }
+}
