@@ -174,7 +174,8 @@ fn unary_op_gradients() {
     let mut rng = Rng::new(4);
     let shape = [3, 5];
     type Op = fn(&Tensor) -> Result<Tensor>;
-    let cases: [(&str, Op, fn(f64) -> f64); 4] = [
+    type Case = (&'static str, Op, fn(f64) -> f64);
+    let cases: [Case; 4] = [
         ("silu", ops::silu, |x| x / (1.0 + (-x).exp())),
         ("square", ops::square, |x| x * x),
         ("sqrt", ops::sqrt, |x| x.sqrt()),

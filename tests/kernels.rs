@@ -241,15 +241,26 @@ fn elementwise_ops_and_broadcasts_match_f64() {
     let b_row: Vec<f32> = (0..cols).map(|_| rng.uniform_in(0.5, 2.0)).collect();
     let b_per_row: Vec<f32> = (0..rows).map(|_| rng.uniform_in(0.5, 2.0)).collect();
     let ta = Tensor::from_f32(gpu, &a, &[rows, cols]).unwrap();
-    let cases: [(&[f32], Vec<usize>, Box<dyn Fn(usize) -> usize>); 3] = [
-        (&b_full, vec![rows, cols], Box::new(|i| i)),
-        (&b_row, vec![cols], Box::new(move |i| i % cols)),
-        (&b_per_row, vec![rows, 1], Box::new(move |i| i / cols)),
+    // (b, its shape, which b element pairs with element i of a)
+    type Index = fn(usize, usize) -> usize;
+    let cases: [(&[f32], Vec<usize>, Index); 3] = [
+        (&b_full, vec![rows, cols], |i, _| i),
+        (&b_row, vec![cols], |i, cols| i % cols),
+        (&b_per_row, vec![rows, 1], |i, cols| i / cols),
     ];
+    type BinaryCase = (
+        &'static str,
+        fn(&Tensor, &Tensor) -> dora_wgpu::Result<Tensor>,
+        fn(f64, f64) -> f64,
+    );
+    type UnaryCase = (
+        &'static str,
+        fn(&Tensor) -> dora_wgpu::Result<Tensor>,
+        fn(f64) -> f64,
+    );
     for (b, shape, index) in cases.iter() {
         let tb = Tensor::from_f32(gpu, b, shape).unwrap();
-        type F = fn(f64, f64) -> f64;
-        let ops_list: [(&str, fn(&Tensor, &Tensor) -> dora_wgpu::Result<Tensor>, F); 4] = [
+        let ops_list: [BinaryCase; 4] = [
             ("add", ops::add, |x, y| x + y),
             ("sub", ops::sub, |x, y| x - y),
             ("mul", ops::mul, |x, y| x * y),
@@ -258,16 +269,12 @@ fn elementwise_ops_and_broadcasts_match_f64() {
         for (name, op, f) in ops_list {
             let got = op(&ta, &tb).unwrap().to_vec_f32().unwrap();
             let want: Vec<f64> = (0..a.len())
-                .map(|i| f(a[i] as f64, b[index(i)] as f64))
+                .map(|i| f(a[i] as f64, b[index(i, cols)] as f64))
                 .collect();
             assert_close(&format!("{name} b{shape:?}"), &got, &want, 1e-6, 1e-6);
         }
     }
-    let unary: [(
-        &str,
-        fn(&Tensor) -> dora_wgpu::Result<Tensor>,
-        fn(f64) -> f64,
-    ); 3] = [
+    let unary: [UnaryCase; 3] = [
         ("silu", ops::silu, |x| x / (1.0 + (-x).exp())),
         ("square", ops::square, |x| x * x),
         ("exp", ops::exp, |x| x.exp()),

@@ -11,8 +11,9 @@ use super::pool::{BufferPool, MemoryStats};
 use crate::error::{Error, Result};
 
 /// Options for picking an adapter. `Default` honours wgpu's own environment
-/// variables: `WGPU_BACKEND` (vulkan, metal, dx12, gl) and `WGPU_ADAPTER_NAME`
-/// (a case-insensitive substring of the adapter's name).
+/// variables: `WGPU_BACKEND` (vulkan, metal, dx12, gl), `WGPU_ADAPTER_NAME`
+/// (a case-insensitive substring of the adapter's name) and `WGPU_POWER_PREF`
+/// (low, high); without them the high-performance adapter is preferred.
 #[derive(Clone, Debug)]
 pub struct GpuOptions {
     pub backends: wgpu::Backends,
@@ -25,7 +26,8 @@ impl Default for GpuOptions {
         GpuOptions {
             backends: wgpu::Backends::all().with_env(),
             adapter_name: std::env::var("WGPU_ADAPTER_NAME").ok(),
-            power_preference: wgpu::PowerPreference::HighPerformance,
+            power_preference: wgpu::PowerPreference::from_env()
+                .unwrap_or(wgpu::PowerPreference::HighPerformance),
         }
     }
 }

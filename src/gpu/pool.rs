@@ -35,7 +35,8 @@ pub(crate) struct BufferPool {
 /// Rounds a request up to its size class: at most 12.5% waste, 256-byte minimum.
 pub(crate) fn size_class(bytes: u64) -> u64 {
     let bytes = bytes.max(256);
-    let step = (bytes.next_power_of_two() / 8).max(256);
+    let floor_pow2 = 1u64 << (63 - bytes.leading_zeros());
+    let step = (floor_pow2 / 8).max(256);
     bytes.div_ceil(step) * step
 }
 

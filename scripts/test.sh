@@ -1,0 +1,12 @@
+#!/usr/bin/env bash
+# The test command: sets up a GPU driver if the machine has none, then runs
+# the whole suite on the default adapter (Vulkan) and again on the GL backend.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+bash scripts/install-mesa.sh
+
+echo "== tests on the default adapter (Vulkan where available)"
+cargo test "$@"
+echo "== tests on the GL backend"
+WGPU_BACKEND=gl cargo test "$@"
