@@ -9,7 +9,7 @@
 
 use std::time::Instant;
 
-use dora_wgpu::nn::{kaiming_uniform, DoraLinear, Rng};
+use dora_wgpu::nn::{kaiming_uniform, AdapterOptions, DoraLinear, Linear, Rng};
 use dora_wgpu::ops::{self, Transpose};
 use dora_wgpu::optim::{AdamW, AdamWConfig};
 use dora_wgpu::{Gpu, Tensor};
@@ -57,13 +57,13 @@ fn run() -> dora_wgpu::Result<()> {
         &Tensor::from_f32(&gpu, &target, &[OUT, IN])?,
         Transpose::NT,
     )?;
-    let layer = DoraLinear::new(
-        Tensor::from_f32(&gpu, &w, &[OUT, IN])?,
-        None,
-        RANK,
-        2.0 * RANK as f32,
-        7,
-    )?;
+    let base = Linear::new(Tensor::from_f32(&gpu, &w, &[OUT, IN])?, None)?;
+    let options = AdapterOptions {
+        rank: RANK,
+        alpha: 2.0 * RANK as f32,
+        ..Default::default()
+    };
+    let layer = DoraLinear::new(base, &options, 7)?;
     let mut opt = AdamW::new(
         layer.parameters(),
         AdamWConfig {

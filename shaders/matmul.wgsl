@@ -2,6 +2,8 @@
 // op(A) is M x K (A stored [K, M] when TRANS_A), op(B) is K x N (B stored
 // [N, K] when TRANS_B: the Hugging Face [out, in] weight layout). B may be a
 // 16-bit weight: `load_b` (from the generated header) unpacks it.
+// `epilogue` (from the header) may then scale each output per column and add
+// a bias: C = col_scale[n] * C + bias[n] (the fused DoRA forward: m/||V||, bias).
 // Tiling: a 16x16 workgroup computes a 64x64 tile of C, 4x4 outputs per
 // invocation, staging 64x16 slices of A and 16x64 slices of B in workgroup memory.
 
@@ -14,6 +16,7 @@ struct Params {
     stride_c: u32,
     alpha: f32,
     beta: f32,
+    has_bias: u32,
 }
 
 @group(0) @binding(0) var<uniform> p: Params;
@@ -112,7 +115,7 @@ fn store_row(r: u32, col: u32, c_base: u32, acc: vec4<f32>) {
             if (p.beta != 0.0) {
                 v = v + p.beta * c[idx];
             }
-            c[idx] = v;
+            c[idx] = epilogue(v, col + j);
         }
     }
 }

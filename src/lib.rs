@@ -16,6 +16,7 @@
 pub mod autograd;
 mod error;
 pub mod gpu;
+pub mod io;
 pub mod nn;
 pub mod ops;
 pub mod optim;

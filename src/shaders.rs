@@ -68,6 +68,8 @@ pub enum Kernel {
         trans_a: bool,
         trans_b: bool,
         b_dtype: DType,
+        /// Scales each output column and adds a bias after the product.
+        epilogue: bool,
     },
     RowNorm {
         dtype: DType,
@@ -79,6 +81,10 @@ pub enum Kernel {
     Binary(BinaryOp, Broadcast),
     AddAssign,
     Widen(DType),
+    Transpose,
+    Dropout,
+    /// f32 -> bf16 or f16, packed two per word.
+    Pack16(DType),
     SumRows,
     SumCols,
     SoftmaxForward,
@@ -104,6 +110,9 @@ impl Kernel {
             Kernel::Binary(..) => "map_binary",
             Kernel::AddAssign => "add_assign",
             Kernel::Widen(_) => "widen",
+            Kernel::Transpose => "transpose2d",
+            Kernel::Dropout => "dropout",
+            Kernel::Pack16(_) => "pack16",
             Kernel::SumRows => "sum_rows",
             Kernel::SumCols => "sum_cols",
             Kernel::SoftmaxForward => "softmax_forward",
@@ -119,7 +128,12 @@ impl Kernel {
     /// order a dispatch passes its buffers. Binding 0 is always the parameters.
     pub fn bindings(&self) -> &'static [(u32, Access)] {
         match self {
-            Kernel::Matmul { .. } => &[(1, Read), (2, Read), (3, ReadWrite)],
+            Kernel::Matmul {
+                epilogue: false, ..
+            } => &[(1, Read), (2, Read), (3, ReadWrite)],
+            Kernel::Matmul { epilogue: true, .. } => {
+                &[(1, Read), (2, Read), (3, ReadWrite), (4, Read), (5, Read)]
+            }
             Kernel::RowNorm { .. } => &[(1, Read), (2, ReadWrite)],
             Kernel::Recompose { .. } => &[
                 (1, Read),
@@ -133,6 +147,8 @@ impl Kernel {
             Kernel::Binary(..) => &[(1, Read), (2, Read), (3, ReadWrite)],
             Kernel::AddAssign => &[(1, Read), (3, ReadWrite)],
             Kernel::Widen(_) => &[(3, ReadWrite), (4, Read)],
+            Kernel::Transpose | Kernel::Dropout => &[(1, Read), (3, ReadWrite)],
+            Kernel::Pack16(_) => &[(1, Read), (5, ReadWrite)],
             Kernel::SumRows | Kernel::SumCols => &[(1, Read), (2, ReadWrite)],
             Kernel::SoftmaxForward => &[(1, Read), (3, ReadWrite)],
             Kernel::SoftmaxBackward => &[(1, Read), (2, Read), (3, ReadWrite)],
@@ -157,10 +173,16 @@ impl Kernel {
                 trans_a,
                 trans_b,
                 b_dtype,
+                epilogue,
             } => (
                 format!(
-                    "const TRANS_A: bool = {trans_a};\nconst TRANS_B: bool = {trans_b};\n{}",
-                    weight_loader("BWord", "load_b", "b", b_dtype)
+                    "const TRANS_A: bool = {trans_a};\nconst TRANS_B: bool = {trans_b};\n{}{}",
+                    weight_loader("BWord", "load_b", "b", b_dtype),
+                    if epilogue {
+                        MATMUL_EPILOGUE
+                    } else {
+                        "fn epilogue(v: f32, col: u32) -> f32 { return v; }\n"
+                    }
                 ),
                 MATMUL,
             ),
@@ -178,8 +200,12 @@ impl Kernel {
                 elementwise_header(UnaryOp::Scale, BinaryOp::Add, Broadcast::None, DType::F32),
                 ELEMENTWISE,
             ),
-            Kernel::Widen(dtype) => (
+            Kernel::Widen(dtype) | Kernel::Pack16(dtype) => (
                 elementwise_header(UnaryOp::Scale, BinaryOp::Add, Broadcast::None, dtype),
+                ELEMENTWISE,
+            ),
+            Kernel::Transpose | Kernel::Dropout => (
+                elementwise_header(UnaryOp::Scale, BinaryOp::Add, Broadcast::None, DType::F32),
                 ELEMENTWISE,
             ),
             Kernel::SumRows | Kernel::SumCols => (String::new(), REDUCE),
@@ -199,11 +225,14 @@ impl Kernel {
         for trans_a in [false, true] {
             for trans_b in [false, true] {
                 for b_dtype in weight_types {
-                    v.push(Kernel::Matmul {
-                        trans_a,
-                        trans_b,
-                        b_dtype,
-                    });
+                    for epilogue in [false, true] {
+                        v.push(Kernel::Matmul {
+                            trans_a,
+                            trans_b,
+                            b_dtype,
+                            epilogue,
+                        });
+                    }
                 }
             }
         }
@@ -212,6 +241,8 @@ impl Kernel {
             v.push(Kernel::Recompose { dtype });
             v.push(Kernel::Widen(dtype));
         }
+        v.push(Kernel::Pack16(DType::BF16));
+        v.push(Kernel::Pack16(DType::F16));
         use UnaryOp as U;
         for op in [U::Scale, U::Silu, U::Square, U::Sqrt, U::Exp] {
             v.push(Kernel::Unary(op));
@@ -224,6 +255,8 @@ impl Kernel {
         }
         v.extend([
             Kernel::AddAssign,
+            Kernel::Transpose,
+            Kernel::Dropout,
             Kernel::SumRows,
             Kernel::SumCols,
             Kernel::SoftmaxForward,
@@ -252,6 +285,63 @@ const F16_DECODE: &str = "fn f16_to_f32(h: u32) -> f32 {
         return bitcast<f32>(sign | 0x7f800000u | (mantissa << 13u));
     }
     return bitcast<f32>(sign | ((exponent + 112u) << 23u) | (mantissa << 13u));
+}
+";
+
+/// The fused DoRA epilogue's bindings and function (the plain variant declares neither).
+const MATMUL_EPILOGUE: &str = "@group(0) @binding(4) var<storage, read> col_scale: array<f32>;
+@group(0) @binding(5) var<storage, read> bias: array<f32>;
+fn epilogue(v: f32, col: u32) -> f32 {
+    var r = v * col_scale[col];
+    if (p.has_bias != 0u) {
+        r = r + bias[col];
+    }
+    return r;
+}
+";
+
+/// f32 -> bf16 bits, round to nearest even (NaN stays NaN).
+const BF16_ENCODE: &str = "fn narrow(x: f32) -> u32 {
+    let b = bitcast<u32>(x);
+    if ((b & 0x7fffffffu) > 0x7f800000u) {
+        return (b >> 16u) | 0x40u;
+    }
+    return (b + 0x7fffu + ((b >> 16u) & 1u)) >> 16u;
+}
+";
+
+/// f32 -> f16 bits, round to nearest even, with subnormals, overflow to inf and NaN.
+const F16_ENCODE: &str = "fn narrow(x: f32) -> u32 {
+    let b = bitcast<u32>(x);
+    let sign = (b >> 16u) & 0x8000u;
+    let mant = b & 0x7fffffu;
+    if ((b & 0x7fffffffu) > 0x7f800000u) {
+        return sign | 0x7e00u;
+    }
+    let e = i32((b >> 23u) & 0xffu) - 112;
+    if (e >= 31) {
+        return sign | 0x7c00u;
+    }
+    if (e <= 0) {
+        if (e < -10) {
+            return sign;
+        }
+        let m = mant | 0x800000u;
+        let shift = u32(14 - e);
+        var h = m >> shift;
+        let rem = m & ((1u << shift) - 1u);
+        let half = 1u << (shift - 1u);
+        if (rem > half || (rem == half && (h & 1u) == 1u)) {
+            h = h + 1u;
+        }
+        return sign | h;
+    }
+    var h = (u32(e) << 10u) | (mant >> 13u);
+    let rem = mant & 0x1fffu;
+    if (rem > 0x1000u || (rem == 0x1000u && (h & 1u) == 1u)) {
+        h = h + 1u;
+    }
+    return sign | h;
 }
 ";
 
@@ -298,7 +388,8 @@ fn elementwise_header(unary: UnaryOp, binary: BinaryOp, bc: Broadcast, w: DType)
         "fn unary(x: f32) -> f32 {{ return {unary}; }}\n\
          fn binary(a: f32, b: f32) -> f32 {{ return {binary}; }}\n\
          fn b_index(i: u32) -> u32 {{ return {index}; }}\n\
-         fn silu_grad(x: f32) -> f32 {{ let s = 1.0 / (1.0 + exp(-x)); return s * (1.0 + x * (1.0 - s)); }}\n{}",
-        weight_loader("WWord", "load_w", "w", w)
+         fn silu_grad(x: f32) -> f32 {{ let s = 1.0 / (1.0 + exp(-x)); return s * (1.0 + x * (1.0 - s)); }}\n{}{}",
+        weight_loader("WWord", "load_w", "w", w),
+        if w == DType::F16 { F16_ENCODE } else { BF16_ENCODE },
     )
 }

@@ -99,16 +99,23 @@ fn recompose_names_the_tensor_with_the_wrong_shape() {
 }
 
 #[test]
-fn dora_layer_rejects_bad_arguments() {
+fn layers_reject_bad_arguments() {
+    use dora_wgpu::nn::{AdapterOptions, DoraLinear, Linear};
     let gpu = gpu();
     let w = Tensor::from_f32(gpu, &[0.0; 12], &[3, 4]).unwrap();
     let bias = Tensor::from_f32(gpu, &[0.0; 4], &[4]).unwrap();
-    one_line_error(
-        dora_wgpu::nn::DoraLinear::new(w.clone(), Some(bias), 2, 4.0, 0),
-        &["bias", "[4]", "[3]"],
-    );
-    one_line_error(
-        dora_wgpu::nn::DoraLinear::new(w, None, 0, 4.0, 0),
-        &["rank"],
-    );
+    one_line_error(Linear::new(w.clone(), Some(bias)), &["bias", "[4]", "[3]"]);
+    let trainable = Tensor::param(gpu, &[0.0; 12], &[3, 4]).unwrap();
+    one_line_error(Linear::new(trainable, None), &["frozen"]);
+    let base = Linear::new(w, None).unwrap();
+    let zero_rank = AdapterOptions {
+        rank: 0,
+        ..Default::default()
+    };
+    one_line_error(DoraLinear::new(base.clone(), &zero_rank, 0), &["rank"]);
+    let bad_dropout = AdapterOptions {
+        dropout: 1.0,
+        ..Default::default()
+    };
+    one_line_error(DoraLinear::new(base, &bad_dropout, 0), &["dropout"]);
 }

@@ -343,14 +343,14 @@ fn dora_linear_gradients_match_finite_differences() {
     let (tokens, in_f, out_f, r) = (4, 6, 5, 2);
     let w = random(&mut rng, out_f * in_f);
     let x = random(&mut rng, tokens * in_f);
-    let layer = dora_wgpu::nn::DoraLinear::new(
-        Tensor::from_f32(gpu, &w, &[out_f, in_f]).unwrap(),
-        None,
-        r,
-        4.0,
-        3,
-    )
-    .unwrap();
+    let base = dora_wgpu::nn::Linear::new(Tensor::from_f32(gpu, &w, &[out_f, in_f]).unwrap(), None)
+        .unwrap();
+    let options = dora_wgpu::nn::AdapterOptions {
+        rank: r,
+        alpha: 4.0,
+        ..Default::default()
+    };
+    let layer = dora_wgpu::nn::DoraLinear::new(base, &options, 3).unwrap();
     // Move away from the B = 0 start so every gradient is non-trivial.
     let b0 = random(&mut rng, out_f * r);
     ops::add_assign(

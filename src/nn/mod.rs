@@ -1,7 +1,11 @@
-//! Layers built from ops.
+//! Layers built from ops: a frozen linear layer and the LoRA and DoRA adapters over it.
 
 mod dora;
 mod init;
+mod linear;
+mod lora;
 
-pub use dora::DoraLinear;
+pub use dora::{DoraLinear, DoraPath};
 pub use init::{kaiming_uniform, Rng};
+pub use linear::Linear;
+pub use lora::{lora_scaling, AdapterOptions, LoraLinear};

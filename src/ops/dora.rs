@@ -79,3 +79,97 @@ pub fn recompose(
     )?;
     Ok((merged, norms))
 }
+
+/// The fused DoRA forward, with the row norm `norm` = ||W + s·B·A|| held constant:
+///   y = (m / norm) ⊙ (x·Wᵀ + s·(x·Aᵀ)·Bᵀ) + bias
+/// in three dispatches: x·Aᵀ, the rank-r product into the output, then the
+/// base product accumulated on top with the column scale and bias in its
+/// epilogue. The dense update s·B·A never exists. Backward follows the
+/// closed forms (h = g ⊙ m/n): dB = s·hᵀ·(x·Aᵀ), dA = s·(h·B)ᵀ·x,
+/// dx = h·W + s·(h·B)·A, and dm = Σ_t g ⊙ (y − bias) / m, which reuses the
+/// output instead of keeping x·Wᵀ.
+pub(crate) struct FusedDora<'a> {
+    pub weight: &'a Tensor,
+    pub bias: Option<&'a Tensor>,
+    pub lora_a: &'a Tensor,
+    pub lora_b: &'a Tensor,
+    pub magnitude: &'a Tensor,
+    /// ||W + s·B·A|| per output row, treated as a constant.
+    pub norm: &'a Tensor,
+    pub scale: f32,
+}
+
+pub(crate) fn dora_linear_fused(x: &Tensor, layer: &FusedDora) -> Result<Tensor> {
+    use super::elementwise::binary_raw;
+    use super::matmul::{matmul_epilogue, matmul_raw, Epilogue, Transpose::*};
+    use super::reduce::sum_cols_raw;
+    use crate::autograd::record;
+    use crate::shaders::{BinaryOp, Broadcast};
+
+    let FusedDora {
+        weight: w,
+        bias,
+        lora_a: a,
+        lora_b: b,
+        magnitude: m,
+        norm,
+        scale,
+    } = *layer;
+    let c = binary_raw(m, norm, BinaryOp::Div, Broadcast::None)?;
+    let xa = matmul_raw(x, a, NT, 1.0, 0.0, None)?;
+    let y = matmul_raw(&xa, b, NT, scale, 0.0, None)?;
+    let epilogue = Epilogue {
+        col_scale: &c,
+        bias,
+    };
+    matmul_epilogue(x, w, NT, 1.0, 1.0, Some(&y), Some(epilogue))?;
+
+    let saved = (
+        x.clone(),
+        w.clone(),
+        bias.cloned(),
+        a.clone(),
+        b.clone(),
+        m.clone(),
+        y.clone(),
+    );
+    Ok(record(y, "dora_linear", &[x, a, b, m], move |g, needs| {
+        let (x, w, bias, a, b, m, y) = saved;
+        let flat = |t: &Tensor| super::reshape(t, &[t.numel() / t.last_dim(), t.last_dim()]);
+        let h = binary_raw(g, &c, BinaryOp::Mul, Broadcast::Row)?;
+        let hb = matmul_raw(&h, &b, NN, 1.0, 0.0, None)?;
+        let dx = if needs[0] {
+            let dx = matmul_raw(&h, &w, NN, 1.0, 0.0, None)?;
+            matmul_raw(&hb, &a, NN, scale, 1.0, Some(&dx))?;
+            Some(dx)
+        } else {
+            None
+        };
+        let da = if needs[1] {
+            Some(matmul_raw(&flat(&hb)?, &flat(&x)?, TN, scale, 0.0, None)?)
+        } else {
+            None
+        };
+        let db = if needs[2] {
+            Some(matmul_raw(&flat(&h)?, &flat(&xa)?, TN, scale, 0.0, None)?)
+        } else {
+            None
+        };
+        let dm = if needs[3] {
+            let z_times_c = match &bias {
+                Some(bias) => binary_raw(&y, bias, BinaryOp::Sub, Broadcast::Row)?,
+                None => y.clone(),
+            };
+            let gz = binary_raw(g, &z_times_c, BinaryOp::Mul, Broadcast::None)?;
+            Some(binary_raw(
+                &sum_cols_raw(&gz, 1.0)?,
+                &m,
+                BinaryOp::Div,
+                Broadcast::None,
+            )?)
+        } else {
+            None
+        };
+        Ok(vec![dx, da, db, dm])
+    }))
+}

@@ -15,6 +15,7 @@ struct Params {
     cols: u32,
     alpha: f32,
     beta: f32,
+    seed: u32,
 }
 
 fn unary_raw(x: &Tensor, op: UnaryOp, alpha: f32) -> Result<Tensor> {
@@ -26,6 +27,7 @@ fn unary_raw(x: &Tensor, op: UnaryOp, alpha: f32) -> Result<Tensor> {
         cols: x.last_dim() as u32,
         alpha,
         beta: 0.0,
+        seed: 0,
     };
     launch(
         Kernel::Unary(op),
@@ -65,6 +67,7 @@ pub(crate) fn binary_raw(a: &Tensor, b: &Tensor, op: BinaryOp, bc: Broadcast) ->
         cols: a.last_dim() as u32,
         alpha: 1.0,
         beta: 0.0,
+        seed: 0,
     };
     launch(
         Kernel::Binary(op, bc),
@@ -89,6 +92,7 @@ pub(crate) fn expand(b: &Tensor, shape: &[usize], bc: Broadcast) -> Result<Tenso
         cols: cols as u32,
         alpha: 1.0,
         beta: 0.0,
+        seed: 0,
     };
     launch(
         Kernel::Binary(BinaryOp::Right, bc),
@@ -258,6 +262,7 @@ pub fn add_assign(acc: &Tensor, x: &Tensor, alpha: f32) -> Result<()> {
         cols: 1,
         alpha,
         beta: 0.0,
+        seed: 0,
     };
     launch(
         Kernel::AddAssign,
@@ -291,6 +296,7 @@ pub fn to_f32(x: &Tensor) -> Result<Tensor> {
                 cols: cols as u32,
                 alpha: 1.0,
                 beta: 0.0,
+                seed: 0,
             };
             launch(
                 Kernel::Widen(dtype),
@@ -300,5 +306,97 @@ pub fn to_f32(x: &Tensor) -> Result<Tensor> {
             )?;
             Ok(out)
         }
+    }
+}
+
+/// The transpose of a 2-D tensor: [rows, cols] -> [cols, rows].
+pub fn transpose(x: &Tensor) -> Result<Tensor> {
+    x.expect_f32("transpose", "input")?;
+    let &[rows, cols] = x.shape() else {
+        shape_err!("transpose: needs a 2-D tensor, got {:?}", x.shape());
+    };
+    let out = transpose_raw(x, rows, cols)?;
+    Ok(record(out, "transpose", &[x], move |g, _| {
+        Ok(vec![Some(transpose_raw(g, cols, rows)?)])
+    }))
+}
+
+fn transpose_raw(x: &Tensor, rows: usize, cols: usize) -> Result<Tensor> {
+    let out = Tensor::empty(x.gpu(), &[cols, rows], DType::F32)?;
+    let n = rows * cols;
+    let params = Params {
+        n: n as u32,
+        cols: cols as u32,
+        alpha: 1.0,
+        beta: 0.0,
+        seed: 0,
+    };
+    launch(
+        Kernel::Transpose,
+        &params,
+        &[x, &out],
+        groups_for_elements(n),
+    )?;
+    Ok(out)
+}
+
+/// Inverted dropout with probability `p`: each element is zeroed with
+/// probability p and the rest scaled by 1/(1-p). The mask is a pure function
+/// of (`seed`, element index), so the same seed drops the same elements.
+pub fn dropout(x: &Tensor, p: f32, seed: u32) -> Result<Tensor> {
+    if !(0.0..1.0).contains(&p) {
+        crate::error::arg_err!("dropout: probability must be in [0, 1), got {p}");
+    }
+    if p == 0.0 {
+        return Ok(x.clone());
+    }
+    let out = dropout_raw(x, p, seed)?;
+    Ok(record(out, "dropout", &[x], move |g, _| {
+        Ok(vec![Some(dropout_raw(g, p, seed)?)])
+    }))
+}
+
+fn dropout_raw(x: &Tensor, p: f32, seed: u32) -> Result<Tensor> {
+    x.expect_f32("dropout", "input")?;
+    let out = Tensor::empty(x.gpu(), x.shape(), DType::F32)?;
+    let n = x.numel();
+    let params = Params {
+        n: n as u32,
+        cols: 1,
+        alpha: p,
+        beta: 0.0,
+        seed,
+    };
+    launch(Kernel::Dropout, &params, &[x, &out], groups_for_elements(n))?;
+    Ok(out)
+}
+
+/// `x` stored as `dtype` (f32 values rounded to nearest even for bf16/f16).
+/// Not recorded: for writing frozen weights.
+pub fn cast(x: &Tensor, dtype: DType) -> Result<Tensor> {
+    match (x.dtype(), dtype) {
+        (from, to) if from == to => copy(x),
+        (DType::F32, DType::BF16 | DType::F16) => {
+            let out = Tensor::empty(x.gpu(), x.shape(), dtype)?;
+            let n = x.numel();
+            let params = Params {
+                n: n as u32,
+                cols: 1,
+                alpha: 1.0,
+                beta: 0.0,
+                seed: 0,
+            };
+            let words = n.div_ceil(2);
+            launch(
+                Kernel::Pack16(dtype),
+                &params,
+                &[x, &out],
+                groups_for_elements(words),
+            )?;
+            Ok(out)
+        }
+        (DType::BF16 | DType::F16, DType::F32) => to_f32(x),
+        (DType::BF16 | DType::F16, _) => cast(&to_f32(x)?, dtype),
+        (from, to) => crate::error::arg_err!("cast: {} cannot become {}", from.name(), to.name()),
     }
 }

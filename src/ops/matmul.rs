@@ -39,6 +39,7 @@ struct Params {
     stride_c: u32,
     alpha: f32,
     beta: f32,
+    has_bias: u32,
 }
 
 /// The sizes of one product, after checking the operands fit.
@@ -115,6 +116,25 @@ pub(crate) fn matmul_raw(
     beta: f32,
     out: Option<&Tensor>,
 ) -> Result<Tensor> {
+    matmul_epilogue(a, b, t, alpha, beta, out, None)
+}
+
+/// A per-column scale and optional bias applied to each output after the product.
+pub(crate) struct Epilogue<'a> {
+    pub col_scale: &'a Tensor,
+    pub bias: Option<&'a Tensor>,
+}
+
+/// out = scale ⊙ (alpha·op(A)·op(B) + beta·out) + bias, recorded nowhere.
+pub(crate) fn matmul_epilogue(
+    a: &Tensor,
+    b: &Tensor,
+    t: Transpose,
+    alpha: f32,
+    beta: f32,
+    out: Option<&Tensor>,
+    epilogue: Option<Epilogue>,
+) -> Result<Tensor> {
     a.expect_f32("matmul", "A")?;
     if !b.dtype().is_float() {
         arg_err!(
@@ -143,18 +163,39 @@ pub(crate) fn matmul_raw(
         stride_c: (p.m * p.n) as u32,
         alpha,
         beta,
+        has_bias: epilogue.as_ref().is_some_and(|e| e.bias.is_some()) as u32,
     };
     let kernel = Kernel::Matmul {
         trans_a: ta,
         trans_b: tb,
         b_dtype: b.dtype(),
+        epilogue: epilogue.is_some(),
     };
     let groups = [
         p.n.div_ceil(64) as u32,
         p.m.div_ceil(64) as u32,
         p.batch as u32,
     ];
-    launch(kernel, &params, &[a, b, &out], groups)?;
+    match epilogue {
+        None => launch(kernel, &params, &[a, b, &out], groups)?,
+        Some(e) => {
+            for (t, what) in [(Some(e.col_scale), "column scale"), (e.bias, "bias")] {
+                if let Some(t) = t {
+                    if t.shape() != [p.n] || t.dtype() != DType::F32 {
+                        shape_err!(
+                            "matmul epilogue: {what} is {:?} {}, expected [{}] f32",
+                            t.shape(),
+                            t.dtype().name(),
+                            p.n
+                        );
+                    }
+                }
+            }
+            // Without a bias the scale buffer is bound twice; the kernel never reads it as a bias.
+            let bias = e.bias.unwrap_or(e.col_scale);
+            launch(kernel, &params, &[a, b, &out, e.col_scale, bias], groups)?
+        }
+    }
     Ok(out)
 }
 

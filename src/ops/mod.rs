@@ -13,8 +13,10 @@ mod shape;
 mod softmax;
 
 pub use dora::recompose;
+pub(crate) use dora::{dora_linear_fused, FusedDora};
 pub use elementwise::{
-    add, add_assign, copy, div, exp, mul, scale, silu, sqrt, square, sub, to_f32,
+    add, add_assign, cast, copy, div, dropout, exp, mul, scale, silu, sqrt, square, sub, to_f32,
+    transpose,
 };
 pub use loss::{cross_entropy, IGNORE_INDEX};
 pub(crate) use matmul::matmul_raw;

@@ -1,0 +1,7 @@
+//! Files: safetensors tensors and PEFT adapter directories.
+
+mod peft;
+mod safetensors;
+
+pub use self::peft::{AdapterConfig, AdapterWeights, ModuleAdapter};
+pub use self::safetensors::{read_safetensors, write_atomically, write_safetensors, HostTensor};

@@ -1,0 +1,356 @@
+//! PEFT adapter directories: `adapter_config.json` + `adapter_model.safetensors`
+//! with PEFT's key names, so adapters move between this library and PEFT.
+//!
+//! Keys: `base_model.model.<module>.lora_A.weight` [r, in],
+//! `base_model.model.<module>.lora_B.weight` [out, r],
+//! `base_model.model.<module>.lora_magnitude_vector` [out] (DoRA; no `.weight`).
+
+use std::collections::BTreeMap;
+use std::path::Path;
+
+use serde::{Deserialize, Serialize};
+
+use super::safetensors::{read_safetensors, write_atomically, write_safetensors, HostTensor};
+use crate::error::{Error, Result};
+
+pub const CONFIG_FILE: &str = "adapter_config.json";
+pub const WEIGHTS_FILE: &str = "adapter_model.safetensors";
+const KEY_PREFIX: &str = "base_model.model.";
+const A_SUFFIX: &str = ".lora_A.weight";
+const B_SUFFIX: &str = ".lora_B.weight";
+const M_SUFFIX: &str = ".lora_magnitude_vector";
+
+/// PEFT's `LoraConfig` fields that matter here; any others are kept as they
+/// were read so that a round trip loses nothing.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub struct AdapterConfig {
+    #[serde(default = "default_peft_type")]
+    pub peft_type: String,
+    pub r: usize,
+    pub lora_alpha: f32,
+    #[serde(default)]
+    pub use_dora: bool,
+    #[serde(default)]
+    pub use_rslora: bool,
+    #[serde(default, deserialize_with = "string_or_list")]
+    pub target_modules: Vec<String>,
+    #[serde(default)]
+    pub lora_dropout: f32,
+    #[serde(default)]
+    pub fan_in_fan_out: bool,
+    #[serde(default = "default_bias")]
+    pub bias: String,
+    #[serde(default)]
+    pub base_model_name_or_path: Option<String>,
+    #[serde(default)]
+    pub task_type: Option<String>,
+    /// Per-module overrides of r and alpha (PEFT's `rank_pattern`, `alpha_pattern`).
+    #[serde(default)]
+    pub rank_pattern: BTreeMap<String, usize>,
+    #[serde(default)]
+    pub alpha_pattern: BTreeMap<String, f32>,
+    #[serde(flatten)]
+    pub other: serde_json::Map<String, serde_json::Value>,
+}
+
+fn default_peft_type() -> String {
+    "LORA".into()
+}
+
+fn default_bias() -> String {
+    "none".into()
+}
+
+/// PEFT writes `target_modules` as a list, or as one string (a module name or regex).
+fn string_or_list<'de, D: serde::Deserializer<'de>>(
+    d: D,
+) -> std::result::Result<Vec<String>, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum OneOrMany {
+        One(String),
+        Many(Vec<String>),
+        Null,
+    }
+    Ok(match OneOrMany::deserialize(d)? {
+        OneOrMany::One(s) => vec![s],
+        OneOrMany::Many(v) => v,
+        OneOrMany::Null => Vec::new(),
+    })
+}
+
+/// PEFT's pattern match: a key matches a module path equal to it or ending in `.key`.
+fn pattern_matches(key: &str, module: &str) -> bool {
+    module == key || module.ends_with(&format!(".{key}"))
+}
+
+impl AdapterConfig {
+    /// A config for a new adapter, with PEFT's defaults for the rest.
+    pub fn new(
+        r: usize,
+        lora_alpha: f32,
+        use_dora: bool,
+        target_modules: &[&str],
+    ) -> AdapterConfig {
+        AdapterConfig {
+            peft_type: default_peft_type(),
+            r,
+            lora_alpha,
+            use_dora,
+            use_rslora: false,
+            target_modules: target_modules.iter().map(|s| s.to_string()).collect(),
+            lora_dropout: 0.0,
+            fan_in_fan_out: false,
+            bias: default_bias(),
+            base_model_name_or_path: None,
+            task_type: None,
+            rank_pattern: BTreeMap::new(),
+            alpha_pattern: BTreeMap::new(),
+            other: serde_json::Map::new(),
+        }
+    }
+
+    /// The rank and alpha for one module, after PEFT's per-module patterns.
+    pub fn rank_and_alpha(&self, module: &str) -> (usize, f32) {
+        let r = self
+            .rank_pattern
+            .iter()
+            .find(|(k, _)| pattern_matches(k, module))
+            .map_or(self.r, |(_, &r)| r);
+        let alpha = self
+            .alpha_pattern
+            .iter()
+            .find(|(k, _)| pattern_matches(k, module))
+            .map_or(self.lora_alpha, |(_, &a)| a);
+        (r, alpha)
+    }
+
+    /// s = lora_alpha / r, or lora_alpha / √r with rsLoRA.
+    pub fn scaling(&self, module: &str) -> f32 {
+        let (r, alpha) = self.rank_and_alpha(module);
+        crate::nn::lora_scaling(alpha, r, self.use_rslora)
+    }
+
+    /// True when `module` is one this config adapts.
+    pub fn targets(&self, module: &str) -> bool {
+        self.target_modules
+            .iter()
+            .any(|t| t == "all-linear" || pattern_matches(t, module))
+    }
+
+    fn check_supported(&self, path: &Path) -> Result<()> {
+        let fail = |message: String| {
+            Err(Error::Format {
+                path: path.display().to_string(),
+                message,
+            })
+        };
+        if self.peft_type != "LORA" {
+            return fail(format!(
+                "peft_type {:?} is not supported; expected \"LORA\"",
+                self.peft_type
+            ));
+        }
+        if self.fan_in_fan_out {
+            return fail("fan_in_fan_out: true (GPT-2 Conv1D layers) is not supported".into());
+        }
+        if self.bias != "none" {
+            return fail(format!(
+                "bias {:?} is not supported; expected \"none\"",
+                self.bias
+            ));
+        }
+        if self.r == 0 {
+            return fail("r must be at least 1".into());
+        }
+        Ok(())
+    }
+}
+
+/// One module's adapter tensors, on the host, as f32.
+#[derive(Clone, Debug, PartialEq)]
+pub struct ModuleAdapter {
+    /// [r, in]
+    pub lora_a: HostTensor,
+    /// [out, r]
+    pub lora_b: HostTensor,
+    /// [out], DoRA only
+    pub magnitude: Option<HostTensor>,
+}
+
+/// A whole PEFT adapter: its config and the tensors of every adapted module,
+/// keyed by module path (e.g. `model.layers.0.self_attn.q_proj`).
+#[derive(Clone, Debug, PartialEq)]
+pub struct AdapterWeights {
+    pub config: AdapterConfig,
+    pub modules: BTreeMap<String, ModuleAdapter>,
+}
+
+impl AdapterWeights {
+    /// Reads an adapter directory written by PEFT (or by [`AdapterWeights::save`]).
+    pub fn load(dir: &Path) -> Result<AdapterWeights> {
+        let config_path = dir.join(CONFIG_FILE);
+        let text = std::fs::read_to_string(&config_path).map_err(|source| Error::Io {
+            path: config_path.display().to_string(),
+            source,
+        })?;
+        let config: AdapterConfig = serde_json::from_str(&text).map_err(|e| Error::Format {
+            path: config_path.display().to_string(),
+            message: format!("invalid adapter config: {e}"),
+        })?;
+        config.check_supported(&config_path)?;
+        let weights_path = dir.join(WEIGHTS_FILE);
+        let tensors = read_safetensors(&weights_path)?;
+        let err = |message: String| Error::Format {
+            path: weights_path.display().to_string(),
+            message,
+        };
+
+        // Group keys by module; every key must be one of the three PEFT kinds.
+        let mut parts: BTreeMap<String, [Option<HostTensor>; 3]> = BTreeMap::new();
+        for (key, t) in tensors {
+            let stripped = key.strip_prefix(KEY_PREFIX).ok_or_else(|| {
+                err(format!("tensor {key} does not start with {KEY_PREFIX:?}, so it is not a PEFT adapter key"))
+            })?;
+            let (module, slot) = if let Some(m) = stripped.strip_suffix(A_SUFFIX) {
+                (m, 0)
+            } else if let Some(m) = stripped.strip_suffix(B_SUFFIX) {
+                (m, 1)
+            } else if let Some(m) = stripped
+                .strip_suffix(M_SUFFIX)
+                .or_else(|| stripped.strip_suffix(".lora_magnitude_vector.weight"))
+            {
+                (m, 2)
+            } else {
+                return Err(err(format!(
+                    "tensor {key} is not a lora_A, lora_B or lora_magnitude_vector tensor"
+                )));
+            };
+            if t.dtype == crate::DType::I32 {
+                return Err(err(format!(
+                    "tensor {key} has dtype I32; expected F32, BF16 or F16"
+                )));
+            }
+            // Adapters are trained in f32: widen 16-bit files on load.
+            let t = HostTensor::from_f32(&t.to_f32(), &t.shape);
+            parts.entry(module.to_string()).or_default()[slot] = Some(t);
+        }
+        if parts.is_empty() {
+            return Err(err("holds no adapter tensors".into()));
+        }
+
+        let mut modules = BTreeMap::new();
+        for (module, [a, b, m]) in parts {
+            let key = |suffix: &str| format!("{KEY_PREFIX}{module}{suffix}");
+            let a = a.ok_or_else(|| err(format!("{} is missing", key(A_SUFFIX))))?;
+            let b = b.ok_or_else(|| err(format!("{} is missing", key(B_SUFFIX))))?;
+            if config.use_dora && m.is_none() {
+                return Err(err(format!(
+                    "use_dora is true but {} is missing",
+                    key(M_SUFFIX)
+                )));
+            }
+            if !config.use_dora && m.is_some() {
+                return Err(err(format!(
+                    "{} is present but use_dora is false",
+                    key(M_SUFFIX)
+                )));
+            }
+            let (&[r, _], &[_, rb]) = (&a.shape[..], &b.shape[..]) else {
+                return Err(err(format!(
+                    "{} is {:?} and {} is {:?}; both must be 2-D",
+                    key(A_SUFFIX),
+                    a.shape,
+                    key(B_SUFFIX),
+                    b.shape
+                )));
+            };
+            if r != rb {
+                return Err(err(format!(
+                    "{} is {:?} but {} is {:?}: their ranks differ",
+                    key(A_SUFFIX),
+                    a.shape,
+                    key(B_SUFFIX),
+                    b.shape
+                )));
+            }
+            if let Some(m) = &m {
+                if m.shape != [b.shape[0]] {
+                    return Err(err(format!(
+                        "{} is {:?}, expected [{}]",
+                        key(M_SUFFIX),
+                        m.shape,
+                        b.shape[0]
+                    )));
+                }
+            }
+            modules.insert(
+                module,
+                ModuleAdapter {
+                    lora_a: a,
+                    lora_b: b,
+                    magnitude: m,
+                },
+            );
+        }
+        Ok(AdapterWeights { config, modules })
+    }
+
+    /// Checks every module against the model's linear shapes, `[out, in]` by
+    /// module path; the error names the tensor and both shapes.
+    pub fn check_shapes(&self, model_linears: &BTreeMap<String, (usize, usize)>) -> Result<()> {
+        for (module, m) in &self.modules {
+            let Some(&(out_f, in_f)) = model_linears.get(module) else {
+                return Err(Error::Shape(format!(
+                    "adapter module {module} does not exist in the model (is the adapter for another model?)"
+                )));
+            };
+            let r = m.lora_a.shape[0];
+            let checks = [
+                (A_SUFFIX, &m.lora_a.shape, vec![r, in_f]),
+                (B_SUFFIX, &m.lora_b.shape, vec![out_f, r]),
+            ];
+            for (suffix, got, want) in checks {
+                if *got != want {
+                    return Err(Error::Shape(format!(
+                        "{KEY_PREFIX}{module}{suffix} has shape {got:?} but the model's {module} \
+                         is [{out_f}, {in_f}]: expected {want:?}"
+                    )));
+                }
+            }
+            if let Some(mag) = &m.magnitude {
+                if mag.shape != [out_f] {
+                    return Err(Error::Shape(format!(
+                        "{KEY_PREFIX}{module}{M_SUFFIX} has shape {:?} but the model's {module} has {out_f} outputs",
+                        mag.shape
+                    )));
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Writes `adapter_model.safetensors` and `adapter_config.json` into `dir`
+    /// (created if needed), each atomically.
+    pub fn save(&self, dir: &Path) -> Result<()> {
+        std::fs::create_dir_all(dir).map_err(|source| Error::Io {
+            path: dir.display().to_string(),
+            source,
+        })?;
+        let mut tensors = BTreeMap::new();
+        for (module, m) in &self.modules {
+            tensors.insert(format!("{KEY_PREFIX}{module}{A_SUFFIX}"), m.lora_a.clone());
+            tensors.insert(format!("{KEY_PREFIX}{module}{B_SUFFIX}"), m.lora_b.clone());
+            if let Some(mag) = &m.magnitude {
+                tensors.insert(format!("{KEY_PREFIX}{module}{M_SUFFIX}"), mag.clone());
+            }
+        }
+        let metadata = std::collections::HashMap::from([("format".to_string(), "pt".to_string())]);
+        write_safetensors(&dir.join(WEIGHTS_FILE), &tensors, Some(metadata))?;
+        let json = serde_json::to_string_pretty(&self.config).map_err(|e| Error::Format {
+            path: dir.join(CONFIG_FILE).display().to_string(),
+            message: e.to_string(),
+        })?;
+        write_atomically(&dir.join(CONFIG_FILE), json.as_bytes())
+    }
+}
