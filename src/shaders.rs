@@ -16,6 +16,10 @@ const REDUCE: &str = include_str!("../shaders/reduce.wgsl");
 const SOFTMAX: &str = include_str!("../shaders/softmax.wgsl");
 const LOSS: &str = include_str!("../shaders/loss.wgsl");
 const ADAMW: &str = include_str!("../shaders/adamw.wgsl");
+const EMBEDDING: &str = include_str!("../shaders/embedding.wgsl");
+const ROPE: &str = include_str!("../shaders/rope.wgsl");
+const ATTENTION: &str = include_str!("../shaders/attention.wgsl");
+const RMSNORM: &str = include_str!("../shaders/rmsnorm.wgsl");
 
 /// How a kernel declares a storage binding.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -93,6 +97,13 @@ pub enum Kernel {
     CrossEntropyMean,
     CrossEntropyBackward,
     AdamW,
+    Embedding(DType),
+    Rope,
+    SplitHeads,
+    MergeHeads,
+    CausalSoftmax,
+    RmsNormForward(DType),
+    RmsNormBackward(DType),
 }
 
 impl Kernel {
@@ -121,6 +132,13 @@ impl Kernel {
             Kernel::CrossEntropyMean => "ce_mean",
             Kernel::CrossEntropyBackward => "ce_backward",
             Kernel::AdamW => "adamw_step",
+            Kernel::Embedding(_) => "embedding",
+            Kernel::Rope => "rope",
+            Kernel::SplitHeads => "split_heads",
+            Kernel::MergeHeads => "merge_heads",
+            Kernel::CausalSoftmax => "causal_softmax",
+            Kernel::RmsNormForward(_) => "rmsnorm_forward",
+            Kernel::RmsNormBackward(_) => "rmsnorm_backward",
         }
     }
 
@@ -163,6 +181,13 @@ impl Kernel {
                 (7, ReadWrite),
             ],
             Kernel::AdamW => &[(1, ReadWrite), (2, Read), (3, ReadWrite), (4, ReadWrite)],
+            Kernel::Embedding(_) => &[(1, Read), (2, Read), (3, ReadWrite)],
+            Kernel::Rope => &[(1, Read), (2, Read), (3, Read), (4, ReadWrite)],
+            Kernel::SplitHeads | Kernel::MergeHeads | Kernel::CausalSoftmax => {
+                &[(1, Read), (2, ReadWrite)]
+            }
+            Kernel::RmsNormForward(_) => &[(1, Read), (2, Read), (4, ReadWrite)],
+            Kernel::RmsNormBackward(_) => &[(1, Read), (2, Read), (3, Read), (4, ReadWrite)],
         }
     }
 
@@ -214,6 +239,14 @@ impl Kernel {
                 (String::new(), LOSS)
             }
             Kernel::AdamW => (String::new(), ADAMW),
+            Kernel::Embedding(dtype) => (weight_loader("WWord", "load_w", "w", dtype), EMBEDDING),
+            Kernel::Rope => (String::new(), ROPE),
+            Kernel::SplitHeads | Kernel::MergeHeads | Kernel::CausalSoftmax => {
+                (String::new(), ATTENTION)
+            }
+            Kernel::RmsNormForward(dtype) | Kernel::RmsNormBackward(dtype) => {
+                (weight_loader("WWord", "load_w", "w", dtype), RMSNORM)
+            }
         };
         format!("// variant: {}\n{header}\n{COMMON}\n{body}", self.label())
     }
@@ -240,6 +273,9 @@ impl Kernel {
             v.push(Kernel::RowNorm { dtype });
             v.push(Kernel::Recompose { dtype });
             v.push(Kernel::Widen(dtype));
+            v.push(Kernel::Embedding(dtype));
+            v.push(Kernel::RmsNormForward(dtype));
+            v.push(Kernel::RmsNormBackward(dtype));
         }
         v.push(Kernel::Pack16(DType::BF16));
         v.push(Kernel::Pack16(DType::F16));
@@ -265,6 +301,10 @@ impl Kernel {
             Kernel::CrossEntropyMean,
             Kernel::CrossEntropyBackward,
             Kernel::AdamW,
+            Kernel::Rope,
+            Kernel::SplitHeads,
+            Kernel::MergeHeads,
+            Kernel::CausalSoftmax,
         ]);
         v
     }

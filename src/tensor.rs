@@ -262,6 +262,13 @@ impl Tensor {
         )
     }
 
+    /// The first elements of this tensor's buffer seen with a smaller shape:
+    /// no copy and no gradient (a KV cache's filled rows).
+    pub(crate) fn prefix_view(&self, shape: &[usize]) -> Tensor {
+        debug_assert!(numel(shape) <= self.numel());
+        Tensor::from_parts(self.gpu(), self.0.buffer.clone(), shape, self.dtype(), None)
+    }
+
     /// True when another handle (a clone, or a view of the same buffer) can see this data.
     pub(crate) fn shares_buffer(&self) -> bool {
         Arc::strong_count(&self.0) > 1 || Arc::strong_count(&self.0.buffer) > 1

@@ -121,14 +121,15 @@ impl Gpu {
         Ok(buf)
     }
 
-    /// Records a buffer-to-buffer copy into the batch.
-    pub(crate) fn copy(&self, src: &GpuBuffer, dst: &GpuBuffer, bytes: u64) {
+    /// Records a buffer-to-buffer copy into the batch (offsets and size in
+    /// bytes, multiples of 4).
+    pub(crate) fn copy(&self, src: &GpuBuffer, src_offset: u64, dst: &GpuBuffer, dst_offset: u64, bytes: u64) {
         let mut batch = self.inner.batch.lock().unwrap();
         batch.encoder(&self.inner.device).copy_buffer_to_buffer(
             src.raw(),
-            0,
+            src_offset,
             dst.raw(),
-            0,
+            dst_offset,
             bytes.next_multiple_of(4),
         );
     }

@@ -1,5 +1,6 @@
 //! Files: safetensors tensors and PEFT adapter directories.
 
+pub mod hf;
 mod peft;
 mod safetensors;
 

@@ -3,9 +3,11 @@
 mod dora;
 mod init;
 mod linear;
+mod llama;
 mod lora;
 
 pub use dora::{DoraLinear, DoraPath};
 pub use init::{kaiming_uniform, Rng};
 pub use linear::Linear;
+pub use llama::{DecoderLayer, KvCache, Llama, Projection, PROJECTIONS};
 pub use lora::{lora_scaling, AdapterOptions, LoraLinear};

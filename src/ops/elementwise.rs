@@ -276,7 +276,7 @@ pub fn add_assign(acc: &Tensor, x: &Tensor, alpha: f32) -> Result<()> {
 pub fn copy(x: &Tensor) -> Result<Tensor> {
     let out = Tensor::empty(x.gpu(), x.shape(), x.dtype())?;
     x.gpu()
-        .copy(x.buf(), out.buf(), x.dtype().storage_bytes(x.numel()));
+        .copy(x.buf(), 0, out.buf(), 0, x.dtype().storage_bytes(x.numel()));
     Ok(out)
 }
 

@@ -3,12 +3,16 @@
 //! `autograd::record`). Ops check shapes and dtypes and return errors; they
 //! never panic on user input.
 
+mod attention;
 mod dora;
 mod elementwise;
+mod embedding;
 mod loss;
 mod matmul;
 mod norm;
 mod reduce;
+mod rmsnorm;
+mod rope;
 mod shape;
 mod softmax;
 
@@ -23,7 +27,11 @@ pub(crate) use matmul::matmul_raw;
 pub use matmul::{matmul, matmul_ex, Transpose};
 pub use norm::row_norm;
 pub use reduce::{mean_all, sum_all, sum_cols, sum_rows};
-pub use shape::reshape;
+pub use attention::{causal_attention, causal_softmax, merge_heads, split_heads};
+pub use embedding::embedding;
+pub use rmsnorm::rms_norm;
+pub use rope::{rope, RopeTables};
+pub use shape::{reshape, slice_rows};
 pub use softmax::softmax;
 
 use crate::error::Result;

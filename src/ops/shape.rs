@@ -19,3 +19,29 @@ pub fn reshape(x: &Tensor, shape: &[usize]) -> Result<Tensor> {
         Ok(vec![Some(reshape(g, &original)?)])
     }))
 }
+
+/// Rows `start..start + len` of `x` seen as [rows, last_dim] (f32 or i32), as a
+/// new tensor of shape [len, ..rest]. Backward places the gradient back into
+/// zeros at the same rows.
+pub fn slice_rows(x: &Tensor, start: usize, len: usize) -> Result<Tensor> {
+    use crate::tensor::DType;
+    let Some((&rows, rest)) = x.shape().split_first() else {
+        shape_err!("slice_rows: needs at least one dimension");
+    };
+    if start + len > rows {
+        shape_err!("slice_rows: rows {start}..{} of a tensor with {rows} rows", start + len);
+    }
+    if !matches!(x.dtype(), DType::F32 | DType::I32) {
+        shape_err!("slice_rows: needs a 32-bit tensor, got {}", x.dtype().name());
+    }
+    let row_bytes = 4 * rest.iter().product::<usize>() as u64;
+    let shape: Vec<usize> = [&[len][..], rest].concat();
+    let out = Tensor::empty(x.gpu(), &shape, x.dtype())?;
+    x.gpu().copy(x.buf(), start as u64 * row_bytes, out.buf(), 0, len as u64 * row_bytes);
+    let full = x.shape().to_vec();
+    Ok(record(out, "slice_rows", &[x], move |g, _| {
+        let dx = Tensor::zeros(g.gpu(), &full, DType::F32)?;
+        g.gpu().copy(g.buf(), 0, dx.buf(), start as u64 * row_bytes, len as u64 * row_bytes);
+        Ok(vec![Some(dx)])
+    }))
+}

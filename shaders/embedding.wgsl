@@ -1,0 +1,33 @@
+// Embedding lookup: out[t, :] = table[ids[t], :] for a [vocab, dim] table in
+// any weight dtype (`load_w` unpacks 16-bit rows). Ids out of range give zeros
+// (the host checks ids before upload; this keeps a bad id from reading past the table).
+
+struct Params {
+    tokens: u32,
+    dim: u32,
+    vocab: u32,
+}
+
+@group(0) @binding(0) var<uniform> p: Params;
+@group(0) @binding(1) var<storage, read> w: array<WWord>;
+@group(0) @binding(2) var<storage, read> ids: array<i32>;
+@group(0) @binding(3) var<storage, read_write> out: array<f32>;
+
+@compute @workgroup_size(256)
+fn embedding(
+    @builtin(local_invocation_index) lid: u32,
+    @builtin(workgroup_id) wid: vec3<u32>,
+    @builtin(num_workgroups) nwg: vec3<u32>,
+) {
+    let i = group_index(wid, nwg) * 256u + lid;
+    if (i >= p.tokens * p.dim) {
+        return;
+    }
+    let t = i / p.dim;
+    let id = ids[t];
+    if (id < 0 || u32(id) >= p.vocab) {
+        out[i] = 0.0;
+        return;
+    }
+    out[i] = load_w(u32(id) * p.dim + i % p.dim);
+}

@@ -1,0 +1,63 @@
+// RMSNorm over the last dimension, one 256-wide workgroup per row:
+//   forward:  r = 1 / sqrt(mean(x^2) + eps),  y = w * (x * r)
+//   backward: dx = r * w * g - x * r^3 * mean(w * g * x)
+// w may be a 16-bit weight (`load_w`); it is frozen, so it gets no gradient.
+
+struct Params {
+    rows: u32,
+    cols: u32,
+    eps: f32,
+}
+
+@group(0) @binding(0) var<uniform> p: Params;
+@group(0) @binding(1) var<storage, read> x: array<f32>;
+@group(0) @binding(2) var<storage, read> w: array<WWord>;
+@group(0) @binding(3) var<storage, read> g: array<f32>;
+@group(0) @binding(4) var<storage, read_write> out: array<f32>;
+
+fn inverse_rms(base: u32, lid: u32) -> f32 {
+    var s = 0.0;
+    for (var j = lid; j < p.cols; j += 256u) {
+        s = fma(x[base + j], x[base + j], s);
+    }
+    return inverseSqrt(workgroup_sum(s, lid) / f32(p.cols) + p.eps);
+}
+
+@compute @workgroup_size(256)
+fn rmsnorm_forward(
+    @builtin(local_invocation_index) lid: u32,
+    @builtin(workgroup_id) wid: vec3<u32>,
+    @builtin(num_workgroups) nwg: vec3<u32>,
+) {
+    let row = group_index(wid, nwg);
+    if (row >= p.rows) {
+        return;
+    }
+    let base = row * p.cols;
+    let r = inverse_rms(base, lid);
+    for (var j = lid; j < p.cols; j += 256u) {
+        out[base + j] = load_w(j) * (x[base + j] * r);
+    }
+}
+
+@compute @workgroup_size(256)
+fn rmsnorm_backward(
+    @builtin(local_invocation_index) lid: u32,
+    @builtin(workgroup_id) wid: vec3<u32>,
+    @builtin(num_workgroups) nwg: vec3<u32>,
+) {
+    let row = group_index(wid, nwg);
+    if (row >= p.rows) {
+        return;
+    }
+    let base = row * p.cols;
+    let r = inverse_rms(base, lid);
+    var s = 0.0;
+    for (var j = lid; j < p.cols; j += 256u) {
+        s = s + load_w(j) * g[base + j] * x[base + j];
+    }
+    let mean_wgx = workgroup_sum(s, lid) / f32(p.cols);
+    for (var j = lid; j < p.cols; j += 256u) {
+        out[base + j] = r * load_w(j) * g[base + j] - x[base + j] * r * r * r * mean_wgx;
+    }
+}

@@ -1,0 +1,355 @@
+//! A Llama-family decoder (Llama 2/3, SmolLM/SmolLM2, TinyLlama, Qwen2,
+//! Mistral) loaded from a Hugging Face directory, with LoRA/DoRA adapters on
+//! its seven projections and a KV cache for generation.
+//!
+//! Frozen weights stay in their stored dtype (f32, bf16 or f16) on the GPU.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+
+use super::dora::DoraLinear;
+use super::linear::Linear;
+use super::lora::LoraLinear;
+use crate::autograd::no_grad;
+use crate::error::{shape_err, Error, Result};
+use crate::gpu::Gpu;
+use crate::io::hf::{load_weights, ModelConfig};
+use crate::io::{AdapterWeights, HostTensor};
+use crate::ops::{self, RopeTables, Transpose};
+use crate::tensor::{DType, Tensor};
+
+/// The seven adaptable projections of each decoder layer, with their parent module.
+pub const PROJECTIONS: [(&str, &str); 7] = [
+    ("self_attn", "q_proj"),
+    ("self_attn", "k_proj"),
+    ("self_attn", "v_proj"),
+    ("self_attn", "o_proj"),
+    ("mlp", "gate_proj"),
+    ("mlp", "up_proj"),
+    ("mlp", "down_proj"),
+];
+
+/// A linear projection, frozen or carrying an adapter.
+#[derive(Debug)]
+pub enum Projection {
+    Frozen(Linear),
+    Lora(LoraLinear),
+    Dora(DoraLinear),
+}
+
+impl Projection {
+    pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        match self {
+            Projection::Frozen(l) => l.forward(x),
+            Projection::Lora(l) => l.forward(x),
+            Projection::Dora(l) => l.forward(x),
+        }
+    }
+
+    pub fn base(&self) -> &Linear {
+        match self {
+            Projection::Frozen(l) => l,
+            Projection::Lora(l) => &l.base,
+            Projection::Dora(l) => &l.base,
+        }
+    }
+
+    pub fn parameters(&self) -> Vec<Tensor> {
+        match self {
+            Projection::Frozen(_) => Vec::new(),
+            Projection::Lora(l) => l.parameters(),
+            Projection::Dora(l) => l.parameters(),
+        }
+    }
+
+    /// The weight with any adapter folded in, in the base dtype.
+    pub fn merged_weight(&self) -> Result<Tensor> {
+        match self {
+            Projection::Frozen(l) => Ok(l.weight.clone()),
+            Projection::Lora(l) => l.merged_weight(),
+            Projection::Dora(l) => Ok(l.merge()?.0),
+        }
+    }
+}
+
+#[derive(Debug)]
+pub struct DecoderLayer {
+    pub input_norm: Tensor,
+    pub post_attention_norm: Tensor,
+    /// q, k, v, o, gate, up, down — in [`PROJECTIONS`] order.
+    pub projections: Vec<Projection>,
+}
+
+/// Keys and values of earlier positions, one pair per layer, for generation
+/// (batch 1). Preallocated to `capacity` positions.
+pub struct KvCache {
+    layers: Vec<(Tensor, Tensor)>,
+    len: usize,
+    capacity: usize,
+}
+
+impl KvCache {
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    pub fn capacity(&self) -> usize {
+        self.capacity
+    }
+}
+
+pub struct Llama {
+    pub config: ModelConfig,
+    pub embed_tokens: Tensor,
+    pub layers: Vec<DecoderLayer>,
+    pub final_norm: Tensor,
+    /// None when the head is tied to the embedding.
+    pub lm_head: Option<Tensor>,
+    rope: RopeTables,
+}
+
+fn take(weights: &mut BTreeMap<String, HostTensor>, name: &str, shape: &[usize], dir: &Path) -> Result<HostTensor> {
+    let t = weights.remove(name).ok_or_else(|| Error::Format {
+        path: dir.display().to_string(),
+        message: format!("tensor {name} is missing from the model weights"),
+    })?;
+    if t.shape != shape {
+        return Err(Error::Format {
+            path: dir.display().to_string(),
+            message: format!("tensor {name} has shape {:?}, config.json implies {shape:?}", t.shape),
+        });
+    }
+    Ok(t)
+}
+
+impl Llama {
+    /// Loads `config.json` and the weights of a Hugging Face model directory.
+    pub fn load(gpu: &Gpu, dir: &Path) -> Result<Llama> {
+        let config = ModelConfig::load(dir)?;
+        let mut w = load_weights(dir)?;
+        let c = &config;
+        let (h, kv) = (c.num_attention_heads * c.head_dim, c.num_key_value_heads * c.head_dim);
+        let up = |t: HostTensor| t.to_gpu(gpu);
+        let embed_tokens = up(take(&mut w, "model.embed_tokens.weight", &[c.vocab_size, c.hidden_size], dir)?)?;
+        let mut layers = Vec::with_capacity(c.num_hidden_layers);
+        for i in 0..c.num_hidden_layers {
+            let p = format!("model.layers.{i}");
+            let shapes = [
+                [h, c.hidden_size],
+                [kv, c.hidden_size],
+                [kv, c.hidden_size],
+                [c.hidden_size, h],
+                [c.intermediate_size, c.hidden_size],
+                [c.intermediate_size, c.hidden_size],
+                [c.hidden_size, c.intermediate_size],
+            ];
+            let mut projections = Vec::with_capacity(7);
+            for ((parent, name), shape) in PROJECTIONS.iter().zip(shapes) {
+                let module = format!("{p}.{parent}.{name}");
+                let weight = up(take(&mut w, &format!("{module}.weight"), &shape, dir)?)?;
+                // Biases exist where the checkpoint has them (Qwen2's q/k/v, attention_bias models).
+                let bias = match w.remove(&format!("{module}.bias")) {
+                    Some(b) if b.shape != [shape[0]] => {
+                        return Err(Error::Format {
+                            path: dir.display().to_string(),
+                            message: format!("tensor {module}.bias has shape {:?}, expected [{}]", b.shape, shape[0]),
+                        })
+                    }
+                    Some(b) => Some(up(b)?),
+                    None => None,
+                };
+                projections.push(Projection::Frozen(Linear::new(weight, bias)?));
+            }
+            layers.push(DecoderLayer {
+                input_norm: up(take(&mut w, &format!("{p}.input_layernorm.weight"), &[c.hidden_size], dir)?)?,
+                post_attention_norm: up(take(
+                    &mut w,
+                    &format!("{p}.post_attention_layernorm.weight"),
+                    &[c.hidden_size],
+                    dir,
+                )?)?,
+                projections,
+            });
+        }
+        let final_norm = up(take(&mut w, "model.norm.weight", &[c.hidden_size], dir)?)?;
+        let lm_head = match w.remove("lm_head.weight") {
+            Some(t) if !c.tie_word_embeddings => {
+                if t.shape != [c.vocab_size, c.hidden_size] {
+                    shape_err!("lm_head.weight is {:?}, expected [{}, {}]", t.shape, c.vocab_size, c.hidden_size);
+                }
+                Some(up(t)?)
+            }
+            None if !c.tie_word_embeddings => {
+                return Err(Error::Format {
+                    path: dir.display().to_string(),
+                    message: "tensor lm_head.weight is missing and tie_word_embeddings is false".into(),
+                })
+            }
+            _ => None,
+        };
+        let positions = c.max_position_embeddings.clamp(1, 1 << 17);
+        let rope = RopeTables::new(gpu, c.rope_theta, c.head_dim, positions)?;
+        Ok(Llama { config, embed_tokens, layers, final_norm, lm_head, rope })
+    }
+
+    /// `[out, in]` of every adaptable projection, by module path.
+    pub fn linear_shapes(&self) -> BTreeMap<String, (usize, usize)> {
+        let mut out = BTreeMap::new();
+        for (i, layer) in self.layers.iter().enumerate() {
+            for ((parent, name), p) in PROJECTIONS.iter().zip(&layer.projections) {
+                let b = p.base();
+                out.insert(format!("model.layers.{i}.{parent}.{name}"), (b.out_features(), b.in_features()));
+            }
+        }
+        out
+    }
+
+    /// Puts a PEFT adapter's LoRA or DoRA layers on the modules it names.
+    /// Fails, naming the tensor and both shapes, if it was made for another model.
+    pub fn attach_adapter(&mut self, adapter: &AdapterWeights) -> Result<()> {
+        adapter.check_shapes(&self.linear_shapes())?;
+        let cfg = &adapter.config;
+        for (i, layer) in self.layers.iter_mut().enumerate() {
+            for ((parent, name), slot) in PROJECTIONS.iter().zip(layer.projections.iter_mut()) {
+                let module = format!("model.layers.{i}.{parent}.{name}");
+                let Some(weights) = adapter.modules.get(&module) else { continue };
+                let base = slot.base().clone();
+                let scale = cfg.scaling(&module);
+                *slot = if cfg.use_dora {
+                    Projection::Dora(DoraLinear::from_adapter(base, weights, scale, cfg.lora_dropout)?)
+                } else {
+                    Projection::Lora(LoraLinear::from_adapter(base, weights, scale, cfg.lora_dropout)?)
+                };
+            }
+        }
+        Ok(())
+    }
+
+    /// All trainable tensors (the adapters' A, B and m).
+    pub fn parameters(&self) -> Vec<Tensor> {
+        self.layers.iter().flat_map(|l| l.projections.iter().flat_map(Projection::parameters)).collect()
+    }
+
+    /// An empty cache for up to `capacity` positions (batch 1).
+    pub fn new_cache(&self, capacity: usize) -> Result<KvCache> {
+        let c = &self.config;
+        let width = c.num_key_value_heads * c.head_dim;
+        let gpu = self.embed_tokens.gpu();
+        let layers = (0..c.num_hidden_layers)
+            .map(|_| Ok((Tensor::zeros(gpu, &[capacity, width], DType::F32)?, Tensor::zeros(gpu, &[capacity, width], DType::F32)?)))
+            .collect::<Result<_>>()?;
+        Ok(KvCache { layers, len: 0, capacity })
+    }
+
+    /// Hidden states after the final norm, [B, T, hidden], for token ids
+    /// [B, T] (i32). With a cache (B must be 1) the ids continue the cached
+    /// positions and their keys and values are appended.
+    pub fn forward_hidden(&self, ids: &Tensor, mut cache: Option<&mut KvCache>) -> Result<Tensor> {
+        let &[batch, seq] = ids.shape() else {
+            shape_err!("model input ids must be [batch, seq], got {:?}", ids.shape());
+        };
+        let c = &self.config;
+        let offset = cache.as_ref().map_or(0, |k| k.len);
+        if let Some(k) = &cache {
+            if batch != 1 {
+                shape_err!("generation with a KV cache takes one sequence, got batch {batch}");
+            }
+            if k.len + seq > k.capacity {
+                shape_err!("KV cache holds {} positions; {} more do not fit", k.capacity, seq);
+            }
+        }
+        if offset + seq > self.rope.positions {
+            shape_err!("{} positions exceed max_position_embeddings {}", offset + seq, self.rope.positions);
+        }
+        let (heads, kv_heads) = (c.num_attention_heads, c.num_key_value_heads);
+        let mut x = ops::embedding(&self.embed_tokens, ids)?;
+        for (li, layer) in self.layers.iter().enumerate() {
+            let p = &layer.projections;
+            let h = ops::rms_norm(&x, &layer.input_norm, c.rms_norm_eps)?;
+            let q = ops::rope(&p[0].forward(&h)?, heads, offset, &self.rope)?;
+            let k = ops::rope(&p[1].forward(&h)?, kv_heads, offset, &self.rope)?;
+            let v = p[2].forward(&h)?;
+            let attn = match cache.as_deref_mut() {
+                None => ops::causal_attention(&q, &k, &v, heads, kv_heads, 0)?,
+                Some(kv) => {
+                    let (kc, vc) = &kv.layers[li];
+                    let (k_all, v_all) = (append(kc, &k, offset)?, append(vc, &v, offset)?);
+                    ops::causal_attention(&q, &k_all, &v_all, heads, kv_heads, offset)?
+                }
+            };
+            x = ops::add(&x, &p[3].forward(&attn)?)?;
+            let h = ops::rms_norm(&x, &layer.post_attention_norm, c.rms_norm_eps)?;
+            let gated = ops::mul(&ops::silu(&p[4].forward(&h)?)?, &p[5].forward(&h)?)?;
+            x = ops::add(&x, &p[6].forward(&gated)?)?;
+        }
+        if let Some(kv) = cache {
+            kv.len += seq;
+        }
+        ops::rms_norm(&x, &self.final_norm, c.rms_norm_eps)
+    }
+
+    /// Logits [.., vocab] for hidden states [.., hidden].
+    pub fn logits(&self, hidden: &Tensor) -> Result<Tensor> {
+        ops::matmul_ex(hidden, self.lm_head.as_ref().unwrap_or(&self.embed_tokens), Transpose::NT)
+    }
+
+    /// Summed negative log-likelihood and the number of scored targets, for
+    /// hidden states [T, hidden] and i32 targets [T] (ignore index −100),
+    /// computed over chunks of rows so [T, vocab] logits never exist at once.
+    pub fn nll_sum(&self, hidden: &Tensor, targets: &[i32], chunk_rows: usize) -> Result<(f64, usize)> {
+        let _g = no_grad();
+        let rows = hidden.shape()[0];
+        if targets.len() != rows {
+            shape_err!("nll: {} targets for {rows} positions", targets.len());
+        }
+        let gpu = hidden.gpu();
+        let mut pending = Vec::new();
+        for start in (0..rows).step_by(chunk_rows.max(1)) {
+            let len = chunk_rows.min(rows - start);
+            let chunk_targets = &targets[start..start + len];
+            let count = chunk_targets.iter().filter(|&&t| t >= 0).count();
+            if count == 0 {
+                continue;
+            }
+            let logits = self.logits(&ops::slice_rows(hidden, start, len)?)?;
+            let t = Tensor::from_i32(gpu, chunk_targets, &[len])?;
+            pending.push((ops::cross_entropy(&logits, &t, ops::IGNORE_INDEX)?, count));
+        }
+        // One readback per chunk mean, after all chunks are recorded.
+        let mut total = 0.0;
+        let mut tokens = 0;
+        for (mean, count) in pending {
+            total += mean.item()? as f64 * count as f64;
+            tokens += count;
+        }
+        Ok((total, tokens))
+    }
+
+    /// The projections' weights with adapters folded in (base dtype), by
+    /// parameter name, for writing a merged model.
+    pub fn merged_weights(&self) -> Result<BTreeMap<String, Tensor>> {
+        let mut out = BTreeMap::new();
+        for (i, layer) in self.layers.iter().enumerate() {
+            for ((parent, name), p) in PROJECTIONS.iter().zip(&layer.projections) {
+                if !matches!(p, Projection::Frozen(_)) {
+                    out.insert(format!("model.layers.{i}.{parent}.{name}.weight"), p.merged_weight()?);
+                }
+            }
+        }
+        Ok(out)
+    }
+}
+
+/// Writes `new` [1, T, w] into rows offset.. of `cache` [capacity, w] and
+/// returns a view of the filled rows as [1, offset + T, w].
+fn append(cache: &Tensor, new: &Tensor, offset: usize) -> Result<Tensor> {
+    let width = cache.shape()[1];
+    let seq = new.numel() / width;
+    let row_bytes = 4 * width as u64;
+    cache.gpu().copy(new.buf(), 0, cache.buf(), offset as u64 * row_bytes, seq as u64 * row_bytes);
+    Ok(cache.prefix_view(&[1, offset + seq, width]))
+}

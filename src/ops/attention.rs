@@ -1,0 +1,146 @@
+//! Causal grouped-query attention, built from batched matmuls and three small
+//! kernels (head split/merge with repeat_kv, and a causal scaled softmax),
+//! each with its backward rule.
+
+use super::matmul::Transpose;
+use super::{groups, groups_for_elements, launch};
+use crate::autograd::record;
+use crate::error::{shape_err, Result};
+use crate::shaders::Kernel;
+use crate::tensor::{DType, Tensor};
+
+#[repr(C)]
+#[derive(Clone, Copy, bytemuck::Pod, bytemuck::Zeroable)]
+struct Params {
+    batch: u32,
+    seq: u32,
+    src_heads: u32,
+    head_dim: u32,
+    group: u32,
+    keys: u32,
+    offset: u32,
+    scale: f32,
+}
+
+fn heads_params(batch: usize, seq: usize, src_heads: usize, head_dim: usize, group: usize) -> Params {
+    Params {
+        batch: batch as u32,
+        seq: seq as u32,
+        src_heads: src_heads as u32,
+        head_dim: head_dim as u32,
+        group: group as u32,
+        keys: 0,
+        offset: 0,
+        scale: 1.0,
+    }
+}
+
+fn split_raw(x: &Tensor, p: Params) -> Result<Tensor> {
+    let heads = (p.src_heads * p.group) as usize;
+    let shape = [p.batch as usize, heads, p.seq as usize, p.head_dim as usize];
+    let out = Tensor::empty(x.gpu(), &shape, DType::F32)?;
+    launch(Kernel::SplitHeads, &p, &[x, &out], groups_for_elements(out.numel()))?;
+    Ok(out)
+}
+
+fn merge_raw(x: &Tensor, p: Params) -> Result<Tensor> {
+    let shape = [p.batch as usize, p.seq as usize, (p.src_heads * p.head_dim) as usize];
+    let out = Tensor::empty(x.gpu(), &shape, DType::F32)?;
+    launch(Kernel::MergeHeads, &p, &[x, &out], groups_for_elements(out.numel()))?;
+    Ok(out)
+}
+
+/// [B, T, heads * head_dim] -> [B, heads * group, T, head_dim], each head repeated `group` times.
+pub fn split_heads(x: &Tensor, heads: usize, head_dim: usize, group: usize) -> Result<Tensor> {
+    x.expect_f32("split_heads", "input")?;
+    let &[batch, seq, width] = x.shape() else {
+        shape_err!("split_heads: input must be [batch, seq, width], got {:?}", x.shape());
+    };
+    if width != heads * head_dim || group == 0 {
+        shape_err!("split_heads: width {width} is not {heads} heads × {head_dim}");
+    }
+    let p = heads_params(batch, seq, heads, head_dim, group);
+    let out = split_raw(x, p)?;
+    Ok(record(out, "split_heads", &[x], move |g, _| Ok(vec![Some(merge_raw(g, p)?)])))
+}
+
+/// [B, heads, T, head_dim] -> [B, T, heads * head_dim].
+pub fn merge_heads(x: &Tensor) -> Result<Tensor> {
+    x.expect_f32("merge_heads", "input")?;
+    let &[batch, heads, seq, head_dim] = x.shape() else {
+        shape_err!("merge_heads: input must be [batch, heads, seq, head_dim], got {:?}", x.shape());
+    };
+    let p = heads_params(batch, seq, heads, head_dim, 1);
+    let out = merge_raw(x, p)?;
+    Ok(record(out, "merge_heads", &[x], move |g, _| Ok(vec![Some(split_raw(g, p)?)])))
+}
+
+/// softmax(scale · scores) over the last dim with causal masking: scores is
+/// [.., T, S]; query t sits at absolute position offset + t and sees keys 0..=offset + t.
+pub fn causal_softmax(scores: &Tensor, scale: f32, offset: usize) -> Result<Tensor> {
+    scores.expect_f32("causal_softmax", "scores")?;
+    let s = scores.shape();
+    if s.len() < 2 {
+        shape_err!("causal_softmax: scores must be [.., queries, keys], got {s:?}");
+    }
+    let (queries, keys) = (s[s.len() - 2], s[s.len() - 1]);
+    if offset + queries > keys {
+        shape_err!("causal_softmax: {queries} queries at offset {offset} need {} keys, got {keys}", offset + queries);
+    }
+    let rows = scores.numel() / keys.max(1);
+    let p = Params {
+        batch: rows as u32,
+        seq: queries as u32,
+        keys: keys as u32,
+        offset: offset as u32,
+        scale,
+        ..heads_params(0, 0, 0, 0, 1)
+    };
+    let y = Tensor::empty(scores.gpu(), s, DType::F32)?;
+    launch(Kernel::CausalSoftmax, &p, &[scores, &y], groups(rows))?;
+    let saved = y.clone();
+    Ok(record(y, "causal_softmax", &[scores], move |g, _| {
+        // Masked entries have y = 0, so the plain softmax backward already zeroes them.
+        #[repr(C)]
+        #[derive(Clone, Copy, bytemuck::Pod, bytemuck::Zeroable)]
+        struct SoftmaxParams {
+            rows: u32,
+            cols: u32,
+        }
+        let dx = Tensor::empty(g.gpu(), g.shape(), DType::F32)?;
+        let sp = SoftmaxParams { rows: rows as u32, cols: keys as u32 };
+        launch(Kernel::SoftmaxBackward, &sp, &[&saved, g, &dx], groups(rows))?;
+        Ok(vec![Some(super::elementwise::scale(&dx, scale)?)])
+    }))
+}
+
+/// Causal attention with grouped-query heads. q [B, T, heads * d],
+/// k and v [B, S, kv_heads * d] (S = offset + T: a KV cache may hold earlier
+/// positions); returns [B, T, heads * d]. Scores are scaled by 1/√d.
+pub fn causal_attention(
+    q: &Tensor,
+    k: &Tensor,
+    v: &Tensor,
+    heads: usize,
+    kv_heads: usize,
+    offset: usize,
+) -> Result<Tensor> {
+    let (&[batch, seq, width], &[kb, keys, kv_width]) = (q.shape(), k.shape()) else {
+        shape_err!("attention: q {:?} and k {:?} must be 3-D", q.shape(), k.shape());
+    };
+    if heads == 0 || kv_heads == 0 || heads % kv_heads != 0 || width % heads != 0 {
+        shape_err!("attention: {heads} heads cannot share {kv_heads} key/value heads");
+    }
+    let d = width / heads;
+    if kb != batch || kv_width != kv_heads * d || v.shape() != k.shape() {
+        shape_err!("attention: q {:?}, k {:?}, v {:?} do not fit {heads}/{kv_heads} heads of {d}", q.shape(), k.shape(), v.shape());
+    }
+    let group = heads / kv_heads;
+    let qh = super::reshape(&split_heads(q, heads, d, 1)?, &[batch * heads, seq, d])?;
+    let kh = super::reshape(&split_heads(k, kv_heads, d, group)?, &[batch * heads, keys, d])?;
+    let vh = super::reshape(&split_heads(v, kv_heads, d, group)?, &[batch * heads, keys, d])?;
+    let scores = super::matmul_ex(&qh, &kh, Transpose::NT)?;
+    let probs = causal_softmax(&scores, 1.0 / (d as f32).sqrt(), offset)?;
+    let out = super::matmul(&probs, &vh)?;
+    merge_heads(&super::reshape(&out, &[batch, heads, seq, d])?)
+}

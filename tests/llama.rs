@@ -1,0 +1,185 @@
+//! Llama-family models against transformers + PEFT (tests/fixtures/models,
+//! written by tools/gen_fixtures.py): logits with and without a DoRA
+//! adapter, the NLL behind `eval`, greedy generation, the KV cache, merging.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+
+use common::*;
+use dora_wgpu::io::{read_safetensors, AdapterWeights};
+use dora_wgpu::nn::Llama;
+use dora_wgpu::{no_grad, DType, Tensor};
+use serde_json::Value;
+
+const MODELS: [&str; 2] = ["tiny-llama", "tiny-qwen2"];
+
+fn models_dir() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/models")
+}
+
+fn reference() -> Value {
+    serde_json::from_str(&std::fs::read_to_string(models_dir().join("reference.json")).unwrap()).unwrap()
+}
+
+fn load(model: &str, adapter: bool) -> Llama {
+    let mut m = Llama::load(gpu(), &models_dir().join(model)).unwrap();
+    if adapter {
+        let a = AdapterWeights::load(&models_dir().join(format!("{model}-dora"))).unwrap();
+        m.attach_adapter(&a).unwrap();
+    }
+    m
+}
+
+fn ids_of(v: &Value) -> Vec<i32> {
+    v.as_array().unwrap().iter().map(|x| x.as_i64().unwrap() as i32).collect()
+}
+
+fn rel(got: &[f32], want: &[f32]) -> f64 {
+    let scale = want.iter().fold(0.0f64, |m, &w| m.max(w.abs() as f64));
+    got.iter().zip(want).map(|(g, w)| (g - w).abs() as f64).fold(0.0, f64::max) / scale
+}
+
+#[test]
+fn configs_load_in_both_rope_layouts_and_dtypes() {
+    let llama = load("tiny-llama", false);
+    assert_eq!(llama.config.rope_theta, 20000.0, "rope_parameters.rope_theta");
+    assert!(llama.config.tie_word_embeddings && llama.lm_head.is_none());
+    assert_eq!(llama.embed_tokens.dtype(), DType::F32);
+    let qwen = load("tiny-qwen2", false);
+    assert_eq!(qwen.config.rope_theta, 1_000_000.0, "top-level rope_theta");
+    assert!(qwen.lm_head.is_some());
+    assert_eq!(qwen.embed_tokens.dtype(), DType::BF16, "frozen weights stay 16-bit on the GPU");
+    assert!(qwen.layers[0].projections[0].base().bias.is_some(), "Qwen2 q_proj has a bias");
+    assert!(qwen.layers[0].projections[3].base().bias.is_none(), "o_proj has none");
+}
+
+#[test]
+fn logits_match_transformers_with_and_without_adapter() {
+    let r = reference();
+    let tensors = read_safetensors(&models_dir().join("reference.safetensors")).unwrap();
+    for model in MODELS {
+        let ids = ids_of(&r["logits"][model]["ids"]);
+        for adapter in [false, true] {
+            let m = load(model, adapter);
+            let _g = no_grad();
+            let t = Tensor::from_i32(gpu(), &ids, &[1, ids.len()]).unwrap();
+            let logits = m.logits(&m.forward_hidden(&t, None).unwrap()).unwrap();
+            assert_eq!(logits.shape(), &[1, ids.len(), m.config.vocab_size]);
+            let key = r["logits"][model][if adapter { "dora" } else { "none" }].as_str().unwrap();
+            let e = rel(&logits.to_vec_f32().unwrap(), &tensors[key].to_f32());
+            eprintln!("{model} adapter={adapter}: logits relative error {e:.2e}");
+            assert!(e < 1e-4, "{model} adapter={adapter}: logits differ by {e:e}");
+        }
+    }
+}
+
+#[test]
+fn nll_over_the_eval_file_matches_transformers() {
+    let r = reference();
+    for model in MODELS {
+        for (adapter, key) in [(false, "none"), (true, "dora")] {
+            let m = load(model, adapter);
+            let (mut total, mut count) = (0.0, 0);
+            for line in r["eval"][model]["lines"].as_array().unwrap() {
+                let ids = ids_of(&line["ids"]);
+                let scored: Vec<usize> = line["targets"].as_array().unwrap().iter().map(|v| v.as_u64().unwrap() as usize).collect();
+                // position t - 1 predicts token t
+                let mut targets = vec![dora_wgpu::ops::IGNORE_INDEX; ids.len() - 1];
+                for &t in &scored {
+                    targets[t - 1] = ids[t];
+                }
+                let x = Tensor::from_i32(gpu(), &ids[..ids.len() - 1], &[1, ids.len() - 1]).unwrap();
+                let _g = no_grad();
+                let h = m.forward_hidden(&x, None).unwrap();
+                let h = dora_wgpu::ops::reshape(&h, &[ids.len() - 1, m.config.hidden_size]).unwrap();
+                let (nll, n) = m.nll_sum(&h, &targets, 7).unwrap();
+                total += nll;
+                count += n;
+            }
+            let want = &r["eval_loss"][model][key];
+            assert_eq!(count as u64, want["tokens"].as_u64().unwrap());
+            let loss = total / count as f64;
+            let want_loss = want["loss"].as_f64().unwrap();
+            eprintln!("{model} {key}: loss {loss:.6} vs transformers {want_loss:.6}");
+            assert!((loss - want_loss).abs() < 1e-4 * want_loss, "{model} {key}: {loss} vs {want_loss}");
+        }
+    }
+}
+
+/// Greedy decoding with the KV cache, one token per step.
+fn greedy(m: &Llama, prompt: &[i32], new_tokens: usize) -> Vec<i32> {
+    let _g = no_grad();
+    let mut cache = m.new_cache(prompt.len() + new_tokens).unwrap();
+    let mut input = prompt.to_vec();
+    let mut out = Vec::new();
+    for _ in 0..new_tokens {
+        let t = Tensor::from_i32(gpu(), &input, &[1, input.len()]).unwrap();
+        let h = m.forward_hidden(&t, Some(&mut cache)).unwrap();
+        let last = dora_wgpu::ops::slice_rows(&dora_wgpu::ops::reshape(&h, &[input.len(), m.config.hidden_size]).unwrap(), input.len() - 1, 1).unwrap();
+        let logits = m.logits(&last).unwrap().to_vec_f32().unwrap();
+        let next = logits.iter().enumerate().fold((0, f32::MIN), |b, (i, &v)| if v > b.1 { (i, v) } else { b }).0 as i32;
+        out.push(next);
+        input = vec![next];
+    }
+    out
+}
+
+#[test]
+fn greedy_generation_with_kv_cache_reproduces_transformers() {
+    let r = reference();
+    for model in MODELS {
+        for (adapter, key) in [(false, "none"), (true, "dora")] {
+            let m = load(model, adapter);
+            let g = &r["generate"][model][key];
+            let prompt = ids_of(&g["prompt_ids"]);
+            let want = ids_of(&g["generated_ids"]);
+            assert_eq!(greedy(&m, &prompt, want.len()), want, "{model} {key}");
+        }
+    }
+}
+
+#[test]
+fn kv_cache_path_equals_the_full_forward() {
+    let m = load("tiny-qwen2", true);
+    let _g = no_grad();
+    let ids: Vec<i32> = (0..12).map(|i| (i * 37 % 384) as i32).collect();
+    let full = m.logits(&m.forward_hidden(&Tensor::from_i32(gpu(), &ids, &[1, 12]).unwrap(), None).unwrap()).unwrap().to_vec_f32().unwrap();
+    // Prefill 5 tokens, then 3, then 4 one at a time: every position's logits must match.
+    let mut cache = m.new_cache(12).unwrap();
+    let mut pieces = Vec::new();
+    for (start, len) in [(0, 5), (5, 3), (8, 1), (9, 1), (10, 1), (11, 1)] {
+        let t = Tensor::from_i32(gpu(), &ids[start..start + len], &[1, len]).unwrap();
+        pieces.extend(m.logits(&m.forward_hidden(&t, Some(&mut cache)).unwrap()).unwrap().to_vec_f32().unwrap());
+    }
+    assert_eq!(cache.len(), 12);
+    let e = rel(&pieces, &full);
+    assert!(e < 1e-5, "cached logits differ by {e:e}");
+    // A cache that is full is an error, not a crash.
+    let t = Tensor::from_i32(gpu(), &[1], &[1, 1]).unwrap();
+    assert!(m.forward_hidden(&t, Some(&mut cache)).is_err());
+}
+
+#[test]
+fn merged_weights_match_peft_merge_and_unload() {
+    let r = reference();
+    let tensors = read_safetensors(&models_dir().join("reference.safetensors")).unwrap();
+    for model in MODELS {
+        let m = load(model, true);
+        let merged = m.merged_weights().unwrap();
+        let dtype = if model == "tiny-qwen2" { DType::BF16 } else { DType::F32 };
+        let mut checked = 0;
+        for name in r["merged"][model]["params"].as_array().unwrap().iter().map(|v| v.as_str().unwrap()) {
+            let Some(ours) = merged.get(name) else { continue }; // biases are not merged
+            assert_eq!(ours.dtype(), dtype, "{model} {name}");
+            let want = tensors[&format!("merged.{model}.{name}")].to_f32();
+            let got = ours.to_vec_f32().unwrap();
+            // f32: to f32 rounding; bf16: PEFT merges in bf16 arithmetic, we round once from f32.
+            let tol = if dtype == DType::BF16 { 8e-3 } else { 1e-5 };
+            let e = rel(&got, &want);
+            assert!(e < tol, "{model} {name}: merged weight differs by {e:e}");
+            checked += 1;
+        }
+        assert_eq!(checked, 14, "{model}: 7 projections × 2 layers");
+    }
+}
