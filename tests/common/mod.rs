@@ -5,7 +5,7 @@
 use std::sync::OnceLock;
 
 use dora_wgpu::nn::Rng;
-use dora_wgpu::Gpu;
+use dora_wgpu::{ops, Gpu, Result, Tensor};
 
 /// The context every test in a binary shares. Panics with wgpu's adapter
 /// error when there is no GPU: the suite must fail, not skip.
@@ -141,4 +141,65 @@ pub fn round_bf16(v: &[f32]) -> Vec<f32> {
 
 pub fn round_f16(v: &[f32]) -> Vec<f32> {
     v.iter().map(|&x| half::f16::from_f32(x).to_f32()).collect()
+}
+
+pub type Inputs = Vec<(Vec<f32>, Vec<usize>)>;
+
+/// Checks forward values and the gradient of every input against f64.
+pub fn check_grads(
+    name: &str,
+    inputs: Inputs,
+    gpu_fn: impl Fn(&[Tensor]) -> Result<Tensor>,
+    cpu_fn: impl Fn(&[Vec<f64>]) -> Vec<f64>,
+) {
+    let gpu = gpu();
+    let mut rng = Rng::new(name.len() as u64 * 7919);
+    let params: Vec<Tensor> = inputs
+        .iter()
+        .map(|(d, s)| Tensor::param(gpu, d, s).unwrap())
+        .collect();
+    let out = gpu_fn(&params).unwrap();
+    let r = random(&mut rng, out.numel());
+    let loss =
+        ops::sum_all(&ops::mul(&out, &Tensor::from_f32(gpu, &r, out.shape()).unwrap()).unwrap())
+            .unwrap();
+    loss.backward().unwrap();
+
+    let x64: Vec<Vec<f64>> = inputs.iter().map(|(d, _)| to_f64(d)).collect();
+    let want_out = cpu_fn(&x64);
+    assert_close(
+        &format!("{name} forward"),
+        &out.to_vec_f32().unwrap(),
+        &want_out,
+        1e-4,
+        1e-5,
+    );
+    for (i, p) in params.iter().enumerate() {
+        let f = |xi: &[f64]| {
+            let mut xs = x64.clone();
+            xs[i] = xi.to_vec();
+            cpu_fn(&xs)
+                .iter()
+                .zip(&r)
+                .map(|(o, r)| o * *r as f64)
+                .sum::<f64>()
+        };
+        let want = numeric_grad(&f, &x64[i], 1e-6);
+        let got = p
+            .grad()
+            .unwrap_or_else(|| panic!("{name}: input {i} got no gradient"))
+            .to_vec_f32()
+            .unwrap();
+        assert_close(&format!("{name} d/dinput{i}"), &got, &want, 2e-3, 2e-4);
+    }
+}
+
+
+pub fn rand_input(rng: &mut Rng, shape: &[usize]) -> (Vec<f32>, Vec<usize>) {
+    (random(rng, shape.iter().product()), shape.to_vec())
+}
+
+pub fn positive_input(rng: &mut Rng, shape: &[usize]) -> (Vec<f32>, Vec<usize>) {
+    let n = shape.iter().product();
+    ((0..n).map(|_| rng.uniform_in(0.5, 2.0)).collect(), shape.to_vec())
 }

@@ -1,0 +1,230 @@
+//! The decoder's ops — embedding, RMSNorm, RoPE, head split/merge, causal
+//! softmax and attention, row slicing — against f64 CPU references, and their
+//! backward rules against finite differences of those references.
+
+mod common;
+
+use common::*;
+use dora_wgpu::nn::Rng;
+use dora_wgpu::ops::{self, RopeTables};
+use dora_wgpu::{DType, Tensor};
+
+fn rms_norm_ref(x: &[f64], w: &[f64], eps: f64) -> Vec<f64> {
+    let cols = w.len();
+    x.chunks(cols)
+        .flat_map(|row| {
+            let r = 1.0 / (row.iter().map(|v| v * v).sum::<f64>() / cols as f64 + eps).sqrt();
+            row.iter().zip(w).map(move |(v, w)| w * v * r)
+        })
+        .collect()
+}
+
+/// rotate_half RoPE on [B, T, H*D] at positions offset.., angles as transformers computes them.
+fn rope_ref(x: &[f64], batch: usize, seq: usize, heads: usize, d: usize, offset: usize, theta: f32) -> Vec<f64> {
+    let half = d / 2;
+    let mut out = x.to_vec();
+    for b in 0..batch {
+        for t in 0..seq {
+            for h in 0..heads {
+                let base = ((b * seq + t) * heads + h) * d;
+                for k in 0..half {
+                    let inv = 1.0 / theta.powf((2 * k) as f32 / d as f32);
+                    let angle = ((offset + t) as f32 * inv) as f64;
+                    let (c, s) = (angle.cos(), angle.sin());
+                    let (x1, x2) = (x[base + k], x[base + k + half]);
+                    out[base + k] = x1 * c - x2 * s;
+                    out[base + k + half] = x2 * c + x1 * s;
+                }
+            }
+        }
+    }
+    out
+}
+
+/// Causal GQA attention in f64: q [B, T, H*D], k, v [B, S, Hkv*D], queries at offset + t.
+#[allow(clippy::too_many_arguments)]
+fn attention_ref(q: &[f64], k: &[f64], v: &[f64], b: usize, t: usize, s: usize, h: usize, hkv: usize, d: usize, offset: usize) -> Vec<f64> {
+    let mut out = vec![0.0; b * t * h * d];
+    let g = h / hkv;
+    for bi in 0..b {
+        for hi in 0..h {
+            let kh = hi / g;
+            for ti in 0..t {
+                let qv = &q[((bi * t + ti) * h + hi) * d..][..d];
+                let visible = offset + ti + 1;
+                let scores: Vec<f64> = (0..visible)
+                    .map(|si| {
+                        let kv = &k[((bi * s + si) * hkv + kh) * d..][..d];
+                        qv.iter().zip(kv).map(|(a, b)| a * b).sum::<f64>() / (d as f64).sqrt()
+                    })
+                    .collect();
+                let m = scores.iter().cloned().fold(f64::NEG_INFINITY, f64::max);
+                let z: f64 = scores.iter().map(|x| (x - m).exp()).sum();
+                for (si, sc) in scores.iter().enumerate() {
+                    let p = (sc - m).exp() / z;
+                    let vv = &v[((bi * s + si) * hkv + kh) * d..][..d];
+                    for di in 0..d {
+                        out[((bi * t + ti) * h + hi) * d + di] += p * vv[di];
+                    }
+                }
+            }
+        }
+    }
+    out
+}
+
+#[test]
+fn embedding_gathers_rows_of_every_dtype() {
+    let gpu = gpu();
+    let mut rng = Rng::new(1);
+    let (vocab, dim) = (37, 19);
+    let table = random(&mut rng, vocab * dim);
+    let ids = [3, 0, 36, 3, 17, 5];
+    for dtype in [DType::F32, DType::BF16, DType::F16] {
+        let stored = match dtype {
+            DType::BF16 => round_bf16(&table),
+            DType::F16 => round_f16(&table),
+            _ => table.clone(),
+        };
+        let t = Tensor::from_f32_as(gpu, &table, &[vocab, dim], dtype).unwrap();
+        let out = ops::embedding(&t, &Tensor::from_i32(gpu, &ids, &[2, 3]).unwrap()).unwrap();
+        assert_eq!(out.shape(), &[2, 3, dim]);
+        let want: Vec<f32> = ids.iter().flat_map(|&i| stored[i as usize * dim..][..dim].to_vec()).collect();
+        assert_eq!(out.to_vec_f32().unwrap(), want, "{dtype:?}");
+    }
+}
+
+#[test]
+fn rms_norm_forward_and_gradient() {
+    let mut rng = Rng::new(2);
+    let (rows, cols) = (5, 24);
+    let w = positive_input(&mut rng, &[cols]).0;
+    let w64 = to_f64(&w);
+    let gpu = gpu();
+    let wt = Tensor::from_f32(gpu, &w, &[cols]).unwrap();
+    check_grads(
+        "rms_norm",
+        vec![rand_input(&mut rng, &[rows, cols])],
+        move |p| ops::rms_norm(&p[0], &wt, 1e-5),
+        move |x| rms_norm_ref(&x[0], &w64, 1e-5),
+    );
+    // A bf16 weight is unpacked in the kernel.
+    let x = random(&mut rng, rows * cols);
+    let wb = Tensor::from_f32_as(gpu, &w, &[cols], DType::BF16).unwrap();
+    let y = ops::rms_norm(&Tensor::from_f32(gpu, &x, &[rows, cols]).unwrap(), &wb, 1e-6).unwrap();
+    assert_close("rms_norm bf16", &y.to_vec_f32().unwrap(), &rms_norm_ref(&to_f64(&x), &to_f64(&round_bf16(&w)), 1e-6), 1e-5, 1e-6);
+}
+
+#[test]
+fn rope_forward_and_gradient() {
+    let mut rng = Rng::new(3);
+    let (b, t, h, d, offset, theta) = (2, 5, 3, 8, 4, 10000.0f32);
+    let tables = RopeTables::new(gpu(), theta, d, 16).unwrap();
+    check_grads(
+        "rope",
+        vec![rand_input(&mut rng, &[b, t, h * d])],
+        move |p| ops::rope(&p[0], h, offset, &tables),
+        move |x| rope_ref(&x[0], b, t, h, d, offset, theta),
+    );
+}
+
+#[test]
+fn head_split_and_merge_with_grouped_heads() {
+    let mut rng = Rng::new(4);
+    let (b, t, hs, d, g) = (2, 3, 2, 4, 3);
+    check_grads(
+        "split_heads",
+        vec![rand_input(&mut rng, &[b, t, hs * d])],
+        move |p| ops::split_heads(&p[0], hs, d, g),
+        move |x| {
+            let mut out = Vec::new();
+            for bi in 0..b {
+                for h in 0..hs * g {
+                    for ti in 0..t {
+                        out.extend_from_slice(&x[0][((bi * t + ti) * hs + h / g) * d..][..d]);
+                    }
+                }
+            }
+            out
+        },
+    );
+    check_grads(
+        "merge_heads",
+        vec![rand_input(&mut rng, &[b, hs, t, d])],
+        move |p| ops::merge_heads(&p[0]),
+        move |x| {
+            let mut out = Vec::new();
+            for bi in 0..b {
+                for ti in 0..t {
+                    for h in 0..hs {
+                        out.extend_from_slice(&x[0][((bi * hs + h) * t + ti) * d..][..d]);
+                    }
+                }
+            }
+            out
+        },
+    );
+}
+
+#[test]
+fn causal_softmax_masks_the_future_and_differentiates() {
+    let mut rng = Rng::new(5);
+    let (rows, t, s, offset, scale) = (2, 3, 5, 2, 0.7f32);
+    check_grads(
+        "causal_softmax",
+        vec![rand_input(&mut rng, &[rows, t, s])],
+        move |p| ops::causal_softmax(&p[0], scale, offset),
+        move |x| {
+            let mut out = Vec::new();
+            for (r, row) in x[0].chunks(s).enumerate() {
+                let visible = offset + r % t + 1;
+                let m = row[..visible].iter().map(|v| v * scale as f64).fold(f64::NEG_INFINITY, f64::max);
+                let z: f64 = row[..visible].iter().map(|v| (v * scale as f64 - m).exp()).sum();
+                out.extend(row.iter().enumerate().map(|(j, v)| if j < visible { (v * scale as f64 - m).exp() / z } else { 0.0 }));
+            }
+            out
+        },
+    );
+}
+
+#[test]
+fn causal_gqa_attention_matches_f64_and_differentiates() {
+    let mut rng = Rng::new(6);
+    let (b, t, h, hkv, d) = (2, 4, 4, 2, 3);
+    check_grads(
+        "attention",
+        vec![rand_input(&mut rng, &[b, t, h * d]), rand_input(&mut rng, &[b, t, hkv * d]), rand_input(&mut rng, &[b, t, hkv * d])],
+        move |p| ops::causal_attention(&p[0], &p[1], &p[2], h, hkv, 0),
+        move |x| attention_ref(&x[0], &x[1], &x[2], b, t, t, h, hkv, d, 0),
+    );
+    // Queries after a cached prefix: 2 new positions against 5 keys.
+    let (tq, s) = (2, 5);
+    let q = random(&mut rng, tq * h * d);
+    let k = random(&mut rng, s * hkv * d);
+    let v = random(&mut rng, s * hkv * d);
+    let gpu = gpu();
+    let out = ops::causal_attention(
+        &Tensor::from_f32(gpu, &q, &[1, tq, h * d]).unwrap(),
+        &Tensor::from_f32(gpu, &k, &[1, s, hkv * d]).unwrap(),
+        &Tensor::from_f32(gpu, &v, &[1, s, hkv * d]).unwrap(),
+        h,
+        hkv,
+        s - tq,
+    )
+    .unwrap();
+    let want = attention_ref(&to_f64(&q), &to_f64(&k), &to_f64(&v), 1, tq, s, h, hkv, d, s - tq);
+    assert_close("attention with offset", &out.to_vec_f32().unwrap(), &want, 1e-5, 1e-6);
+}
+
+#[test]
+fn slicing_rows_copies_and_routes_gradients_back() {
+    let mut rng = Rng::new(7);
+    check_grads(
+        "slice_rows",
+        vec![rand_input(&mut rng, &[6, 5])],
+        |p| ops::slice_rows(&p[0], 2, 3),
+        |x| x[0][10..25].to_vec(),
+    );
+    let t = Tensor::from_f32(gpu(), &[0.0; 6], &[3, 2]).unwrap();
+    assert!(ops::slice_rows(&t, 2, 2).is_err());
+}
