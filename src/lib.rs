@@ -14,6 +14,7 @@
 //! ```
 
 pub mod autograd;
+pub mod data;
 mod error;
 pub mod gpu;
 pub mod io;
@@ -21,11 +22,14 @@ pub mod nn;
 pub mod ops;
 pub mod optim;
 pub mod shaders;
+pub mod tasks;
 mod tensor;
+pub mod tokenizer;
 
 pub use autograd::{is_grad_enabled, no_grad, NoGradGuard};
 pub use error::{Error, Result};
 pub use gpu::{list_adapters, Gpu, GpuOptions, MemoryStats};
 pub use tensor::{DType, Tensor};
+pub use tokenizer::{ChatMessage, Tokenizer};
 /// The wgpu this crate is built on, for applications that share their device.
 pub use wgpu;

@@ -9,6 +9,7 @@ use crate::tensor::DType;
 
 const COMMON: &str = include_str!("../shaders/common.wgsl");
 const MATMUL: &str = include_str!("../shaders/matmul.wgsl");
+const MATMUL_SKINNY: &str = include_str!("../shaders/matmul_skinny.wgsl");
 const NORM: &str = include_str!("../shaders/norm.wgsl");
 const DORA: &str = include_str!("../shaders/dora.wgsl");
 const ELEMENTWISE: &str = include_str!("../shaders/elementwise.wgsl");
@@ -74,6 +75,8 @@ pub enum Kernel {
         b_dtype: DType,
         /// Scales each output column and adds a bias after the product.
         epilogue: bool,
+        /// The kernel for few rows of A (no tiles; A not transposed).
+        skinny: bool,
     },
     RowNorm {
         dtype: DType,
@@ -199,6 +202,7 @@ impl Kernel {
                 trans_b,
                 b_dtype,
                 epilogue,
+                skinny,
             } => (
                 format!(
                     "const TRANS_A: bool = {trans_a};\nconst TRANS_B: bool = {trans_b};\n{}{}",
@@ -209,7 +213,7 @@ impl Kernel {
                         "fn epilogue(v: f32, col: u32) -> f32 { return v; }\n"
                     }
                 ),
-                MATMUL,
+                if skinny { MATMUL_SKINNY } else { MATMUL },
             ),
             Kernel::RowNorm { dtype } => (weight_loader("WWord", "load_w", "w", dtype), NORM),
             Kernel::Recompose { dtype } => (weight_loader("WWord", "load_w", "w", dtype), DORA),
@@ -259,12 +263,18 @@ impl Kernel {
             for trans_b in [false, true] {
                 for b_dtype in weight_types {
                     for epilogue in [false, true] {
-                        v.push(Kernel::Matmul {
-                            trans_a,
-                            trans_b,
-                            b_dtype,
-                            epilogue,
-                        });
+                        for skinny in [false, true] {
+                            if skinny && trans_a {
+                                continue;
+                            }
+                            v.push(Kernel::Matmul {
+                                trans_a,
+                                trans_b,
+                                b_dtype,
+                                epilogue,
+                                skinny,
+                            });
+                        }
                     }
                 }
             }

@@ -19,7 +19,8 @@ fn models_dir() -> PathBuf {
 }
 
 fn reference() -> Value {
-    serde_json::from_str(&std::fs::read_to_string(models_dir().join("reference.json")).unwrap()).unwrap()
+    serde_json::from_str(&std::fs::read_to_string(models_dir().join("reference.json")).unwrap())
+        .unwrap()
 }
 
 fn load(model: &str, adapter: bool) -> Llama {
@@ -32,26 +33,47 @@ fn load(model: &str, adapter: bool) -> Llama {
 }
 
 fn ids_of(v: &Value) -> Vec<i32> {
-    v.as_array().unwrap().iter().map(|x| x.as_i64().unwrap() as i32).collect()
+    v.as_array()
+        .unwrap()
+        .iter()
+        .map(|x| x.as_i64().unwrap() as i32)
+        .collect()
 }
 
 fn rel(got: &[f32], want: &[f32]) -> f64 {
     let scale = want.iter().fold(0.0f64, |m, &w| m.max(w.abs() as f64));
-    got.iter().zip(want).map(|(g, w)| (g - w).abs() as f64).fold(0.0, f64::max) / scale
+    got.iter()
+        .zip(want)
+        .map(|(g, w)| (g - w).abs() as f64)
+        .fold(0.0, f64::max)
+        / scale
 }
 
 #[test]
 fn configs_load_in_both_rope_layouts_and_dtypes() {
     let llama = load("tiny-llama", false);
-    assert_eq!(llama.config.rope_theta, 20000.0, "rope_parameters.rope_theta");
+    assert_eq!(
+        llama.config.rope_theta, 20000.0,
+        "rope_parameters.rope_theta"
+    );
     assert!(llama.config.tie_word_embeddings && llama.lm_head.is_none());
     assert_eq!(llama.embed_tokens.dtype(), DType::F32);
     let qwen = load("tiny-qwen2", false);
     assert_eq!(qwen.config.rope_theta, 1_000_000.0, "top-level rope_theta");
     assert!(qwen.lm_head.is_some());
-    assert_eq!(qwen.embed_tokens.dtype(), DType::BF16, "frozen weights stay 16-bit on the GPU");
-    assert!(qwen.layers[0].projections[0].base().bias.is_some(), "Qwen2 q_proj has a bias");
-    assert!(qwen.layers[0].projections[3].base().bias.is_none(), "o_proj has none");
+    assert_eq!(
+        qwen.embed_tokens.dtype(),
+        DType::BF16,
+        "frozen weights stay 16-bit on the GPU"
+    );
+    assert!(
+        qwen.layers[0].projections[0].base().bias.is_some(),
+        "Qwen2 q_proj has a bias"
+    );
+    assert!(
+        qwen.layers[0].projections[3].base().bias.is_none(),
+        "o_proj has none"
+    );
 }
 
 #[test]
@@ -66,10 +88,15 @@ fn logits_match_transformers_with_and_without_adapter() {
             let t = Tensor::from_i32(gpu(), &ids, &[1, ids.len()]).unwrap();
             let logits = m.logits(&m.forward_hidden(&t, None).unwrap()).unwrap();
             assert_eq!(logits.shape(), &[1, ids.len(), m.config.vocab_size]);
-            let key = r["logits"][model][if adapter { "dora" } else { "none" }].as_str().unwrap();
+            let key = r["logits"][model][if adapter { "dora" } else { "none" }]
+                .as_str()
+                .unwrap();
             let e = rel(&logits.to_vec_f32().unwrap(), &tensors[key].to_f32());
             eprintln!("{model} adapter={adapter}: logits relative error {e:.2e}");
-            assert!(e < 1e-4, "{model} adapter={adapter}: logits differ by {e:e}");
+            assert!(
+                e < 1e-4,
+                "{model} adapter={adapter}: logits differ by {e:e}"
+            );
         }
     }
 }
@@ -83,16 +110,23 @@ fn nll_over_the_eval_file_matches_transformers() {
             let (mut total, mut count) = (0.0, 0);
             for line in r["eval"][model]["lines"].as_array().unwrap() {
                 let ids = ids_of(&line["ids"]);
-                let scored: Vec<usize> = line["targets"].as_array().unwrap().iter().map(|v| v.as_u64().unwrap() as usize).collect();
+                let scored: Vec<usize> = line["targets"]
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .map(|v| v.as_u64().unwrap() as usize)
+                    .collect();
                 // position t - 1 predicts token t
                 let mut targets = vec![dora_wgpu::ops::IGNORE_INDEX; ids.len() - 1];
                 for &t in &scored {
                     targets[t - 1] = ids[t];
                 }
-                let x = Tensor::from_i32(gpu(), &ids[..ids.len() - 1], &[1, ids.len() - 1]).unwrap();
+                let x =
+                    Tensor::from_i32(gpu(), &ids[..ids.len() - 1], &[1, ids.len() - 1]).unwrap();
                 let _g = no_grad();
                 let h = m.forward_hidden(&x, None).unwrap();
-                let h = dora_wgpu::ops::reshape(&h, &[ids.len() - 1, m.config.hidden_size]).unwrap();
+                let h =
+                    dora_wgpu::ops::reshape(&h, &[ids.len() - 1, m.config.hidden_size]).unwrap();
                 let (nll, n) = m.nll_sum(&h, &targets, 7).unwrap();
                 total += nll;
                 count += n;
@@ -102,7 +136,10 @@ fn nll_over_the_eval_file_matches_transformers() {
             let loss = total / count as f64;
             let want_loss = want["loss"].as_f64().unwrap();
             eprintln!("{model} {key}: loss {loss:.6} vs transformers {want_loss:.6}");
-            assert!((loss - want_loss).abs() < 1e-4 * want_loss, "{model} {key}: {loss} vs {want_loss}");
+            assert!(
+                (loss - want_loss).abs() < 1e-4 * want_loss,
+                "{model} {key}: {loss} vs {want_loss}"
+            );
         }
     }
 }
@@ -116,9 +153,18 @@ fn greedy(m: &Llama, prompt: &[i32], new_tokens: usize) -> Vec<i32> {
     for _ in 0..new_tokens {
         let t = Tensor::from_i32(gpu(), &input, &[1, input.len()]).unwrap();
         let h = m.forward_hidden(&t, Some(&mut cache)).unwrap();
-        let last = dora_wgpu::ops::slice_rows(&dora_wgpu::ops::reshape(&h, &[input.len(), m.config.hidden_size]).unwrap(), input.len() - 1, 1).unwrap();
+        let last = dora_wgpu::ops::slice_rows(
+            &dora_wgpu::ops::reshape(&h, &[input.len(), m.config.hidden_size]).unwrap(),
+            input.len() - 1,
+            1,
+        )
+        .unwrap();
         let logits = m.logits(&last).unwrap().to_vec_f32().unwrap();
-        let next = logits.iter().enumerate().fold((0, f32::MIN), |b, (i, &v)| if v > b.1 { (i, v) } else { b }).0 as i32;
+        let next = logits
+            .iter()
+            .enumerate()
+            .fold((0, f32::MIN), |b, (i, &v)| if v > b.1 { (i, v) } else { b })
+            .0 as i32;
         out.push(next);
         input = vec![next];
     }
@@ -143,14 +189,26 @@ fn greedy_generation_with_kv_cache_reproduces_transformers() {
 fn kv_cache_path_equals_the_full_forward() {
     let m = load("tiny-qwen2", true);
     let _g = no_grad();
-    let ids: Vec<i32> = (0..12).map(|i| (i * 37 % 384) as i32).collect();
-    let full = m.logits(&m.forward_hidden(&Tensor::from_i32(gpu(), &ids, &[1, 12]).unwrap(), None).unwrap()).unwrap().to_vec_f32().unwrap();
+    let ids: Vec<i32> = (0..12).map(|i| i * 37 % 384).collect();
+    let full = m
+        .logits(
+            &m.forward_hidden(&Tensor::from_i32(gpu(), &ids, &[1, 12]).unwrap(), None)
+                .unwrap(),
+        )
+        .unwrap()
+        .to_vec_f32()
+        .unwrap();
     // Prefill 5 tokens, then 3, then 4 one at a time: every position's logits must match.
     let mut cache = m.new_cache(12).unwrap();
     let mut pieces = Vec::new();
     for (start, len) in [(0, 5), (5, 3), (8, 1), (9, 1), (10, 1), (11, 1)] {
         let t = Tensor::from_i32(gpu(), &ids[start..start + len], &[1, len]).unwrap();
-        pieces.extend(m.logits(&m.forward_hidden(&t, Some(&mut cache)).unwrap()).unwrap().to_vec_f32().unwrap());
+        pieces.extend(
+            m.logits(&m.forward_hidden(&t, Some(&mut cache)).unwrap())
+                .unwrap()
+                .to_vec_f32()
+                .unwrap(),
+        );
     }
     assert_eq!(cache.len(), 12);
     let e = rel(&pieces, &full);
@@ -167,10 +225,21 @@ fn merged_weights_match_peft_merge_and_unload() {
     for model in MODELS {
         let m = load(model, true);
         let merged = m.merged_weights().unwrap();
-        let dtype = if model == "tiny-qwen2" { DType::BF16 } else { DType::F32 };
+        let dtype = if model == "tiny-qwen2" {
+            DType::BF16
+        } else {
+            DType::F32
+        };
         let mut checked = 0;
-        for name in r["merged"][model]["params"].as_array().unwrap().iter().map(|v| v.as_str().unwrap()) {
-            let Some(ours) = merged.get(name) else { continue }; // biases are not merged
+        for name in r["merged"][model]["params"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|v| v.as_str().unwrap())
+        {
+            let Some(ours) = merged.get(name) else {
+                continue;
+            }; // biases are not merged
             assert_eq!(ours.dtype(), dtype, "{model} {name}");
             let want = tensors[&format!("merged.{model}.{name}")].to_f32();
             let got = ours.to_vec_f32().unwrap();

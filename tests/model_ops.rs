@@ -20,7 +20,15 @@ fn rms_norm_ref(x: &[f64], w: &[f64], eps: f64) -> Vec<f64> {
 }
 
 /// rotate_half RoPE on [B, T, H*D] at positions offset.., angles as transformers computes them.
-fn rope_ref(x: &[f64], batch: usize, seq: usize, heads: usize, d: usize, offset: usize, theta: f32) -> Vec<f64> {
+fn rope_ref(
+    x: &[f64],
+    batch: usize,
+    seq: usize,
+    heads: usize,
+    d: usize,
+    offset: usize,
+    theta: f32,
+) -> Vec<f64> {
     let half = d / 2;
     let mut out = x.to_vec();
     for b in 0..batch {
@@ -43,7 +51,18 @@ fn rope_ref(x: &[f64], batch: usize, seq: usize, heads: usize, d: usize, offset:
 
 /// Causal GQA attention in f64: q [B, T, H*D], k, v [B, S, Hkv*D], queries at offset + t.
 #[allow(clippy::too_many_arguments)]
-fn attention_ref(q: &[f64], k: &[f64], v: &[f64], b: usize, t: usize, s: usize, h: usize, hkv: usize, d: usize, offset: usize) -> Vec<f64> {
+fn attention_ref(
+    q: &[f64],
+    k: &[f64],
+    v: &[f64],
+    b: usize,
+    t: usize,
+    s: usize,
+    h: usize,
+    hkv: usize,
+    d: usize,
+    offset: usize,
+) -> Vec<f64> {
     let mut out = vec![0.0; b * t * h * d];
     let g = h / hkv;
     for bi in 0..b {
@@ -89,7 +108,10 @@ fn embedding_gathers_rows_of_every_dtype() {
         let t = Tensor::from_f32_as(gpu, &table, &[vocab, dim], dtype).unwrap();
         let out = ops::embedding(&t, &Tensor::from_i32(gpu, &ids, &[2, 3]).unwrap()).unwrap();
         assert_eq!(out.shape(), &[2, 3, dim]);
-        let want: Vec<f32> = ids.iter().flat_map(|&i| stored[i as usize * dim..][..dim].to_vec()).collect();
+        let want: Vec<f32> = ids
+            .iter()
+            .flat_map(|&i| stored[i as usize * dim..][..dim].to_vec())
+            .collect();
         assert_eq!(out.to_vec_f32().unwrap(), want, "{dtype:?}");
     }
 }
@@ -111,8 +133,19 @@ fn rms_norm_forward_and_gradient() {
     // A bf16 weight is unpacked in the kernel.
     let x = random(&mut rng, rows * cols);
     let wb = Tensor::from_f32_as(gpu, &w, &[cols], DType::BF16).unwrap();
-    let y = ops::rms_norm(&Tensor::from_f32(gpu, &x, &[rows, cols]).unwrap(), &wb, 1e-6).unwrap();
-    assert_close("rms_norm bf16", &y.to_vec_f32().unwrap(), &rms_norm_ref(&to_f64(&x), &to_f64(&round_bf16(&w)), 1e-6), 1e-5, 1e-6);
+    let y = ops::rms_norm(
+        &Tensor::from_f32(gpu, &x, &[rows, cols]).unwrap(),
+        &wb,
+        1e-6,
+    )
+    .unwrap();
+    assert_close(
+        "rms_norm bf16",
+        &y.to_vec_f32().unwrap(),
+        &rms_norm_ref(&to_f64(&x), &to_f64(&round_bf16(&w)), 1e-6),
+        1e-5,
+        1e-6,
+    );
 }
 
 #[test]
@@ -178,9 +211,21 @@ fn causal_softmax_masks_the_future_and_differentiates() {
             let mut out = Vec::new();
             for (r, row) in x[0].chunks(s).enumerate() {
                 let visible = offset + r % t + 1;
-                let m = row[..visible].iter().map(|v| v * scale as f64).fold(f64::NEG_INFINITY, f64::max);
-                let z: f64 = row[..visible].iter().map(|v| (v * scale as f64 - m).exp()).sum();
-                out.extend(row.iter().enumerate().map(|(j, v)| if j < visible { (v * scale as f64 - m).exp() / z } else { 0.0 }));
+                let m = row[..visible]
+                    .iter()
+                    .map(|v| v * scale as f64)
+                    .fold(f64::NEG_INFINITY, f64::max);
+                let z: f64 = row[..visible]
+                    .iter()
+                    .map(|v| (v * scale as f64 - m).exp())
+                    .sum();
+                out.extend(row.iter().enumerate().map(|(j, v)| {
+                    if j < visible {
+                        (v * scale as f64 - m).exp() / z
+                    } else {
+                        0.0
+                    }
+                }));
             }
             out
         },
@@ -193,7 +238,11 @@ fn causal_gqa_attention_matches_f64_and_differentiates() {
     let (b, t, h, hkv, d) = (2, 4, 4, 2, 3);
     check_grads(
         "attention",
-        vec![rand_input(&mut rng, &[b, t, h * d]), rand_input(&mut rng, &[b, t, hkv * d]), rand_input(&mut rng, &[b, t, hkv * d])],
+        vec![
+            rand_input(&mut rng, &[b, t, h * d]),
+            rand_input(&mut rng, &[b, t, hkv * d]),
+            rand_input(&mut rng, &[b, t, hkv * d]),
+        ],
         move |p| ops::causal_attention(&p[0], &p[1], &p[2], h, hkv, 0),
         move |x| attention_ref(&x[0], &x[1], &x[2], b, t, t, h, hkv, d, 0),
     );
@@ -212,8 +261,25 @@ fn causal_gqa_attention_matches_f64_and_differentiates() {
         s - tq,
     )
     .unwrap();
-    let want = attention_ref(&to_f64(&q), &to_f64(&k), &to_f64(&v), 1, tq, s, h, hkv, d, s - tq);
-    assert_close("attention with offset", &out.to_vec_f32().unwrap(), &want, 1e-5, 1e-6);
+    let want = attention_ref(
+        &to_f64(&q),
+        &to_f64(&k),
+        &to_f64(&v),
+        1,
+        tq,
+        s,
+        h,
+        hkv,
+        d,
+        s - tq,
+    );
+    assert_close(
+        "attention with offset",
+        &out.to_vec_f32().unwrap(),
+        &want,
+        1e-5,
+        1e-6,
+    );
 }
 
 #[test]

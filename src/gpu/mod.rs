@@ -123,7 +123,14 @@ impl Gpu {
 
     /// Records a buffer-to-buffer copy into the batch (offsets and size in
     /// bytes, multiples of 4).
-    pub(crate) fn copy(&self, src: &GpuBuffer, src_offset: u64, dst: &GpuBuffer, dst_offset: u64, bytes: u64) {
+    pub(crate) fn copy(
+        &self,
+        src: &GpuBuffer,
+        src_offset: u64,
+        dst: &GpuBuffer,
+        dst_offset: u64,
+        bytes: u64,
+    ) {
         let mut batch = self.inner.batch.lock().unwrap();
         batch.encoder(&self.inner.device).copy_buffer_to_buffer(
             src.raw(),

@@ -66,10 +66,18 @@ impl ModelConfig {
                 SUPPORTED_MODEL_TYPES.join(", ")
             ));
         }
-        let rope = j.get("rope_parameters").or_else(|| j.get("rope_scaling")).filter(|v| !v.is_null());
-        if let Some(kind) = rope.and_then(|r| r.get("rope_type").or_else(|| r.get("type"))).and_then(Value::as_str) {
+        let rope = j
+            .get("rope_parameters")
+            .or_else(|| j.get("rope_scaling"))
+            .filter(|v| !v.is_null());
+        if let Some(kind) = rope
+            .and_then(|r| r.get("rope_type").or_else(|| r.get("type")))
+            .and_then(Value::as_str)
+        {
             if kind != "default" {
-                return Err(format!("rope_type {kind:?} is not supported yet (only \"default\")"));
+                return Err(format!(
+                    "rope_type {kind:?} is not supported yet (only \"default\")"
+                ));
             }
         }
         let rope_theta = rope
@@ -79,17 +87,30 @@ impl ModelConfig {
             .unwrap_or(10_000.0) as f32;
         let hidden_size = usize_field("hidden_size")?;
         let heads = usize_field("num_attention_heads")?;
-        let kv_heads = j.get("num_key_value_heads").and_then(Value::as_u64).map_or(heads, |v| v as usize);
-        if heads == 0 || kv_heads == 0 || heads % kv_heads != 0 {
-            return Err(format!("num_attention_heads {heads} is not a multiple of num_key_value_heads {kv_heads}"));
+        let kv_heads = j
+            .get("num_key_value_heads")
+            .and_then(Value::as_u64)
+            .map_or(heads, |v| v as usize);
+        if heads == 0 || kv_heads == 0 || !heads.is_multiple_of(kv_heads) {
+            return Err(format!(
+                "num_attention_heads {heads} is not a multiple of num_key_value_heads {kv_heads}"
+            ));
         }
         let head_dim = match j.get("head_dim").and_then(Value::as_u64) {
             Some(d) => d as usize,
-            None if hidden_size % heads == 0 => hidden_size / heads,
-            None => return Err(format!("hidden_size {hidden_size} is not divisible by num_attention_heads {heads}")),
+            None if hidden_size.is_multiple_of(heads) => hidden_size / heads,
+            None => {
+                return Err(format!(
+                    "hidden_size {hidden_size} is not divisible by num_attention_heads {heads}"
+                ))
+            }
         };
         let eos_token_ids = match j.get("eos_token_id") {
-            Some(Value::Array(v)) => v.iter().filter_map(Value::as_u64).map(|x| x as u32).collect(),
+            Some(Value::Array(v)) => v
+                .iter()
+                .filter_map(Value::as_u64)
+                .map(|x| x as u32)
+                .collect(),
             Some(v) => v.as_u64().map(|x| vec![x as u32]).unwrap_or_default(),
             None => Vec::new(),
         };
@@ -102,10 +123,19 @@ impl ModelConfig {
             num_key_value_heads: kv_heads,
             head_dim,
             vocab_size: usize_field("vocab_size")?,
-            rms_norm_eps: j.get("rms_norm_eps").and_then(Value::as_f64).unwrap_or(1e-6) as f32,
+            rms_norm_eps: j
+                .get("rms_norm_eps")
+                .and_then(Value::as_f64)
+                .unwrap_or(1e-6) as f32,
             rope_theta,
-            tie_word_embeddings: j.get("tie_word_embeddings").and_then(Value::as_bool).unwrap_or(false),
-            max_position_embeddings: j.get("max_position_embeddings").and_then(Value::as_u64).unwrap_or(4096) as usize,
+            tie_word_embeddings: j
+                .get("tie_word_embeddings")
+                .and_then(Value::as_bool)
+                .unwrap_or(false),
+            max_position_embeddings: j
+                .get("max_position_embeddings")
+                .and_then(Value::as_u64)
+                .unwrap_or(4096) as usize,
             eos_token_ids,
         })
     }
@@ -127,10 +157,13 @@ pub fn load_weights(dir: &Path) -> Result<BTreeMap<String, HostTensor>> {
         path: index_path.display().to_string(),
         message: format!("invalid JSON: {e}"),
     })?;
-    let map = index.get("weight_map").and_then(Value::as_object).ok_or_else(|| Error::Format {
-        path: index_path.display().to_string(),
-        message: "field weight_map is missing".into(),
-    })?;
+    let map = index
+        .get("weight_map")
+        .and_then(Value::as_object)
+        .ok_or_else(|| Error::Format {
+            path: index_path.display().to_string(),
+            message: "field weight_map is missing".into(),
+        })?;
     let shards: BTreeSet<&str> = map.values().filter_map(Value::as_str).collect();
     let mut all = BTreeMap::new();
     for shard in shards {
@@ -140,7 +173,9 @@ pub fn load_weights(dir: &Path) -> Result<BTreeMap<String, HostTensor>> {
         if !all.contains_key(name) {
             return Err(Error::Format {
                 path: index_path.display().to_string(),
-                message: format!("tensor {name} is listed in weight_map but missing from its shard"),
+                message: format!(
+                    "tensor {name} is listed in weight_map but missing from its shard"
+                ),
             });
         }
     }

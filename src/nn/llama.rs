@@ -112,7 +112,12 @@ pub struct Llama {
     rope: RopeTables,
 }
 
-fn take(weights: &mut BTreeMap<String, HostTensor>, name: &str, shape: &[usize], dir: &Path) -> Result<HostTensor> {
+fn take(
+    weights: &mut BTreeMap<String, HostTensor>,
+    name: &str,
+    shape: &[usize],
+    dir: &Path,
+) -> Result<HostTensor> {
     let t = weights.remove(name).ok_or_else(|| Error::Format {
         path: dir.display().to_string(),
         message: format!("tensor {name} is missing from the model weights"),
@@ -120,7 +125,10 @@ fn take(weights: &mut BTreeMap<String, HostTensor>, name: &str, shape: &[usize],
     if t.shape != shape {
         return Err(Error::Format {
             path: dir.display().to_string(),
-            message: format!("tensor {name} has shape {:?}, config.json implies {shape:?}", t.shape),
+            message: format!(
+                "tensor {name} has shape {:?}, config.json implies {shape:?}",
+                t.shape
+            ),
         });
     }
     Ok(t)
@@ -132,9 +140,17 @@ impl Llama {
         let config = ModelConfig::load(dir)?;
         let mut w = load_weights(dir)?;
         let c = &config;
-        let (h, kv) = (c.num_attention_heads * c.head_dim, c.num_key_value_heads * c.head_dim);
+        let (h, kv) = (
+            c.num_attention_heads * c.head_dim,
+            c.num_key_value_heads * c.head_dim,
+        );
         let up = |t: HostTensor| t.to_gpu(gpu);
-        let embed_tokens = up(take(&mut w, "model.embed_tokens.weight", &[c.vocab_size, c.hidden_size], dir)?)?;
+        let embed_tokens = up(take(
+            &mut w,
+            "model.embed_tokens.weight",
+            &[c.vocab_size, c.hidden_size],
+            dir,
+        )?)?;
         let mut layers = Vec::with_capacity(c.num_hidden_layers);
         for i in 0..c.num_hidden_layers {
             let p = format!("model.layers.{i}");
@@ -156,7 +172,10 @@ impl Llama {
                     Some(b) if b.shape != [shape[0]] => {
                         return Err(Error::Format {
                             path: dir.display().to_string(),
-                            message: format!("tensor {module}.bias has shape {:?}, expected [{}]", b.shape, shape[0]),
+                            message: format!(
+                                "tensor {module}.bias has shape {:?}, expected [{}]",
+                                b.shape, shape[0]
+                            ),
                         })
                     }
                     Some(b) => Some(up(b)?),
@@ -165,7 +184,12 @@ impl Llama {
                 projections.push(Projection::Frozen(Linear::new(weight, bias)?));
             }
             layers.push(DecoderLayer {
-                input_norm: up(take(&mut w, &format!("{p}.input_layernorm.weight"), &[c.hidden_size], dir)?)?,
+                input_norm: up(take(
+                    &mut w,
+                    &format!("{p}.input_layernorm.weight"),
+                    &[c.hidden_size],
+                    dir,
+                )?)?,
                 post_attention_norm: up(take(
                     &mut w,
                     &format!("{p}.post_attention_layernorm.weight"),
@@ -179,21 +203,34 @@ impl Llama {
         let lm_head = match w.remove("lm_head.weight") {
             Some(t) if !c.tie_word_embeddings => {
                 if t.shape != [c.vocab_size, c.hidden_size] {
-                    shape_err!("lm_head.weight is {:?}, expected [{}, {}]", t.shape, c.vocab_size, c.hidden_size);
+                    shape_err!(
+                        "lm_head.weight is {:?}, expected [{}, {}]",
+                        t.shape,
+                        c.vocab_size,
+                        c.hidden_size
+                    );
                 }
                 Some(up(t)?)
             }
             None if !c.tie_word_embeddings => {
                 return Err(Error::Format {
                     path: dir.display().to_string(),
-                    message: "tensor lm_head.weight is missing and tie_word_embeddings is false".into(),
+                    message: "tensor lm_head.weight is missing and tie_word_embeddings is false"
+                        .into(),
                 })
             }
             _ => None,
         };
         let positions = c.max_position_embeddings.clamp(1, 1 << 17);
         let rope = RopeTables::new(gpu, c.rope_theta, c.head_dim, positions)?;
-        Ok(Llama { config, embed_tokens, layers, final_norm, lm_head, rope })
+        Ok(Llama {
+            config,
+            embed_tokens,
+            layers,
+            final_norm,
+            lm_head,
+            rope,
+        })
     }
 
     /// `[out, in]` of every adaptable projection, by module path.
@@ -202,7 +239,10 @@ impl Llama {
         for (i, layer) in self.layers.iter().enumerate() {
             for ((parent, name), p) in PROJECTIONS.iter().zip(&layer.projections) {
                 let b = p.base();
-                out.insert(format!("model.layers.{i}.{parent}.{name}"), (b.out_features(), b.in_features()));
+                out.insert(
+                    format!("model.layers.{i}.{parent}.{name}"),
+                    (b.out_features(), b.in_features()),
+                );
             }
         }
         out
@@ -216,13 +256,25 @@ impl Llama {
         for (i, layer) in self.layers.iter_mut().enumerate() {
             for ((parent, name), slot) in PROJECTIONS.iter().zip(layer.projections.iter_mut()) {
                 let module = format!("model.layers.{i}.{parent}.{name}");
-                let Some(weights) = adapter.modules.get(&module) else { continue };
+                let Some(weights) = adapter.modules.get(&module) else {
+                    continue;
+                };
                 let base = slot.base().clone();
                 let scale = cfg.scaling(&module);
                 *slot = if cfg.use_dora {
-                    Projection::Dora(DoraLinear::from_adapter(base, weights, scale, cfg.lora_dropout)?)
+                    Projection::Dora(DoraLinear::from_adapter(
+                        base,
+                        weights,
+                        scale,
+                        cfg.lora_dropout,
+                    )?)
                 } else {
-                    Projection::Lora(LoraLinear::from_adapter(base, weights, scale, cfg.lora_dropout)?)
+                    Projection::Lora(LoraLinear::from_adapter(
+                        base,
+                        weights,
+                        scale,
+                        cfg.lora_dropout,
+                    )?)
                 };
             }
         }
@@ -231,7 +283,10 @@ impl Llama {
 
     /// All trainable tensors (the adapters' A, B and m).
     pub fn parameters(&self) -> Vec<Tensor> {
-        self.layers.iter().flat_map(|l| l.projections.iter().flat_map(Projection::parameters)).collect()
+        self.layers
+            .iter()
+            .flat_map(|l| l.projections.iter().flat_map(Projection::parameters))
+            .collect()
     }
 
     /// An empty cache for up to `capacity` positions (batch 1).
@@ -240,9 +295,18 @@ impl Llama {
         let width = c.num_key_value_heads * c.head_dim;
         let gpu = self.embed_tokens.gpu();
         let layers = (0..c.num_hidden_layers)
-            .map(|_| Ok((Tensor::zeros(gpu, &[capacity, width], DType::F32)?, Tensor::zeros(gpu, &[capacity, width], DType::F32)?)))
+            .map(|_| {
+                Ok((
+                    Tensor::zeros(gpu, &[capacity, width], DType::F32)?,
+                    Tensor::zeros(gpu, &[capacity, width], DType::F32)?,
+                ))
+            })
             .collect::<Result<_>>()?;
-        Ok(KvCache { layers, len: 0, capacity })
+        Ok(KvCache {
+            layers,
+            len: 0,
+            capacity,
+        })
     }
 
     /// Hidden states after the final norm, [B, T, hidden], for token ids
@@ -250,7 +314,10 @@ impl Llama {
     /// positions and their keys and values are appended.
     pub fn forward_hidden(&self, ids: &Tensor, mut cache: Option<&mut KvCache>) -> Result<Tensor> {
         let &[batch, seq] = ids.shape() else {
-            shape_err!("model input ids must be [batch, seq], got {:?}", ids.shape());
+            shape_err!(
+                "model input ids must be [batch, seq], got {:?}",
+                ids.shape()
+            );
         };
         let c = &self.config;
         let offset = cache.as_ref().map_or(0, |k| k.len);
@@ -259,11 +326,19 @@ impl Llama {
                 shape_err!("generation with a KV cache takes one sequence, got batch {batch}");
             }
             if k.len + seq > k.capacity {
-                shape_err!("KV cache holds {} positions; {} more do not fit", k.capacity, seq);
+                shape_err!(
+                    "KV cache holds {} positions; {} more do not fit",
+                    k.capacity,
+                    seq
+                );
             }
         }
         if offset + seq > self.rope.positions {
-            shape_err!("{} positions exceed max_position_embeddings {}", offset + seq, self.rope.positions);
+            shape_err!(
+                "{} positions exceed max_position_embeddings {}",
+                offset + seq,
+                self.rope.positions
+            );
         }
         let (heads, kv_heads) = (c.num_attention_heads, c.num_key_value_heads);
         let mut x = ops::embedding(&self.embed_tokens, ids)?;
@@ -294,13 +369,22 @@ impl Llama {
 
     /// Logits [.., vocab] for hidden states [.., hidden].
     pub fn logits(&self, hidden: &Tensor) -> Result<Tensor> {
-        ops::matmul_ex(hidden, self.lm_head.as_ref().unwrap_or(&self.embed_tokens), Transpose::NT)
+        ops::matmul_ex(
+            hidden,
+            self.lm_head.as_ref().unwrap_or(&self.embed_tokens),
+            Transpose::NT,
+        )
     }
 
     /// Summed negative log-likelihood and the number of scored targets, for
     /// hidden states [T, hidden] and i32 targets [T] (ignore index −100),
     /// computed over chunks of rows so [T, vocab] logits never exist at once.
-    pub fn nll_sum(&self, hidden: &Tensor, targets: &[i32], chunk_rows: usize) -> Result<(f64, usize)> {
+    pub fn nll_sum(
+        &self,
+        hidden: &Tensor,
+        targets: &[i32],
+        chunk_rows: usize,
+    ) -> Result<(f64, usize)> {
         let _g = no_grad();
         let rows = hidden.shape()[0];
         if targets.len() != rows {
@@ -336,7 +420,10 @@ impl Llama {
         for (i, layer) in self.layers.iter().enumerate() {
             for ((parent, name), p) in PROJECTIONS.iter().zip(&layer.projections) {
                 if !matches!(p, Projection::Frozen(_)) {
-                    out.insert(format!("model.layers.{i}.{parent}.{name}.weight"), p.merged_weight()?);
+                    out.insert(
+                        format!("model.layers.{i}.{parent}.{name}.weight"),
+                        p.merged_weight()?,
+                    );
                 }
             }
         }
@@ -350,6 +437,12 @@ fn append(cache: &Tensor, new: &Tensor, offset: usize) -> Result<Tensor> {
     let width = cache.shape()[1];
     let seq = new.numel() / width;
     let row_bytes = 4 * width as u64;
-    cache.gpu().copy(new.buf(), 0, cache.buf(), offset as u64 * row_bytes, seq as u64 * row_bytes);
+    cache.gpu().copy(
+        new.buf(),
+        0,
+        cache.buf(),
+        offset as u64 * row_bytes,
+        seq as u64 * row_bytes,
+    );
     Ok(cache.prefix_view(&[1, offset + seq, width]))
 }

@@ -22,7 +22,13 @@ struct Params {
     scale: f32,
 }
 
-fn heads_params(batch: usize, seq: usize, src_heads: usize, head_dim: usize, group: usize) -> Params {
+fn heads_params(
+    batch: usize,
+    seq: usize,
+    src_heads: usize,
+    head_dim: usize,
+    group: usize,
+) -> Params {
     Params {
         batch: batch as u32,
         seq: seq as u32,
@@ -39,14 +45,28 @@ fn split_raw(x: &Tensor, p: Params) -> Result<Tensor> {
     let heads = (p.src_heads * p.group) as usize;
     let shape = [p.batch as usize, heads, p.seq as usize, p.head_dim as usize];
     let out = Tensor::empty(x.gpu(), &shape, DType::F32)?;
-    launch(Kernel::SplitHeads, &p, &[x, &out], groups_for_elements(out.numel()))?;
+    launch(
+        Kernel::SplitHeads,
+        &p,
+        &[x, &out],
+        groups_for_elements(out.numel()),
+    )?;
     Ok(out)
 }
 
 fn merge_raw(x: &Tensor, p: Params) -> Result<Tensor> {
-    let shape = [p.batch as usize, p.seq as usize, (p.src_heads * p.head_dim) as usize];
+    let shape = [
+        p.batch as usize,
+        p.seq as usize,
+        (p.src_heads * p.head_dim) as usize,
+    ];
     let out = Tensor::empty(x.gpu(), &shape, DType::F32)?;
-    launch(Kernel::MergeHeads, &p, &[x, &out], groups_for_elements(out.numel()))?;
+    launch(
+        Kernel::MergeHeads,
+        &p,
+        &[x, &out],
+        groups_for_elements(out.numel()),
+    )?;
     Ok(out)
 }
 
@@ -54,25 +74,35 @@ fn merge_raw(x: &Tensor, p: Params) -> Result<Tensor> {
 pub fn split_heads(x: &Tensor, heads: usize, head_dim: usize, group: usize) -> Result<Tensor> {
     x.expect_f32("split_heads", "input")?;
     let &[batch, seq, width] = x.shape() else {
-        shape_err!("split_heads: input must be [batch, seq, width], got {:?}", x.shape());
+        shape_err!(
+            "split_heads: input must be [batch, seq, width], got {:?}",
+            x.shape()
+        );
     };
     if width != heads * head_dim || group == 0 {
         shape_err!("split_heads: width {width} is not {heads} heads × {head_dim}");
     }
     let p = heads_params(batch, seq, heads, head_dim, group);
     let out = split_raw(x, p)?;
-    Ok(record(out, "split_heads", &[x], move |g, _| Ok(vec![Some(merge_raw(g, p)?)])))
+    Ok(record(out, "split_heads", &[x], move |g, _| {
+        Ok(vec![Some(merge_raw(g, p)?)])
+    }))
 }
 
 /// [B, heads, T, head_dim] -> [B, T, heads * head_dim].
 pub fn merge_heads(x: &Tensor) -> Result<Tensor> {
     x.expect_f32("merge_heads", "input")?;
     let &[batch, heads, seq, head_dim] = x.shape() else {
-        shape_err!("merge_heads: input must be [batch, heads, seq, head_dim], got {:?}", x.shape());
+        shape_err!(
+            "merge_heads: input must be [batch, heads, seq, head_dim], got {:?}",
+            x.shape()
+        );
     };
     let p = heads_params(batch, seq, heads, head_dim, 1);
     let out = merge_raw(x, p)?;
-    Ok(record(out, "merge_heads", &[x], move |g, _| Ok(vec![Some(split_raw(g, p)?)])))
+    Ok(record(out, "merge_heads", &[x], move |g, _| {
+        Ok(vec![Some(split_raw(g, p)?)])
+    }))
 }
 
 /// softmax(scale · scores) over the last dim with causal masking: scores is
@@ -85,7 +115,10 @@ pub fn causal_softmax(scores: &Tensor, scale: f32, offset: usize) -> Result<Tens
     }
     let (queries, keys) = (s[s.len() - 2], s[s.len() - 1]);
     if offset + queries > keys {
-        shape_err!("causal_softmax: {queries} queries at offset {offset} need {} keys, got {keys}", offset + queries);
+        shape_err!(
+            "causal_softmax: {queries} queries at offset {offset} need {} keys, got {keys}",
+            offset + queries
+        );
     }
     let rows = scores.numel() / keys.max(1);
     let p = Params {
@@ -108,8 +141,16 @@ pub fn causal_softmax(scores: &Tensor, scale: f32, offset: usize) -> Result<Tens
             cols: u32,
         }
         let dx = Tensor::empty(g.gpu(), g.shape(), DType::F32)?;
-        let sp = SoftmaxParams { rows: rows as u32, cols: keys as u32 };
-        launch(Kernel::SoftmaxBackward, &sp, &[&saved, g, &dx], groups(rows))?;
+        let sp = SoftmaxParams {
+            rows: rows as u32,
+            cols: keys as u32,
+        };
+        launch(
+            Kernel::SoftmaxBackward,
+            &sp,
+            &[&saved, g, &dx],
+            groups(rows),
+        )?;
         Ok(vec![Some(super::elementwise::scale(&dx, scale)?)])
     }))
 }
@@ -126,19 +167,38 @@ pub fn causal_attention(
     offset: usize,
 ) -> Result<Tensor> {
     let (&[batch, seq, width], &[kb, keys, kv_width]) = (q.shape(), k.shape()) else {
-        shape_err!("attention: q {:?} and k {:?} must be 3-D", q.shape(), k.shape());
+        shape_err!(
+            "attention: q {:?} and k {:?} must be 3-D",
+            q.shape(),
+            k.shape()
+        );
     };
-    if heads == 0 || kv_heads == 0 || heads % kv_heads != 0 || width % heads != 0 {
+    if heads == 0
+        || kv_heads == 0
+        || !heads.is_multiple_of(kv_heads)
+        || !width.is_multiple_of(heads)
+    {
         shape_err!("attention: {heads} heads cannot share {kv_heads} key/value heads");
     }
     let d = width / heads;
     if kb != batch || kv_width != kv_heads * d || v.shape() != k.shape() {
-        shape_err!("attention: q {:?}, k {:?}, v {:?} do not fit {heads}/{kv_heads} heads of {d}", q.shape(), k.shape(), v.shape());
+        shape_err!(
+            "attention: q {:?}, k {:?}, v {:?} do not fit {heads}/{kv_heads} heads of {d}",
+            q.shape(),
+            k.shape(),
+            v.shape()
+        );
     }
     let group = heads / kv_heads;
     let qh = super::reshape(&split_heads(q, heads, d, 1)?, &[batch * heads, seq, d])?;
-    let kh = super::reshape(&split_heads(k, kv_heads, d, group)?, &[batch * heads, keys, d])?;
-    let vh = super::reshape(&split_heads(v, kv_heads, d, group)?, &[batch * heads, keys, d])?;
+    let kh = super::reshape(
+        &split_heads(k, kv_heads, d, group)?,
+        &[batch * heads, keys, d],
+    )?;
+    let vh = super::reshape(
+        &split_heads(v, kv_heads, d, group)?,
+        &[batch * heads, keys, d],
+    )?;
     let scores = super::matmul_ex(&qh, &kh, Transpose::NT)?;
     let probs = causal_softmax(&scores, 1.0 / (d as f32).sqrt(), offset)?;
     let out = super::matmul(&probs, &vh)?;

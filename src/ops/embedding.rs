@@ -19,7 +19,10 @@ struct Params {
 /// any shape): returns [..ids.shape, dim] in f32.
 pub fn embedding(table: &Tensor, ids: &Tensor) -> Result<Tensor> {
     let &[vocab, dim] = table.shape() else {
-        shape_err!("embedding: table must be [vocab, dim], got {:?}", table.shape());
+        shape_err!(
+            "embedding: table must be [vocab, dim], got {:?}",
+            table.shape()
+        );
     };
     if ids.dtype() != DType::I32 {
         shape_err!("embedding: ids must be i32, got {}", ids.dtype().name());
@@ -30,7 +33,17 @@ pub fn embedding(table: &Tensor, ids: &Tensor) -> Result<Tensor> {
     let tokens = ids.numel();
     let shape: Vec<usize> = [ids.shape(), &[dim]].concat();
     let out = Tensor::empty(table.gpu(), &shape, DType::F32)?;
-    let params = Params { tokens: tokens as u32, dim: dim as u32, vocab: vocab as u32, _pad: 0 };
-    launch(Kernel::Embedding(table.dtype()), &params, &[table, ids, &out], groups_for_elements(tokens * dim))?;
+    let params = Params {
+        tokens: tokens as u32,
+        dim: dim as u32,
+        vocab: vocab as u32,
+        _pad: 0,
+    };
+    launch(
+        Kernel::Embedding(table.dtype()),
+        &params,
+        &[table, ids, &out],
+        groups_for_elements(tokens * dim),
+    )?;
     Ok(out)
 }

@@ -28,6 +28,9 @@ impl Transpose {
     }
 }
 
+/// Products with at most this many rows of A use the untiled kernel.
+const SKINNY_MAX_ROWS: usize = 8;
+
 #[repr(C)]
 #[derive(Clone, Copy, bytemuck::Pod, bytemuck::Zeroable)]
 struct Params {
@@ -165,17 +168,20 @@ pub(crate) fn matmul_epilogue(
         beta,
         has_bias: epilogue.as_ref().is_some_and(|e| e.bias.is_some()) as u32,
     };
+    // Few rows of A: the tiled kernel would mostly compute padding.
+    let skinny = !ta && p.m <= SKINNY_MAX_ROWS;
     let kernel = Kernel::Matmul {
         trans_a: ta,
         trans_b: tb,
         b_dtype: b.dtype(),
         epilogue: epilogue.is_some(),
+        skinny,
     };
-    let groups = [
-        p.n.div_ceil(64) as u32,
-        p.m.div_ceil(64) as u32,
-        p.batch as u32,
-    ];
+    let groups = if skinny {
+        [p.n.div_ceil(256) as u32, 1, p.batch as u32]
+    } else {
+        [p.n.div_ceil(64) as u32, p.m.div_ceil(64) as u32, p.batch as u32]
+    };
     match epilogue {
         None => launch(kernel, &params, &[a, b, &out], groups)?,
         Some(e) => {

@@ -16,19 +16,19 @@ mod rope;
 mod shape;
 mod softmax;
 
+pub use attention::{causal_attention, causal_softmax, merge_heads, split_heads};
 pub use dora::recompose;
 pub(crate) use dora::{dora_linear_fused, FusedDora};
 pub use elementwise::{
     add, add_assign, cast, copy, div, dropout, exp, mul, scale, silu, sqrt, square, sub, to_f32,
     transpose,
 };
+pub use embedding::embedding;
 pub use loss::{cross_entropy, IGNORE_INDEX};
 pub(crate) use matmul::matmul_raw;
 pub use matmul::{matmul, matmul_ex, Transpose};
 pub use norm::row_norm;
 pub use reduce::{mean_all, sum_all, sum_cols, sum_rows};
-pub use attention::{causal_attention, causal_softmax, merge_heads, split_heads};
-pub use embedding::embedding;
 pub use rmsnorm::rms_norm;
 pub use rope::{rope, RopeTables};
 pub use shape::{reshape, slice_rows};

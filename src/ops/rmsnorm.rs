@@ -20,18 +20,37 @@ pub fn rms_norm(x: &Tensor, weight: &Tensor, eps: f32) -> Result<Tensor> {
     x.expect_f32("rms_norm", "input")?;
     let (rows, cols) = rows_cols(x);
     if weight.shape() != [cols] || !weight.dtype().is_float() {
-        shape_err!("rms_norm: weight is {:?} {}, expected [{cols}] float", weight.shape(), weight.dtype().name());
+        shape_err!(
+            "rms_norm: weight is {:?} {}, expected [{cols}] float",
+            weight.shape(),
+            weight.dtype().name()
+        );
     }
     if weight.requires_grad() {
         shape_err!("rms_norm: the norm weight is frozen; pass a tensor that is not trainable");
     }
-    let p = Params { rows: rows as u32, cols: cols as u32, eps, _pad: 0 };
+    let p = Params {
+        rows: rows as u32,
+        cols: cols as u32,
+        eps,
+        _pad: 0,
+    };
     let y = Tensor::empty(x.gpu(), x.shape(), DType::F32)?;
-    launch(Kernel::RmsNormForward(weight.dtype()), &p, &[x, weight, &y], groups(rows))?;
+    launch(
+        Kernel::RmsNormForward(weight.dtype()),
+        &p,
+        &[x, weight, &y],
+        groups(rows),
+    )?;
     let (sx, sw) = (x.clone(), weight.clone());
     Ok(record(y, "rms_norm", &[x], move |g, _| {
         let dx = Tensor::empty(g.gpu(), g.shape(), DType::F32)?;
-        launch(Kernel::RmsNormBackward(sw.dtype()), &p, &[&sx, &sw, g, &dx], groups(rows))?;
+        launch(
+            Kernel::RmsNormBackward(sw.dtype()),
+            &p,
+            &[&sx, &sw, g, &dx],
+            groups(rows),
+        )?;
         Ok(vec![Some(dx)])
     }))
 }

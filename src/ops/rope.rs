@@ -20,7 +20,7 @@ pub struct RopeTables {
 
 impl RopeTables {
     pub fn new(gpu: &Gpu, theta: f32, head_dim: usize, positions: usize) -> Result<RopeTables> {
-        if head_dim % 2 != 0 || head_dim == 0 {
+        if !head_dim.is_multiple_of(2) || head_dim == 0 {
             shape_err!("rope: head_dim must be even, got {head_dim}");
         }
         let half = head_dim / 2;
@@ -59,7 +59,12 @@ struct Params {
 fn rope_raw(x: &Tensor, p: Params, tables: &RopeTables) -> Result<Tensor> {
     let out = Tensor::empty(x.gpu(), x.shape(), DType::F32)?;
     let pairs = (p.batch * p.seq * p.heads * p.head_dim / 2) as usize;
-    launch(Kernel::Rope, &p, &[x, &tables.cos, &tables.sin, &out], groups_for_elements(pairs))?;
+    launch(
+        Kernel::Rope,
+        &p,
+        &[x, &tables.cos, &tables.sin, &out],
+        groups_for_elements(pairs),
+    )?;
     Ok(out)
 }
 
@@ -67,13 +72,23 @@ fn rope_raw(x: &Tensor, p: Params, tables: &RopeTables) -> Result<Tensor> {
 pub fn rope(x: &Tensor, heads: usize, offset: usize, tables: &RopeTables) -> Result<Tensor> {
     x.expect_f32("rope", "input")?;
     let &[batch, seq, width] = x.shape() else {
-        shape_err!("rope: input must be [batch, seq, heads * head_dim], got {:?}", x.shape());
+        shape_err!(
+            "rope: input must be [batch, seq, heads * head_dim], got {:?}",
+            x.shape()
+        );
     };
     if width != heads * tables.head_dim {
-        shape_err!("rope: width {width} is not {heads} heads × {}", tables.head_dim);
+        shape_err!(
+            "rope: width {width} is not {heads} heads × {}",
+            tables.head_dim
+        );
     }
     if offset + seq > tables.positions {
-        shape_err!("rope: positions up to {} exceed the table's {}", offset + seq, tables.positions);
+        shape_err!(
+            "rope: positions up to {} exceed the table's {}",
+            offset + seq,
+            tables.positions
+        );
     }
     let params = Params {
         batch: batch as u32,
@@ -87,7 +102,19 @@ pub fn rope(x: &Tensor, heads: usize, offset: usize, tables: &RopeTables) -> Res
     let (cos, sin) = (tables.cos.clone(), tables.sin.clone());
     let (head_dim, positions) = (tables.head_dim, tables.positions);
     Ok(record(out, "rope", &[x], move |g, _| {
-        let tables = RopeTables { cos, sin, head_dim, positions };
-        Ok(vec![Some(rope_raw(g, Params { direction: -1.0, ..params }, &tables)?)])
+        let tables = RopeTables {
+            cos,
+            sin,
+            head_dim,
+            positions,
+        };
+        Ok(vec![Some(rope_raw(
+            g,
+            Params {
+                direction: -1.0,
+                ..params
+            },
+            &tables,
+        )?)])
     }))
 }

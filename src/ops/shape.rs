@@ -29,19 +29,37 @@ pub fn slice_rows(x: &Tensor, start: usize, len: usize) -> Result<Tensor> {
         shape_err!("slice_rows: needs at least one dimension");
     };
     if start + len > rows {
-        shape_err!("slice_rows: rows {start}..{} of a tensor with {rows} rows", start + len);
+        shape_err!(
+            "slice_rows: rows {start}..{} of a tensor with {rows} rows",
+            start + len
+        );
     }
     if !matches!(x.dtype(), DType::F32 | DType::I32) {
-        shape_err!("slice_rows: needs a 32-bit tensor, got {}", x.dtype().name());
+        shape_err!(
+            "slice_rows: needs a 32-bit tensor, got {}",
+            x.dtype().name()
+        );
     }
     let row_bytes = 4 * rest.iter().product::<usize>() as u64;
     let shape: Vec<usize> = [&[len][..], rest].concat();
     let out = Tensor::empty(x.gpu(), &shape, x.dtype())?;
-    x.gpu().copy(x.buf(), start as u64 * row_bytes, out.buf(), 0, len as u64 * row_bytes);
+    x.gpu().copy(
+        x.buf(),
+        start as u64 * row_bytes,
+        out.buf(),
+        0,
+        len as u64 * row_bytes,
+    );
     let full = x.shape().to_vec();
     Ok(record(out, "slice_rows", &[x], move |g, _| {
         let dx = Tensor::zeros(g.gpu(), &full, DType::F32)?;
-        g.gpu().copy(g.buf(), 0, dx.buf(), start as u64 * row_bytes, len as u64 * row_bytes);
+        g.gpu().copy(
+            g.buf(),
+            0,
+            dx.buf(),
+            start as u64 * row_bytes,
+            len as u64 * row_bytes,
+        );
         Ok(vec![Some(dx)])
     }))
 }

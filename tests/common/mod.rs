@@ -194,12 +194,14 @@ pub fn check_grads(
     }
 }
 
-
 pub fn rand_input(rng: &mut Rng, shape: &[usize]) -> (Vec<f32>, Vec<usize>) {
     (random(rng, shape.iter().product()), shape.to_vec())
 }
 
 pub fn positive_input(rng: &mut Rng, shape: &[usize]) -> (Vec<f32>, Vec<usize>) {
     let n = shape.iter().product();
-    ((0..n).map(|_| rng.uniform_in(0.5, 2.0)).collect(), shape.to_vec())
+    (
+        (0..n).map(|_| rng.uniform_in(0.5, 2.0)).collect(),
+        shape.to_vec(),
+    )
 }

@@ -1,0 +1,131 @@
+//! Text examples from JSONL files, in the three formats MLX-LM and PEFT users
+//! bring, tokenized as Hugging Face does, with a mask of the scored tokens:
+//! - `{"text": ...}`: every token after the first is scored;
+//! - `{"prompt": ..., "completion": ...}`: ids = tok(prompt, with special
+//!   tokens) + tok(completion, without); only the completion is scored;
+//! - `{"messages": [...]}`: the chat template over the whole conversation;
+//!   only assistant turns (through their end-of-turn tokens) are scored.
+
+use std::path::Path;
+
+use serde_json::Value;
+
+use crate::error::{Error, Result};
+use crate::ops::IGNORE_INDEX;
+use crate::tokenizer::{ChatMessage, Tokenizer};
+
+/// One tokenized example. `scored[t]` says whether token t is a training or
+/// evaluation target (predicted from position t − 1); `scored[0]` is false.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Example {
+    pub ids: Vec<u32>,
+    pub scored: Vec<bool>,
+}
+
+impl Example {
+    /// Targets for positions 0..len−1: the next token where scored, else the ignore index.
+    pub fn targets(&self) -> Vec<i32> {
+        (1..self.ids.len())
+            .map(|t| {
+                if self.scored[t] {
+                    self.ids[t] as i32
+                } else {
+                    IGNORE_INDEX
+                }
+            })
+            .collect()
+    }
+
+    /// Number of scored targets.
+    pub fn scored_count(&self) -> usize {
+        self.scored.iter().filter(|&&s| s).count()
+    }
+}
+
+/// Tokenizes one parsed JSONL line.
+pub fn tokenize_line(line: &Value, tokenizer: &Tokenizer) -> std::result::Result<Example, String> {
+    let obj = line.as_object().ok_or("expected a JSON object")?;
+    if let Some(text) = obj.get("text") {
+        let text = text.as_str().ok_or("field text must be a string")?;
+        let ids = tokenizer.encode(text, true).map_err(|e| e.to_string())?;
+        let scored = (0..ids.len()).map(|t| t > 0).collect();
+        return Ok(Example { ids, scored });
+    }
+    if let (Some(prompt), Some(completion)) = (obj.get("prompt"), obj.get("completion")) {
+        let prompt = prompt.as_str().ok_or("field prompt must be a string")?;
+        let completion = completion
+            .as_str()
+            .ok_or("field completion must be a string")?;
+        let mut ids = tokenizer.encode(prompt, true).map_err(|e| e.to_string())?;
+        let prompt_len = ids.len();
+        ids.extend(
+            tokenizer
+                .encode(completion, false)
+                .map_err(|e| e.to_string())?,
+        );
+        let scored = (0..ids.len()).map(|t| t >= prompt_len && t > 0).collect();
+        return Ok(Example { ids, scored });
+    }
+    if let Some(messages) = obj.get("messages") {
+        let messages: Vec<ChatMessage> =
+            serde_json::from_value(messages.clone()).map_err(|e| format!("field messages: {e}"))?;
+        return tokenize_chat(&messages, tokenizer).map_err(|e| e.to_string());
+    }
+    Err(
+        "expected a \"text\" field, \"prompt\" and \"completion\" fields, or a \"messages\" list"
+            .into(),
+    )
+}
+
+/// The conversation through the chat template; assistant turns scored. Each
+/// assistant turn spans from the end of the prompt that asks for it (the
+/// template with a generation prompt over the turns before it) to the end of
+/// the template over the turns through it.
+fn tokenize_chat(messages: &[ChatMessage], tokenizer: &Tokenizer) -> Result<Example> {
+    let encode = |upto: usize, generation_prompt: bool| -> Result<Vec<u32>> {
+        let text = tokenizer.apply_chat_template(&messages[..upto], generation_prompt)?;
+        tokenizer.encode(&text, false)
+    };
+    let ids = encode(messages.len(), false)?;
+    let mut scored = vec![false; ids.len()];
+    for (i, m) in messages.iter().enumerate() {
+        if m.role != "assistant" {
+            continue;
+        }
+        let start = if i == 0 { 0 } else { encode(i, true)?.len() };
+        let end = encode(i + 1, false)?.len().min(ids.len());
+        for s in scored.iter_mut().take(end).skip(start.max(1)) {
+            *s = true;
+        }
+    }
+    Ok(Example { ids, scored })
+}
+
+/// Reads and tokenizes every non-empty line of a JSONL file. A bad line fails
+/// with the file name and its line number.
+pub fn read_jsonl(path: &Path, tokenizer: &Tokenizer) -> Result<Vec<Example>> {
+    let text = std::fs::read_to_string(path).map_err(|source| Error::Io {
+        path: path.display().to_string(),
+        source,
+    })?;
+    let mut out = Vec::new();
+    for (i, line) in text.lines().enumerate() {
+        if line.trim().is_empty() {
+            continue;
+        }
+        let fail = |message: String| Error::Format {
+            path: format!("{}:{}", path.display(), i + 1),
+            message,
+        };
+        let value: Value =
+            serde_json::from_str(line).map_err(|e| fail(format!("invalid JSON: {e}")))?;
+        out.push(tokenize_line(&value, tokenizer).map_err(fail)?);
+    }
+    if out.is_empty() {
+        return Err(Error::Format {
+            path: path.display().to_string(),
+            message: "holds no examples".into(),
+        });
+    }
+    Ok(out)
+}

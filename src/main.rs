@@ -1,0 +1,220 @@
+//! The `dora-wgpu` command line: parses arguments and calls the library.
+//! Every failure is one line on stderr and a non-zero exit code.
+
+use std::collections::BTreeMap;
+use std::io::Write;
+use std::path::PathBuf;
+
+use dora_wgpu::io::AdapterWeights;
+use dora_wgpu::nn::Llama;
+use dora_wgpu::tasks::{self, Sampling};
+use dora_wgpu::{ChatMessage, Error, Gpu, Result, Tokenizer};
+
+const USAGE: &str = "dora-wgpu — DoRA fine-tuning on any GPU through wgpu
+
+usage:
+  dora-wgpu devices
+  dora-wgpu eval --model DIR [--adapter DIR] --data FILE.jsonl [--json]
+  dora-wgpu generate --model DIR [--adapter DIR] --prompt TEXT [--chat] [--max-tokens N]
+                     [--temperature T] [--top-p P] [--seed S]
+  dora-wgpu merge --model DIR --adapter DIR --out DIR
+
+Choose the GPU with WGPU_BACKEND (vulkan, metal, dx12, gl) and WGPU_ADAPTER_NAME.";
+
+/// `--name value` options and `--flag` switches after the subcommand.
+struct Args {
+    command: String,
+    values: BTreeMap<String, String>,
+    flags: Vec<String>,
+}
+
+impl Args {
+    fn parse(raw: Vec<String>, flags: &[&str], options: &[&str]) -> Result<Args> {
+        let mut it = raw.into_iter();
+        let command = it.next().unwrap_or_default();
+        let (mut values, mut seen_flags) = (BTreeMap::new(), Vec::new());
+        while let Some(arg) = it.next() {
+            let name = arg.strip_prefix("--").ok_or_else(|| {
+                Error::InvalidArgument(format!(
+                    "unexpected argument {arg:?}; options start with --"
+                ))
+            })?;
+            if flags.contains(&name) {
+                seen_flags.push(name.to_string());
+            } else if options.contains(&name) {
+                let value = it
+                    .next()
+                    .ok_or_else(|| Error::InvalidArgument(format!("--{name} needs a value")))?;
+                values.insert(name.to_string(), value);
+            } else {
+                return Err(Error::InvalidArgument(format!(
+                    "unknown option --{name} for {command}; see dora-wgpu --help"
+                )));
+            }
+        }
+        Ok(Args {
+            command,
+            values,
+            flags: seen_flags,
+        })
+    }
+
+    fn required(&self, name: &str) -> Result<&str> {
+        self.values
+            .get(name)
+            .map(String::as_str)
+            .ok_or_else(|| Error::InvalidArgument(format!("{} needs --{name}", self.command)))
+    }
+
+    fn path(&self, name: &str) -> Result<PathBuf> {
+        self.required(name).map(PathBuf::from)
+    }
+
+    fn optional<T: std::str::FromStr>(&self, name: &str, default: T) -> Result<T> {
+        match self.values.get(name) {
+            None => Ok(default),
+            Some(v) => v.parse().map_err(|_| {
+                Error::InvalidArgument(format!("--{name} {v:?} is not a valid value"))
+            }),
+        }
+    }
+
+    fn flag(&self, name: &str) -> bool {
+        self.flags.iter().any(|f| f == name)
+    }
+}
+
+fn load_model(gpu: &Gpu, args: &Args) -> Result<Llama> {
+    let mut model = Llama::load(gpu, &args.path("model")?)?;
+    if let Some(dir) = args.values.get("adapter") {
+        model.attach_adapter(&AdapterWeights::load(&PathBuf::from(dir))?)?;
+    }
+    Ok(model)
+}
+
+fn run(raw: Vec<String>) -> Result<()> {
+    let command = raw.first().map(String::as_str).unwrap_or("");
+    match command {
+        "devices" => {
+            let adapters = dora_wgpu::list_adapters(dora_wgpu::wgpu::Backends::all().with_env());
+            if adapters.is_empty() {
+                return Err(Error::NoAdapter(
+                    "none found; install a Vulkan driver (e.g. Mesa's mesa-vulkan-drivers)".into(),
+                ));
+            }
+            for a in adapters {
+                println!(
+                    "{:<8} {:<14} {}",
+                    format!("{:?}", a.backend),
+                    format!("{:?}", a.device_type),
+                    a.name
+                );
+            }
+            Ok(())
+        }
+        "eval" => {
+            let args = Args::parse(raw, &["json"], &["model", "adapter", "data"])?;
+            let gpu = Gpu::new()?;
+            let model = load_model(&gpu, &args)?;
+            let tokenizer = Tokenizer::from_dir(args.path("model")?)?;
+            let examples = dora_wgpu::data::read_jsonl(&args.path("data")?, &tokenizer)?;
+            let report = tasks::evaluate(&model, &examples)?;
+            if args.flag("json") {
+                println!(
+                    "{}",
+                    serde_json::to_string(&report).expect("plain numbers serialize")
+                );
+            } else {
+                println!(
+                    "loss {:.6}  ppl {:.4}  tokens {}",
+                    report.loss, report.ppl, report.tokens
+                );
+            }
+            Ok(())
+        }
+        "generate" => {
+            let args = Args::parse(
+                raw,
+                &["chat"],
+                &[
+                    "model",
+                    "adapter",
+                    "prompt",
+                    "max-tokens",
+                    "temperature",
+                    "top-p",
+                    "seed",
+                ],
+            )?;
+            let sampling = Sampling {
+                max_tokens: args.optional("max-tokens", 256)?,
+                temperature: args.optional("temperature", 0.0)?,
+                top_p: args.optional("top-p", 1.0)?,
+                seed: args.optional("seed", 0)?,
+            };
+            let gpu = Gpu::new()?;
+            let model = load_model(&gpu, &args)?;
+            let tokenizer = Tokenizer::from_dir(args.path("model")?)?;
+            let prompt = args.required("prompt")?;
+            let ids = if args.flag("chat") {
+                let text =
+                    tokenizer.apply_chat_template(&[ChatMessage::new("user", prompt)], true)?;
+                tokenizer.encode(&text, false)?
+            } else {
+                tokenizer.encode(prompt, true)?
+            };
+            let started = std::time::Instant::now();
+            let mut stdout = std::io::stdout();
+            let new = tasks::generate(&model, &tokenizer, &ids, &sampling, |text| {
+                let _ = stdout.write_all(text.as_bytes());
+                let _ = stdout.flush();
+            })?;
+            let secs = started.elapsed().as_secs_f64();
+            println!();
+            eprintln!(
+                "{} tokens in {secs:.2}s ({:.2} tokens/s)",
+                new.len(),
+                new.len() as f64 / secs.max(1e-9)
+            );
+            Ok(())
+        }
+        "merge" => {
+            let args = Args::parse(raw, &[], &["model", "adapter", "out"])?;
+            let gpu = Gpu::new()?;
+            let out = args.path("out")?;
+            tasks::merge_model(&gpu, &args.path("model")?, &args.path("adapter")?, &out)?;
+            println!("wrote {}", out.display());
+            Ok(())
+        }
+        "" | "help" | "--help" | "-h" => {
+            println!("{USAGE}");
+            Ok(())
+        }
+        other => Err(Error::InvalidArgument(format!(
+            "unknown command {other:?}; see dora-wgpu --help"
+        ))),
+    }
+}
+
+fn main() {
+    // Quiet unless asked (RUST_LOG=info): wgpu logs probing failures of backends it does not use.
+    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("off")).init();
+    // A bug must still end as one line, not a backtrace.
+    std::panic::set_hook(Box::new(|info| {
+        let msg = info
+            .payload()
+            .downcast_ref::<&str>()
+            .map(|s| s.to_string())
+            .or_else(|| info.payload().downcast_ref::<String>().cloned())
+            .unwrap_or_default();
+        eprintln!(
+            "error: internal error: {}",
+            msg.lines().next().unwrap_or("")
+        );
+    }));
+    let raw: Vec<String> = std::env::args().skip(1).collect();
+    if let Err(e) = run(raw) {
+        eprintln!("error: {e}");
+        std::process::exit(1);
+    }
+}

@@ -1,0 +1,301 @@
+//! The `dora-wgpu` binary end to end on the tiny fixture models: each
+//! subcommand's output against transformers/PEFT, and bad inputs failing
+//! with one line and a non-zero exit code.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use serde_json::Value;
+
+fn fixtures() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures")
+}
+
+fn model(name: &str) -> String {
+    fixtures().join("models").join(name).display().to_string()
+}
+
+fn reference() -> Value {
+    serde_json::from_str(
+        &std::fs::read_to_string(fixtures().join("models/reference.json")).unwrap(),
+    )
+    .unwrap()
+}
+
+/// Runs the binary; returns (success, stdout, stderr).
+fn run(args: &[&str]) -> (bool, String, String) {
+    let out = Command::new(env!("CARGO_BIN_EXE_dora-wgpu"))
+        .args(args)
+        .output()
+        .unwrap();
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into(),
+        String::from_utf8_lossy(&out.stderr).into(),
+    )
+}
+
+/// Asserts a failure reported as one `error:` line that mentions every needle.
+fn fails_with(args: &[&str], needles: &[&str]) {
+    let (ok, _, err) = run(args);
+    assert!(!ok, "{args:?} should fail");
+    let lines: Vec<&str> = err.lines().collect();
+    assert_eq!(lines.len(), 1, "one line expected, got {err:?}");
+    assert!(lines[0].starts_with("error: "), "{err}");
+    for n in needles {
+        assert!(err.contains(n), "{err:?} should mention {n:?}");
+    }
+}
+
+fn temp_dir(name: &str) -> PathBuf {
+    let d = std::env::temp_dir().join(format!("dora-wgpu-cli-{name}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&d);
+    std::fs::create_dir_all(&d).unwrap();
+    d
+}
+
+#[test]
+fn eval_json_matches_transformers_with_and_without_adapter() {
+    let r = reference();
+    let data = fixtures().join("data/eval.jsonl").display().to_string();
+    for m in ["tiny-llama", "tiny-qwen2"] {
+        for (adapter, key) in [(None, "none"), (Some(format!("{m}-dora")), "dora")] {
+            let dir = model(m);
+            let mut args = vec!["eval", "--model", &dir, "--data", &data, "--json"];
+            let adapter_dir = adapter.map(|a| model(&a));
+            if let Some(a) = &adapter_dir {
+                args.extend(["--adapter", a.as_str()]);
+            }
+            let (ok, out, err) = run(&args);
+            assert!(ok, "{err}");
+            let got: Value = serde_json::from_str(out.trim()).unwrap();
+            let want = &r["eval_loss"][m][key];
+            let (loss, want_loss) = (
+                got["loss"].as_f64().unwrap(),
+                want["loss"].as_f64().unwrap(),
+            );
+            assert!(
+                (loss - want_loss).abs() < 1e-4 * want_loss,
+                "{m} {key}: {loss} vs {want_loss}"
+            );
+            assert!(
+                (got["ppl"].as_f64().unwrap() - want["ppl"].as_f64().unwrap()).abs()
+                    < 1e-3 * want["ppl"].as_f64().unwrap()
+            );
+            assert_eq!(got["tokens"], want["tokens"]);
+        }
+    }
+}
+
+#[test]
+fn greedy_generate_streams_transformers_continuation() {
+    let r = reference();
+    for m in ["tiny-llama", "tiny-qwen2"] {
+        let g = &r["generate"][m]["dora"];
+        let adapter = model(&format!("{m}-dora"));
+        let dir = model(m);
+        let n = g["generated_ids"].as_array().unwrap().len().to_string();
+        let (ok, out, err) = run(&[
+            "generate",
+            "--model",
+            &dir,
+            "--adapter",
+            &adapter,
+            "--prompt",
+            "Tell me about the fox.",
+            "--chat",
+            "--max-tokens",
+            &n,
+            "--temperature",
+            "0",
+        ]);
+        assert!(ok, "{err}");
+        let want = g["generated_text"].as_str().unwrap();
+        assert_eq!(out.strip_suffix('\n').unwrap(), want, "{m}");
+        assert!(err.contains("tokens/s"), "{err}");
+    }
+    // Sampling is reproducible with a seed.
+    let dir = model("tiny-llama");
+    let args = [
+        "generate",
+        "--model",
+        &dir,
+        "--prompt",
+        "The fox",
+        "--max-tokens",
+        "8",
+        "--temperature",
+        "0.8",
+        "--top-p",
+        "0.9",
+        "--seed",
+        "3",
+    ];
+    assert_eq!(run(&args).1, run(&args).1);
+}
+
+#[test]
+fn merge_writes_a_model_that_loads_and_matches_the_adapter() {
+    let out = temp_dir("merge");
+    let out_s = out.display().to_string();
+    let (ok, _, err) = run(&[
+        "merge",
+        "--model",
+        &model("tiny-qwen2"),
+        "--adapter",
+        &model("tiny-qwen2-dora"),
+        "--out",
+        &out_s,
+    ]);
+    assert!(ok, "{err}");
+    for f in [
+        "config.json",
+        "model.safetensors",
+        "tokenizer.json",
+        "chat_template.jinja",
+        "generation_config.json",
+    ] {
+        assert!(
+            out.join(f).exists(),
+            "{f} missing from the merged directory"
+        );
+    }
+    // The merged model evaluates like base + adapter, within bf16 rounding of the merged weights.
+    let data = fixtures().join("data/eval.jsonl").display().to_string();
+    let eval = |args: &[&str]| -> f64 {
+        let (ok, o, e) = run(args);
+        assert!(ok, "{e}");
+        serde_json::from_str::<Value>(o.trim()).unwrap()["loss"]
+            .as_f64()
+            .unwrap()
+    };
+    let merged = eval(&["eval", "--model", &out_s, "--data", &data, "--json"]);
+    let adapted = eval(&[
+        "eval",
+        "--model",
+        &model("tiny-qwen2"),
+        "--adapter",
+        &model("tiny-qwen2-dora"),
+        "--data",
+        &data,
+        "--json",
+    ]);
+    assert!(
+        (merged - adapted).abs() < 0.01 * adapted,
+        "merged {merged} vs adapter {adapted}"
+    );
+    let weights = dora_wgpu::io::read_safetensors(&out.join("model.safetensors")).unwrap();
+    assert_eq!(
+        weights["model.layers.0.self_attn.q_proj.weight"].dtype,
+        dora_wgpu::DType::BF16,
+        "base dtype kept"
+    );
+}
+
+#[test]
+fn devices_lists_the_adapter_in_use() {
+    let (ok, out, err) = run(&["devices"]);
+    assert!(ok, "{err}");
+    assert!(!out.trim().is_empty());
+}
+
+#[test]
+fn bad_inputs_fail_with_one_line() {
+    let data = fixtures().join("data/eval.jsonl").display().to_string();
+    fails_with(
+        &["eval", "--model", "/no/such/model", "--data", &data],
+        &["/no/such/model/config.json"],
+    );
+    fails_with(&["eval", "--data", &data], &["--model"]);
+    fails_with(&["frobnicate"], &["unknown command"]);
+    fails_with(
+        &[
+            "eval",
+            "--model",
+            &model("tiny-llama"),
+            "--data",
+            &data,
+            "--bogus",
+        ],
+        &["--bogus"],
+    );
+
+    let gpt2 = temp_dir("gpt2");
+    std::fs::write(
+        gpt2.join("config.json"),
+        r#"{"model_type": "gpt2", "hidden_size": 8}"#,
+    )
+    .unwrap();
+    fails_with(
+        &[
+            "eval",
+            "--model",
+            &gpt2.display().to_string(),
+            "--data",
+            &data,
+        ],
+        &["model_type", "gpt2", "llama"],
+    );
+
+    // An adapter made for another model: tiny-llama's MLP is 160 wide, tiny-qwen2's 128.
+    fails_with(
+        &[
+            "eval",
+            "--model",
+            &model("tiny-qwen2"),
+            "--adapter",
+            &model("tiny-llama-dora"),
+            "--data",
+            &data,
+        ],
+        &["lora_", "has shape", "expected"],
+    );
+
+    let bad = temp_dir("jsonl").join("bad.jsonl");
+    std::fs::write(&bad, "{\"text\": \"fine\"}\n\n{\"text\": oops}\n").unwrap();
+    fails_with(
+        &[
+            "eval",
+            "--model",
+            &model("tiny-llama"),
+            "--data",
+            &bad.display().to_string(),
+        ],
+        &["bad.jsonl:3", "invalid JSON"],
+    );
+    std::fs::write(&bad, "{\"text\": \"fine\"}\n{\"question\": \"no\"}\n").unwrap();
+    fails_with(
+        &[
+            "eval",
+            "--model",
+            &model("tiny-llama"),
+            "--data",
+            &bad.display().to_string(),
+        ],
+        &["bad.jsonl:2", "\"text\""],
+    );
+    fails_with(
+        &[
+            "generate",
+            "--model",
+            &model("tiny-llama"),
+            "--prompt",
+            "x",
+            "--top-p",
+            "2",
+        ],
+        &["top_p"],
+    );
+    fails_with(
+        &[
+            "generate",
+            "--model",
+            &model("tiny-llama"),
+            "--prompt",
+            "x",
+            "--max-tokens",
+            "many",
+        ],
+        &["--max-tokens"],
+    );
+}
