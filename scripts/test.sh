@@ -8,5 +8,7 @@ bash scripts/install-mesa.sh
 
 echo "== tests on the default adapter (Vulkan where available)"
 cargo test "$@"
+echo "== benchmark, quick mode (completes and prints finite figures)"
+cargo run --example bench -- --quick
 echo "== tests on the GL backend"
 WGPU_BACKEND=gl cargo test "$@"

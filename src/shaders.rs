@@ -21,6 +21,7 @@ const EMBEDDING: &str = include_str!("../shaders/embedding.wgsl");
 const ROPE: &str = include_str!("../shaders/rope.wgsl");
 const ATTENTION: &str = include_str!("../shaders/attention.wgsl");
 const RMSNORM: &str = include_str!("../shaders/rmsnorm.wgsl");
+const BENCH: &str = include_str!("../shaders/bench.wgsl");
 
 /// How a kernel declares a storage binding.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -107,6 +108,8 @@ pub enum Kernel {
     CausalSoftmax,
     RmsNormForward(DType),
     RmsNormBackward(DType),
+    /// The benchmark's FMA loop.
+    FmaPeak,
 }
 
 impl Kernel {
@@ -142,6 +145,7 @@ impl Kernel {
             Kernel::CausalSoftmax => "causal_softmax",
             Kernel::RmsNormForward(_) => "rmsnorm_forward",
             Kernel::RmsNormBackward(_) => "rmsnorm_backward",
+            Kernel::FmaPeak => "fma_peak",
         }
     }
 
@@ -191,6 +195,7 @@ impl Kernel {
             }
             Kernel::RmsNormForward(_) => &[(1, Read), (2, Read), (4, ReadWrite)],
             Kernel::RmsNormBackward(_) => &[(1, Read), (2, Read), (3, Read), (4, ReadWrite)],
+            Kernel::FmaPeak => &[(1, ReadWrite)],
         }
     }
 
@@ -251,6 +256,7 @@ impl Kernel {
             Kernel::RmsNormForward(dtype) | Kernel::RmsNormBackward(dtype) => {
                 (weight_loader("WWord", "load_w", "w", dtype), RMSNORM)
             }
+            Kernel::FmaPeak => (String::new(), BENCH),
         };
         format!("// variant: {}\n{header}\n{COMMON}\n{body}", self.label())
     }
@@ -315,6 +321,7 @@ impl Kernel {
             Kernel::SplitHeads,
             Kernel::MergeHeads,
             Kernel::CausalSoftmax,
+            Kernel::FmaPeak,
         ]);
         v
     }

@@ -213,3 +213,27 @@ fn tensors_round_trip_every_dtype() {
         vec![0.0; 9]
     );
 }
+
+#[test]
+fn chunked_lm_head_loss_never_holds_all_logits() {
+    // [512, 8192] f32 logits would be 16 MiB; in chunks of 32 rows, 1 MiB each.
+    let gpu = Gpu::new().unwrap();
+    let (rows, dim, vocab, chunk) = (512, 16, 8192, 32);
+    let hidden = Tensor::param(&gpu, &vec![0.01; rows * dim], &[rows, dim]).unwrap();
+    let head =
+        Tensor::from_f32_as(&gpu, &vec![0.02; vocab * dim], &[vocab, dim], DType::BF16).unwrap();
+    let targets: Vec<i32> = (0..rows as i32).map(|i| i * 7 % vocab as i32).collect();
+    gpu.synchronize().unwrap();
+    gpu.reset_peak_memory();
+    let before = gpu.memory_stats().live_bytes;
+    let loss = ops::lm_head_cross_entropy(&hidden, &head, &targets, chunk).unwrap();
+    loss.backward().unwrap();
+    // Uniform logits: the loss is ln(vocab).
+    assert!((loss.item().unwrap() - (vocab as f32).ln()).abs() < 1e-3);
+    let peak = gpu.memory_stats().peak_live_bytes - before;
+    let all_logits = (rows * vocab * 4) as u64;
+    assert!(
+        peak < all_logits / 4,
+        "peak {peak} bytes vs {all_logits} for all logits"
+    );
+}

@@ -213,6 +213,28 @@ fn cross_entropy_gradient_with_ignored_rows() {
 }
 
 #[test]
+fn chunked_lm_head_cross_entropy_gradient() {
+    let mut rng = Rng::new(10);
+    let (rows, dim, vocab) = (7, 5, 11);
+    let head = random(&mut rng, vocab * dim);
+    let targets = vec![3, ops::IGNORE_INDEX, 0, 10, 4, ops::IGNORE_INDEX, 5];
+    let (h2, t2) = (to_f64(&head), targets.clone());
+    let head_t = Tensor::from_f32(gpu(), &head, &[vocab, dim]).unwrap();
+    for chunk in [1, 3, 7, 100] {
+        let (ht, tt, h2, t2) = (head_t.clone(), targets.clone(), h2.clone(), t2.clone());
+        check_grads(
+            &format!("lm_head_cross_entropy chunk {chunk}"),
+            vec![rand_input(&mut rng, &[rows, dim])],
+            move |p| ops::lm_head_cross_entropy(&p[0], &ht, &tt, chunk),
+            move |x| {
+                let logits = matmul_ref(&x[0], &h2, rows, dim, vocab, false, true);
+                vec![cross_entropy_ref(&logits, &t2, vocab, ops::IGNORE_INDEX)]
+            },
+        );
+    }
+}
+
+#[test]
 fn row_norm_gradient() {
     let mut rng = Rng::new(8);
     let (rows, cols) = (5, 13);

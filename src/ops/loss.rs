@@ -24,7 +24,7 @@ struct Params {
 /// Returns a [1] tensor (0 when no row counts).
 pub fn cross_entropy(logits: &Tensor, targets: &Tensor, ignore_index: i32) -> Result<Tensor> {
     logits.expect_f32("cross_entropy", "logits")?;
-    let (rows, classes) = rows_cols(logits);
+    let (rows, _) = rows_cols(logits);
     if targets.dtype() != DType::I32 {
         shape_err!(
             "cross_entropy: targets must be i32, got {}",
@@ -38,6 +38,47 @@ pub fn cross_entropy(logits: &Tensor, targets: &Tensor, ignore_index: i32) -> Re
             logits.shape()
         );
     }
+    let (loss, saved) = ce_forward(logits, targets, ignore_index)?;
+    Ok(record(loss, "cross_entropy", &[logits], move |g, _| {
+        Ok(vec![Some(saved.backward(g)?)])
+    }))
+}
+
+/// What the cross-entropy backward needs from its forward.
+struct SavedCe {
+    logits: Tensor,
+    targets: Tensor,
+    lse: Tensor,
+    /// [mean loss, counted rows]
+    stats: Tensor,
+    params: Params,
+}
+
+impl SavedCe {
+    /// dlogits = g · (softmax − onehot) / count for counted rows, 0 elsewhere.
+    fn backward(&self, g: &Tensor) -> Result<Tensor> {
+        let dlogits = Tensor::empty(g.gpu(), self.logits.shape(), DType::F32)?;
+        let n = (self.params.rows * self.params.classes) as usize;
+        launch(
+            Kernel::CrossEntropyBackward,
+            &self.params,
+            &[
+                &self.logits,
+                &self.targets,
+                &self.lse,
+                &self.stats,
+                g,
+                &dlogits,
+            ],
+            groups_for_elements(n),
+        )?;
+        Ok(dlogits)
+    }
+}
+
+/// The forward kernels: the mean loss as a [1] view, and what backward needs.
+fn ce_forward(logits: &Tensor, targets: &Tensor, ignore_index: i32) -> Result<(Tensor, SavedCe)> {
+    let (rows, classes) = rows_cols(logits);
     let gpu = logits.gpu();
     let params = Params {
         rows: rows as u32,
@@ -47,7 +88,6 @@ pub fn cross_entropy(logits: &Tensor, targets: &Tensor, ignore_index: i32) -> Re
     };
     let row_loss = Tensor::empty(gpu, &[rows.max(1)], DType::F32)?;
     let lse = Tensor::empty(gpu, &[rows.max(1)], DType::F32)?;
-    // stats = [mean loss, counted rows]; the loss is a [1] view of its first element.
     let stats = Tensor::empty(gpu, &[2], DType::F32)?;
     launch(
         Kernel::CrossEntropyRows,
@@ -61,16 +101,131 @@ pub fn cross_entropy(logits: &Tensor, targets: &Tensor, ignore_index: i32) -> Re
         &[targets, &row_loss, &stats],
         [1, 1, 1],
     )?;
-    let loss = Tensor::from_parts(gpu, stats.0.buffer.clone(), &[1], DType::F32, None);
-    let (saved_logits, saved_targets) = (logits.clone(), targets.clone());
-    Ok(record(loss, "cross_entropy", &[logits], move |g, _| {
-        let dlogits = Tensor::empty(g.gpu(), saved_logits.shape(), DType::F32)?;
-        launch(
-            Kernel::CrossEntropyBackward,
-            &params,
-            &[&saved_logits, &saved_targets, &lse, &stats, g, &dlogits],
-            groups_for_elements(rows * classes),
+    let loss = stats.prefix_view(&[1]);
+    let saved = SavedCe {
+        logits: logits.clone(),
+        targets: targets.clone(),
+        lse,
+        stats,
+        params,
+    };
+    Ok((loss, saved))
+}
+
+/// Mean cross-entropy of the logits `hidden · headᵀ` over the rows whose
+/// target is not ignored, computed `chunk_rows` rows at a time, and again
+/// chunk by chunk in backward: [rows, vocab] logits, and their gradient,
+/// exist for one chunk at a time only. `hidden` [rows, dim] f32; `head`
+/// [vocab, dim] is frozen (f32, bf16 or f16: the LM head or tied embedding).
+pub fn lm_head_cross_entropy(
+    hidden: &Tensor,
+    head: &Tensor,
+    targets: &[i32],
+    chunk_rows: usize,
+) -> Result<Tensor> {
+    use super::matmul::{matmul_raw, Transpose};
+    hidden.expect_f32("lm_head_cross_entropy", "hidden states")?;
+    let &[rows, dim] = hidden.shape() else {
+        shape_err!(
+            "lm_head_cross_entropy: hidden states must be [rows, dim], got {:?}",
+            hidden.shape()
+        );
+    };
+    if head.shape().len() != 2 || head.shape()[1] != dim {
+        shape_err!(
+            "lm_head_cross_entropy: head {:?} does not take {dim}-wide hidden states",
+            head.shape()
+        );
+    }
+    if head.requires_grad() {
+        shape_err!(
+            "lm_head_cross_entropy: the head is frozen; pass a tensor that is not trainable"
+        );
+    }
+    if targets.len() != rows {
+        shape_err!(
+            "lm_head_cross_entropy: {} targets for {rows} rows",
+            targets.len()
+        );
+    }
+    let gpu = hidden.gpu().clone();
+    let chunk_rows = chunk_rows.max(1);
+    let total = targets.iter().filter(|&&t| t >= 0).count();
+    // Chunks that score something, with their share of the mean.
+    let chunks: Vec<(usize, usize, f32)> = (0..rows)
+        .step_by(chunk_rows)
+        .map(|start| {
+            let len = chunk_rows.min(rows - start);
+            let count = targets[start..start + len]
+                .iter()
+                .filter(|&&t| t >= 0)
+                .count();
+            (start, len, count as f32 / total.max(1) as f32)
+        })
+        .filter(|c| c.2 > 0.0)
+        .collect();
+    let loss = Tensor::zeros(&gpu, &[1], DType::F32)?;
+    for &(start, len, share) in &chunks {
+        let logits = matmul_raw(
+            &copy_rows(hidden, start, len)?,
+            head,
+            Transpose::NT,
+            1.0,
+            0.0,
+            None,
         )?;
-        Ok(vec![Some(dlogits)])
-    }))
+        let t = Tensor::from_i32(&gpu, &targets[start..start + len], &[len])?;
+        let (mean, _) = ce_forward(&logits, &t, IGNORE_INDEX)?;
+        super::add_assign(&loss, &mean, share)?;
+    }
+    let (saved_hidden, saved_head, saved_targets) =
+        (hidden.clone(), head.clone(), targets.to_vec());
+    Ok(record(
+        loss,
+        "lm_head_cross_entropy",
+        &[hidden],
+        move |g, _| {
+            let gpu = g.gpu();
+            let dhidden = Tensor::zeros(gpu, &[rows, dim], DType::F32)?;
+            for &(start, len, share) in &chunks {
+                let logits = matmul_raw(
+                    &copy_rows(&saved_hidden, start, len)?,
+                    &saved_head,
+                    Transpose::NT,
+                    1.0,
+                    0.0,
+                    None,
+                )?;
+                let t = Tensor::from_i32(gpu, &saved_targets[start..start + len], &[len])?;
+                let (_, saved) = ce_forward(&logits, &t, IGNORE_INDEX)?;
+                // The chunk's mean carries `share` of the total: scale its incoming gradient.
+                let dlogits = saved.backward(&super::scale(g, share)?)?;
+                let dh = matmul_raw(&dlogits, &saved_head, Transpose::NN, 1.0, 0.0, None)?;
+                let row_bytes = 4 * dim as u64;
+                gpu.copy(
+                    dh.buf(),
+                    0,
+                    dhidden.buf(),
+                    start as u64 * row_bytes,
+                    len as u64 * row_bytes,
+                );
+            }
+            Ok(vec![Some(dhidden)])
+        },
+    ))
+}
+
+/// Rows start..start + len of a 2-D f32 tensor, copied (not recorded).
+fn copy_rows(x: &Tensor, start: usize, len: usize) -> Result<Tensor> {
+    let dim = x.last_dim();
+    let row_bytes = 4 * dim as u64;
+    let c = Tensor::empty(x.gpu(), &[len, dim], DType::F32)?;
+    x.gpu().copy(
+        x.buf(),
+        start as u64 * row_bytes,
+        c.buf(),
+        0,
+        len as u64 * row_bytes,
+    );
+    Ok(c)
 }

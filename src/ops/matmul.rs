@@ -180,7 +180,11 @@ pub(crate) fn matmul_epilogue(
     let groups = if skinny {
         [p.n.div_ceil(256) as u32, 1, p.batch as u32]
     } else {
-        [p.n.div_ceil(64) as u32, p.m.div_ceil(64) as u32, p.batch as u32]
+        [
+            p.n.div_ceil(64) as u32,
+            p.m.div_ceil(64) as u32,
+            p.batch as u32,
+        ]
     };
     match epilogue {
         None => launch(kernel, &params, &[a, b, &out], groups)?,

@@ -24,7 +24,7 @@ pub use elementwise::{
     transpose,
 };
 pub use embedding::embedding;
-pub use loss::{cross_entropy, IGNORE_INDEX};
+pub use loss::{cross_entropy, lm_head_cross_entropy, IGNORE_INDEX};
 pub(crate) use matmul::matmul_raw;
 pub use matmul::{matmul, matmul_ex, Transpose};
 pub use norm::row_norm;
