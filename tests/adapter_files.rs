@@ -1,26 +1,16 @@
 //! PEFT adapter files: round trips, and bad files each refused with one clear
 //! line naming the file and the tensor or field at fault. Atomic writes.
 
+mod common;
+
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
+
+use common::{fixture, temp_dir};
 
 use dora_wgpu::io::{
     read_safetensors, write_safetensors, AdapterConfig, AdapterWeights, HostTensor, ModuleAdapter,
 };
-
-fn fixture(name: &str) -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("tests/fixtures")
-        .join(name)
-}
-
-/// A fresh empty folder under the system temp dir.
-fn temp_dir(name: &str) -> PathBuf {
-    let dir = std::env::temp_dir().join(format!("dora-wgpu-{name}-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).unwrap();
-    dir
-}
 
 /// A copy of PEFT's fixture adapter with its tensor file replaced by `tensors`.
 fn adapter_with(

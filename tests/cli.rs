@@ -2,7 +2,11 @@
 //! subcommand's output against transformers/PEFT, and bad inputs failing
 //! with one line and a non-zero exit code.
 
+mod common;
+
 use std::path::{Path, PathBuf};
+
+use common::temp_dir;
 use std::process::Command;
 
 use serde_json::Value;
@@ -45,13 +49,6 @@ fn fails_with(args: &[&str], needles: &[&str]) {
     for n in needles {
         assert!(err.contains(n), "{err:?} should mention {n:?}");
     }
-}
-
-fn temp_dir(name: &str) -> PathBuf {
-    let d = std::env::temp_dir().join(format!("dora-wgpu-cli-{name}-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&d);
-    std::fs::create_dir_all(&d).unwrap();
-    d
 }
 
 #[test]
@@ -136,7 +133,7 @@ fn greedy_generate_streams_transformers_continuation() {
 
 #[test]
 fn merge_writes_a_model_that_loads_and_matches_the_adapter() {
-    let out = temp_dir("merge");
+    let out = temp_dir("cli-merge");
     let out_s = out.display().to_string();
     let (ok, _, err) = run(&[
         "merge",
@@ -220,7 +217,7 @@ fn bad_inputs_fail_with_one_line() {
         &["--bogus"],
     );
 
-    let gpt2 = temp_dir("gpt2");
+    let gpt2 = temp_dir("cli-gpt2");
     std::fs::write(
         gpt2.join("config.json"),
         r#"{"model_type": "gpt2", "hidden_size": 8}"#,
@@ -251,7 +248,7 @@ fn bad_inputs_fail_with_one_line() {
         &["lora_", "has shape", "expected"],
     );
 
-    let bad = temp_dir("jsonl").join("bad.jsonl");
+    let bad = temp_dir("cli-jsonl").join("bad.jsonl");
     std::fs::write(&bad, "{\"text\": \"fine\"}\n\n{\"text\": oops}\n").unwrap();
     fails_with(
         &[

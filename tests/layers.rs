@@ -66,18 +66,6 @@ fn grads(layer: &DoraLinear, x: &Tensor, r: &Tensor) -> Vec<Vec<f32>> {
     out
 }
 
-fn rel(got: &[f32], want: &[f32]) -> f64 {
-    let scale = want
-        .iter()
-        .fold(0.0f64, |m, &w| m.max(w.abs() as f64))
-        .max(1e-30);
-    got.iter()
-        .zip(want)
-        .map(|(g, w)| (g - w).abs() as f64)
-        .fold(0.0, f64::max)
-        / scale
-}
-
 #[test]
 fn factored_and_direct_paths_agree_on_outputs_and_gradients() {
     let gpu = gpu();
@@ -103,17 +91,21 @@ fn factored_and_direct_paths_agree_on_outputs_and_gradients() {
             let g_direct = grads(&layer, &x, &rr);
             let label = format!("{out_f}x{in_f} r{r} {dtype:?} norm_grad={norm_grad}");
             assert!(
-                rel(&n_factored, &n_direct) < 1e-5,
+                rel_err(&n_factored, &n_direct) < 1e-5,
                 "{label}: norms {:e}",
-                rel(&n_factored, &n_direct)
+                rel_err(&n_factored, &n_direct)
             );
             assert!(
-                rel(&y_factored, &y_direct) < 1e-5,
+                rel_err(&y_factored, &y_direct) < 1e-5,
                 "{label}: outputs {:e}",
-                rel(&y_factored, &y_direct)
+                rel_err(&y_factored, &y_direct)
             );
             for (i, (f, d)) in g_factored.iter().zip(&g_direct).enumerate() {
-                assert!(rel(f, d) < 1e-5, "{label}: gradient {i} {:e}", rel(f, d));
+                assert!(
+                    rel_err(f, d) < 1e-5,
+                    "{label}: gradient {i} {:e}",
+                    rel_err(f, d)
+                );
             }
         }
     }
@@ -347,12 +339,12 @@ fn merge_matches_the_adapter_and_unmerge_restores_the_base() {
             DType::F16 => 2e-3,
             _ => 1e-2,
         };
-        let e = rel(&y_merged, &y_adapter);
+        let e = rel_err(&y_merged, &y_adapter);
         assert!(e < tol, "{dtype:?}: merged forward differs by {e:e}");
         let restored = layer.unmerge(&merged, &norms).unwrap();
         assert_eq!(restored.dtype(), dtype);
         let base = layer.base.weight.to_vec_f32().unwrap();
-        let e = rel(&restored.to_vec_f32().unwrap(), &base);
+        let e = rel_err(&restored.to_vec_f32().unwrap(), &base);
         let tol = if dtype == DType::F32 { 1e-6 } else { 2e-2 };
         assert!(e < tol, "{dtype:?}: unmerge restores the base within {e:e}");
     }

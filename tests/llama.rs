@@ -40,15 +40,6 @@ fn ids_of(v: &Value) -> Vec<i32> {
         .collect()
 }
 
-fn rel(got: &[f32], want: &[f32]) -> f64 {
-    let scale = want.iter().fold(0.0f64, |m, &w| m.max(w.abs() as f64));
-    got.iter()
-        .zip(want)
-        .map(|(g, w)| (g - w).abs() as f64)
-        .fold(0.0, f64::max)
-        / scale
-}
-
 #[test]
 fn configs_load_in_both_rope_layouts_and_dtypes() {
     let llama = load("tiny-llama", false);
@@ -91,7 +82,7 @@ fn logits_match_transformers_with_and_without_adapter() {
             let key = r["logits"][model][if adapter { "dora" } else { "none" }]
                 .as_str()
                 .unwrap();
-            let e = rel(&logits.to_vec_f32().unwrap(), &tensors[key].to_f32());
+            let e = rel_err(&logits.to_vec_f32().unwrap(), &tensors[key].to_f32());
             eprintln!("{model} adapter={adapter}: logits relative error {e:.2e}");
             assert!(
                 e < 1e-4,
@@ -211,7 +202,7 @@ fn kv_cache_path_equals_the_full_forward() {
         );
     }
     assert_eq!(cache.len(), 12);
-    let e = rel(&pieces, &full);
+    let e = rel_err(&pieces, &full);
     assert!(e < 1e-5, "cached logits differ by {e:e}");
     // A cache that is full is an error, not a crash.
     let t = Tensor::from_i32(gpu(), &[1], &[1, 1]).unwrap();
@@ -245,7 +236,7 @@ fn merged_weights_match_peft_merge_and_unload() {
             let got = ours.to_vec_f32().unwrap();
             // f32: to f32 rounding; bf16: PEFT merges in bf16 arithmetic, we round once from f32.
             let tol = if dtype == DType::BF16 { 8e-3 } else { 1e-5 };
-            let e = rel(&got, &want);
+            let e = rel_err(&got, &want);
             assert!(e < tol, "{model} {name}: merged weight differs by {e:e}");
             checked += 1;
         }

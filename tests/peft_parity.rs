@@ -5,7 +5,6 @@
 mod common;
 
 use std::collections::BTreeMap;
-use std::path::{Path, PathBuf};
 
 use common::*;
 use dora_wgpu::io::{read_safetensors, AdapterWeights, HostTensor, ModuleAdapter};
@@ -14,26 +13,6 @@ use dora_wgpu::ops;
 use dora_wgpu::optim::{AdamW, AdamWConfig};
 use dora_wgpu::{DType, Tensor};
 use serde_json::Value;
-
-fn fixture(name: &str) -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("tests/fixtures")
-        .join(name)
-}
-
-/// max |got − want| / max |want|: the error relative to the tensor's scale.
-fn rel_err(got: &[f32], want: &[f32]) -> f64 {
-    assert_eq!(got.len(), want.len());
-    let scale = want
-        .iter()
-        .fold(0.0f64, |m, &w| m.max((w as f64).abs()))
-        .max(1e-30);
-    got.iter()
-        .zip(want)
-        .map(|(&g, &w)| (g as f64 - w as f64).abs())
-        .fold(0.0, f64::max)
-        / scale
-}
 
 /// Tracks the largest relative error seen per quantity, for the report.
 #[derive(Default)]

@@ -2,6 +2,7 @@
 //! a failure, never a skip), seeded random data, and plain f64 CPU references.
 #![allow(dead_code)]
 
+use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
 
 use dora_wgpu::nn::Rng;
@@ -204,4 +205,33 @@ pub fn positive_input(rng: &mut Rng, shape: &[usize]) -> (Vec<f32>, Vec<usize>) 
         (0..n).map(|_| rng.uniform_in(0.5, 2.0)).collect(),
         shape.to_vec(),
     )
+}
+
+/// max |got − want| / max |want|: the error relative to the tensor's scale.
+pub fn rel_err(got: &[f32], want: &[f32]) -> f64 {
+    assert_eq!(got.len(), want.len());
+    let scale = want
+        .iter()
+        .fold(0.0f64, |m, &w| m.max((w as f64).abs()))
+        .max(1e-30);
+    got.iter()
+        .zip(want)
+        .map(|(&g, &w)| (g as f64 - w as f64).abs())
+        .fold(0.0, f64::max)
+        / scale
+}
+
+/// A file or folder under tests/fixtures.
+pub fn fixture(name: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/fixtures")
+        .join(name)
+}
+
+/// A fresh empty folder under the system temp dir, unique to this test process.
+pub fn temp_dir(name: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("dora-wgpu-{name}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
 }
