@@ -9,12 +9,12 @@ use std::path::Path;
 
 use super::dora::DoraLinear;
 use super::linear::Linear;
-use super::lora::LoraLinear;
+use super::lora::{AdapterOptions, LoraLinear};
 use crate::autograd::no_grad;
 use crate::error::{shape_err, Error, Result};
 use crate::gpu::Gpu;
 use crate::io::hf::{load_weights, ModelConfig};
-use crate::io::{AdapterWeights, HostTensor};
+use crate::io::{AdapterConfig, AdapterWeights, HostTensor};
 use crate::ops::{self, RopeTables, Transpose};
 use crate::tensor::{DType, Tensor};
 
@@ -279,6 +279,60 @@ impl Llama {
             }
         }
         Ok(())
+    }
+
+    /// Puts fresh adapters (A kaiming-uniform, B = 0, so the model is
+    /// unchanged) on every projection whose name is in `targets`
+    /// (e.g. "q_proj"; all seven when empty). Each module gets its own seed.
+    pub fn add_adapters(
+        &mut self,
+        options: &AdapterOptions,
+        use_dora: bool,
+        targets: &[&str],
+        seed: u64,
+    ) -> Result<()> {
+        for t in targets {
+            if !PROJECTIONS.iter().any(|(_, name)| name == t) {
+                shape_err!("unknown target module {t:?}; expected some of q_proj k_proj v_proj o_proj gate_proj up_proj down_proj");
+            }
+        }
+        for (i, layer) in self.layers.iter_mut().enumerate() {
+            for (j, ((_, name), slot)) in PROJECTIONS
+                .iter()
+                .zip(layer.projections.iter_mut())
+                .enumerate()
+            {
+                if !targets.is_empty() && !targets.contains(name) {
+                    continue;
+                }
+                let base = slot.base().clone();
+                let module_seed = seed
+                    .wrapping_mul(1_000_003)
+                    .wrapping_add((i * PROJECTIONS.len() + j) as u64);
+                *slot = if use_dora {
+                    Projection::Dora(DoraLinear::new(base, options, module_seed)?)
+                } else {
+                    Projection::Lora(LoraLinear::new(base, options, module_seed)?)
+                };
+            }
+        }
+        Ok(())
+    }
+
+    /// The adapters' current values as a PEFT adapter described by `config`.
+    pub fn adapter_weights(&self, config: AdapterConfig) -> Result<AdapterWeights> {
+        let mut modules = BTreeMap::new();
+        for (i, layer) in self.layers.iter().enumerate() {
+            for ((parent, name), p) in PROJECTIONS.iter().zip(&layer.projections) {
+                let m = match p {
+                    Projection::Frozen(_) => continue,
+                    Projection::Lora(l) => l.to_adapter()?,
+                    Projection::Dora(l) => l.to_adapter()?,
+                };
+                modules.insert(format!("model.layers.{i}.{parent}.{name}"), m);
+            }
+        }
+        Ok(AdapterWeights { config, modules })
     }
 
     /// All trainable tensors (the adapters' A, B and m).
