@@ -444,27 +444,14 @@ impl Llama {
         if targets.len() != rows {
             shape_err!("nll: {} targets for {rows} positions", targets.len());
         }
-        let gpu = hidden.gpu();
-        let mut pending = Vec::new();
-        for start in (0..rows).step_by(chunk_rows.max(1)) {
-            let len = chunk_rows.min(rows - start);
-            let chunk_targets = &targets[start..start + len];
-            let count = chunk_targets.iter().filter(|&&t| t >= 0).count();
-            if count == 0 {
-                continue;
-            }
-            let logits = self.logits(&ops::slice_rows(hidden, start, len)?)?;
-            let t = Tensor::from_i32(gpu, chunk_targets, &[len])?;
-            pending.push((ops::cross_entropy(&logits, &t, ops::IGNORE_INDEX)?, count));
+        // The chunked loss is the mean over scored targets: scale it back to a sum.
+        let tokens = targets.iter().filter(|&&t| t >= 0).count();
+        if tokens == 0 {
+            return Ok((0.0, 0));
         }
-        // One readback per chunk mean, after all chunks are recorded.
-        let mut total = 0.0;
-        let mut tokens = 0;
-        for (mean, count) in pending {
-            total += mean.item()? as f64 * count as f64;
-            tokens += count;
-        }
-        Ok((total, tokens))
+        let head = self.lm_head.as_ref().unwrap_or(&self.embed_tokens);
+        let mean = ops::lm_head_cross_entropy(hidden, head, targets, chunk_rows)?.item()?;
+        Ok((mean as f64 * tokens as f64, tokens))
     }
 
     /// The projections' weights with adapters folded in (base dtype), by

@@ -134,23 +134,7 @@ pub fn causal_softmax(scores: &Tensor, scale: f32, offset: usize) -> Result<Tens
     let saved = y.clone();
     Ok(record(y, "causal_softmax", &[scores], move |g, _| {
         // Masked entries have y = 0, so the plain softmax backward already zeroes them.
-        #[repr(C)]
-        #[derive(Clone, Copy, bytemuck::Pod, bytemuck::Zeroable)]
-        struct SoftmaxParams {
-            rows: u32,
-            cols: u32,
-        }
-        let dx = Tensor::empty(g.gpu(), g.shape(), DType::F32)?;
-        let sp = SoftmaxParams {
-            rows: rows as u32,
-            cols: keys as u32,
-        };
-        launch(
-            Kernel::SoftmaxBackward,
-            &sp,
-            &[&saved, g, &dx],
-            groups(rows),
-        )?;
+        let dx = super::softmax::softmax_backward_raw(&saved, g)?;
         Ok(vec![Some(super::elementwise::scale(&dx, scale)?)])
     }))
 }

@@ -25,13 +25,18 @@ pub fn softmax(x: &Tensor) -> Result<Tensor> {
     launch(Kernel::SoftmaxForward, &params, &[x, &y], groups(rows))?;
     let saved = y.clone();
     Ok(record(y, "softmax", &[x], move |g, _| {
-        let dx = Tensor::empty(g.gpu(), g.shape(), DType::F32)?;
-        launch(
-            Kernel::SoftmaxBackward,
-            &params,
-            &[&saved, g, &dx],
-            groups(rows),
-        )?;
-        Ok(vec![Some(dx)])
+        Ok(vec![Some(softmax_backward_raw(&saved, g)?)])
     }))
+}
+
+/// dx = y ⊙ (g − Σ g·y) over the last dimension, for softmax output y.
+pub(crate) fn softmax_backward_raw(y: &Tensor, g: &Tensor) -> Result<Tensor> {
+    let (rows, cols) = rows_cols(y);
+    let params = Params {
+        rows: rows as u32,
+        cols: cols as u32,
+    };
+    let dx = Tensor::empty(g.gpu(), g.shape(), DType::F32)?;
+    launch(Kernel::SoftmaxBackward, &params, &[y, g, &dx], groups(rows))?;
+    Ok(dx)
 }
