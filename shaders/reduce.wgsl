@@ -1,6 +1,8 @@
 // Reductions of an [rows, cols] matrix, scaled by alpha:
 //   sum_rows: out[i] = alpha * sum_j x[i, j]   (one 256-wide workgroup per row)
 //   sum_cols: out[j] = alpha * sum_i x[i, j]   (one invocation per column)
+//   sum_squares_into: out[rows] = alpha * sum x^2 over all cols elements (one
+//     workgroup; gradient norms write one slot per parameter of a shared buffer)
 
 struct Params {
     rows: u32,
@@ -47,4 +49,17 @@ fn sum_cols(
         s = s + x[i * p.cols + col];
     }
     out[col] = p.alpha * s;
+}
+
+@compute @workgroup_size(256)
+fn sum_squares_into(@builtin(local_invocation_index) lid: u32) {
+    var s = 0.0;
+    for (var j = lid; j < p.cols; j += 256u) {
+        let v = x[j];
+        s = s + v * v;
+    }
+    let total = workgroup_sum(s, lid);
+    if (lid == 0u) {
+        out[p.rows] = p.alpha * total;
+    }
 }

@@ -21,6 +21,8 @@ pub enum Error {
     },
     /// A file was read but its contents are not what was expected.
     Format { path: String, message: String },
+    /// Training stopped: a non-finite loss or gradient.
+    Training(String),
 }
 
 impl fmt::Display for Error {
@@ -32,6 +34,7 @@ impl fmt::Display for Error {
             Error::InvalidArgument(m) => write!(f, "invalid argument: {m}"),
             Error::Io { path, source } => write!(f, "{path}: {source}"),
             Error::Format { path, message } => write!(f, "{path}: {message}"),
+            Error::Training(m) => write!(f, "training stopped: {m}"),
         }
     }
 }

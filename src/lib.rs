@@ -13,6 +13,7 @@
 //! # Ok::<(), dora_wgpu::Error>(())
 //! ```
 
+pub mod assets;
 pub mod autograd;
 pub mod bench;
 pub mod data;
@@ -26,6 +27,7 @@ pub mod shaders;
 pub mod tasks;
 mod tensor;
 pub mod tokenizer;
+pub mod train;
 
 pub use autograd::{is_grad_enabled, no_grad, NoGradGuard};
 pub use error::{Error, Result};

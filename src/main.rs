@@ -10,6 +10,11 @@ use dora_wgpu::nn::Llama;
 use dora_wgpu::tasks::{self, Sampling};
 use dora_wgpu::{ChatMessage, Error, Gpu, Result, Tokenizer};
 
+/// Subcommands big enough for a file of their own (binary only, not the library).
+mod cli {
+    pub mod train;
+}
+
 const USAGE: &str = "dora-wgpu — DoRA fine-tuning on any GPU through wgpu
 
 usage:
@@ -18,18 +23,27 @@ usage:
   dora-wgpu generate --model DIR [--adapter DIR] --prompt TEXT [--chat] [--max-tokens N]
                      [--temperature T] [--top-p P] [--seed S]
   dora-wgpu merge --model DIR --adapter DIR --out DIR
+  dora-wgpu train [--model DIR --data DIR] [--adapter-path DIR] [--method dora|lora]
+                  [--rank N] [--alpha A] [--dropout P] [--rslora] [--targets q_proj,v_proj,..]
+                  [--num-layers N] [--iters N] [--batch-size N] [--grad-accum N]
+                  [--max-seq-len N] [--lr LR] [--lr-schedule constant|cosine] [--warmup N]
+                  [--weight-decay W] [--grad-clip G] [--seed S] [--steps-per-eval N]
+                  [--val-batches N] [--save-every N] [--resume] [--overwrite]
+                  [--sample-prompt TEXT]
+    Without --model and --data: fine-tunes the embedded default model on the
+    embedded default data (a quick demo; writes to adapters/default).
 
 Choose the GPU with WGPU_BACKEND (vulkan, metal, dx12, gl) and WGPU_ADAPTER_NAME.";
 
 /// `--name value` options and `--flag` switches after the subcommand.
-struct Args {
-    command: String,
-    values: BTreeMap<String, String>,
+pub(crate) struct Args {
+    pub(crate) command: String,
+    pub(crate) values: BTreeMap<String, String>,
     flags: Vec<String>,
 }
 
 impl Args {
-    fn parse(raw: Vec<String>, flags: &[&str], options: &[&str]) -> Result<Args> {
+    pub(crate) fn parse(raw: Vec<String>, flags: &[&str], options: &[&str]) -> Result<Args> {
         let mut it = raw.into_iter();
         let command = it.next().unwrap_or_default();
         let (mut values, mut seen_flags) = (BTreeMap::new(), Vec::new());
@@ -59,18 +73,18 @@ impl Args {
         })
     }
 
-    fn required(&self, name: &str) -> Result<&str> {
+    pub(crate) fn required(&self, name: &str) -> Result<&str> {
         self.values
             .get(name)
             .map(String::as_str)
             .ok_or_else(|| Error::InvalidArgument(format!("{} needs --{name}", self.command)))
     }
 
-    fn path(&self, name: &str) -> Result<PathBuf> {
+    pub(crate) fn path(&self, name: &str) -> Result<PathBuf> {
         self.required(name).map(PathBuf::from)
     }
 
-    fn optional<T: std::str::FromStr>(&self, name: &str, default: T) -> Result<T> {
+    pub(crate) fn optional<T: std::str::FromStr>(&self, name: &str, default: T) -> Result<T> {
         match self.values.get(name) {
             None => Ok(default),
             Some(v) => v.parse().map_err(|_| {
@@ -79,7 +93,7 @@ impl Args {
         }
     }
 
-    fn flag(&self, name: &str) -> bool {
+    pub(crate) fn flag(&self, name: &str) -> bool {
         self.flags.iter().any(|f| f == name)
     }
 }
@@ -186,6 +200,7 @@ fn run(raw: Vec<String>) -> Result<()> {
             println!("wrote {}", out.display());
             Ok(())
         }
+        "train" => cli::train::run(raw),
         "" | "help" | "--help" | "-h" => {
             println!("{USAGE}");
             Ok(())

@@ -125,6 +125,31 @@ impl AdamW {
         &self.params
     }
 
+    /// Restores the step count and moments of a checkpoint (same parameter
+    /// order and shapes as this optimizer's).
+    pub fn load_state(&mut self, step: u64, moments: Vec<(Tensor, Tensor)>) -> Result<()> {
+        if moments.len() != self.params.len() {
+            arg_err!(
+                "AdamW state holds {} moment pairs for {} parameters",
+                moments.len(),
+                self.params.len()
+            );
+        }
+        for (i, (p, (m, v))) in self.params.iter().zip(&moments).enumerate() {
+            if m.shape() != p.shape() || v.shape() != p.shape() {
+                arg_err!(
+                    "AdamW state: moments {:?}/{:?} do not fit parameter {i} {:?}",
+                    m.shape(),
+                    v.shape(),
+                    p.shape()
+                );
+            }
+        }
+        self.moments = moments;
+        self.step = step;
+        Ok(())
+    }
+
     /// The (first, second) moment estimates, one pair per parameter.
     pub fn moments(&self) -> &[(Tensor, Tensor)] {
         &self.moments

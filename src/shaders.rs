@@ -95,6 +95,7 @@ pub enum Kernel {
     Pack16(DType),
     SumRows,
     SumCols,
+    SumSquaresInto,
     SoftmaxForward,
     SoftmaxBackward,
     CrossEntropyRows,
@@ -132,6 +133,7 @@ impl Kernel {
             Kernel::Pack16(_) => "pack16",
             Kernel::SumRows => "sum_rows",
             Kernel::SumCols => "sum_cols",
+            Kernel::SumSquaresInto => "sum_squares_into",
             Kernel::SoftmaxForward => "softmax_forward",
             Kernel::SoftmaxBackward => "softmax_backward",
             Kernel::CrossEntropyRows => "ce_rows",
@@ -174,7 +176,9 @@ impl Kernel {
             Kernel::Widen(_) => &[(3, ReadWrite), (4, Read)],
             Kernel::Transpose | Kernel::Dropout => &[(1, Read), (3, ReadWrite)],
             Kernel::Pack16(_) => &[(1, Read), (5, ReadWrite)],
-            Kernel::SumRows | Kernel::SumCols => &[(1, Read), (2, ReadWrite)],
+            Kernel::SumRows | Kernel::SumCols | Kernel::SumSquaresInto => {
+                &[(1, Read), (2, ReadWrite)]
+            }
             Kernel::SoftmaxForward => &[(1, Read), (3, ReadWrite)],
             Kernel::SoftmaxBackward => &[(1, Read), (2, Read), (3, ReadWrite)],
             Kernel::CrossEntropyRows => &[(1, Read), (2, Read), (3, ReadWrite), (4, ReadWrite)],
@@ -242,7 +246,7 @@ impl Kernel {
                 elementwise_header(UnaryOp::Scale, BinaryOp::Add, Broadcast::None, DType::F32),
                 ELEMENTWISE,
             ),
-            Kernel::SumRows | Kernel::SumCols => (String::new(), REDUCE),
+            Kernel::SumRows | Kernel::SumCols | Kernel::SumSquaresInto => (String::new(), REDUCE),
             Kernel::SoftmaxForward | Kernel::SoftmaxBackward => (String::new(), SOFTMAX),
             Kernel::CrossEntropyRows | Kernel::CrossEntropyMean | Kernel::CrossEntropyBackward => {
                 (String::new(), LOSS)
@@ -311,6 +315,7 @@ impl Kernel {
             Kernel::Dropout,
             Kernel::SumRows,
             Kernel::SumCols,
+            Kernel::SumSquaresInto,
             Kernel::SoftmaxForward,
             Kernel::SoftmaxBackward,
             Kernel::CrossEntropyRows,

@@ -11,7 +11,7 @@ use super::dora::DoraLinear;
 use super::linear::Linear;
 use super::lora::{AdapterOptions, LoraLinear};
 use crate::autograd::no_grad;
-use crate::error::{shape_err, Error, Result};
+use crate::error::{arg_err, shape_err, Error, Result};
 use crate::gpu::Gpu;
 use crate::io::hf::{load_weights, ModelConfig};
 use crate::io::{AdapterConfig, AdapterWeights, HostTensor};
@@ -43,6 +43,15 @@ impl Projection {
             Projection::Frozen(l) => l.forward(x),
             Projection::Lora(l) => l.forward(x),
             Projection::Dora(l) => l.forward(x),
+        }
+    }
+
+    /// Training forward: the adapter's dropout (if any) with this seed.
+    pub fn forward_train(&self, x: &Tensor, dropout_seed: u32) -> Result<Tensor> {
+        match self {
+            Projection::Frozen(l) => l.forward(x),
+            Projection::Lora(l) => l.forward_train(x, dropout_seed),
+            Projection::Dora(l) => l.forward_train(x, dropout_seed),
         }
     }
 
@@ -291,12 +300,35 @@ impl Llama {
         targets: &[&str],
         seed: u64,
     ) -> Result<()> {
+        let all = 0..self.layers.len();
+        self.add_adapters_to_layers(options, use_dora, targets, all, seed)
+    }
+
+    /// [`Llama::add_adapters`] restricted to the decoder layers in `layers`
+    /// (MLX-LM's `--num-layers` adapts only the last few).
+    pub fn add_adapters_to_layers(
+        &mut self,
+        options: &AdapterOptions,
+        use_dora: bool,
+        targets: &[&str],
+        layers: std::ops::Range<usize>,
+        seed: u64,
+    ) -> Result<()> {
+        if layers.end > self.layers.len() || layers.is_empty() {
+            arg_err!(
+                "adapter layers {layers:?} do not fit a model with {} layers",
+                self.layers.len()
+            );
+        }
         for t in targets {
             if !PROJECTIONS.iter().any(|(_, name)| name == t) {
                 shape_err!("unknown target module {t:?}; expected some of q_proj k_proj v_proj o_proj gate_proj up_proj down_proj");
             }
         }
         for (i, layer) in self.layers.iter_mut().enumerate() {
+            if !layers.contains(&i) {
+                continue;
+            }
             for (j, ((_, name), slot)) in PROJECTIONS
                 .iter()
                 .zip(layer.projections.iter_mut())
@@ -337,10 +369,32 @@ impl Llama {
 
     /// All trainable tensors (the adapters' A, B and m).
     pub fn parameters(&self) -> Vec<Tensor> {
-        self.layers
-            .iter()
-            .flat_map(|l| l.projections.iter().flat_map(Projection::parameters))
+        self.named_parameters()
+            .into_iter()
+            .map(|(_, t)| t)
             .collect()
+    }
+
+    /// The trainable tensors with their PEFT key names (without the
+    /// `base_model.model.` prefix), e.g. `model.layers.0.self_attn.q_proj.lora_A.weight`.
+    pub fn named_parameters(&self) -> Vec<(String, Tensor)> {
+        let mut out = Vec::new();
+        for (i, layer) in self.layers.iter().enumerate() {
+            for ((parent, name), p) in PROJECTIONS.iter().zip(&layer.projections) {
+                let module = format!("model.layers.{i}.{parent}.{name}");
+                let suffixes: &[&str] = match p {
+                    Projection::Frozen(_) => &[],
+                    Projection::Lora(_) => &["lora_A.weight", "lora_B.weight"],
+                    Projection::Dora(_) => {
+                        &["lora_A.weight", "lora_B.weight", "lora_magnitude_vector"]
+                    }
+                };
+                for (suffix, t) in suffixes.iter().zip(p.parameters()) {
+                    out.push((format!("{module}.{suffix}"), t));
+                }
+            }
+        }
+        out
     }
 
     /// An empty cache for up to `capacity` positions (batch 1).
@@ -366,7 +420,22 @@ impl Llama {
     /// Hidden states after the final norm, [B, T, hidden], for token ids
     /// [B, T] (i32). With a cache (B must be 1) the ids continue the cached
     /// positions and their keys and values are appended.
-    pub fn forward_hidden(&self, ids: &Tensor, mut cache: Option<&mut KvCache>) -> Result<Tensor> {
+    pub fn forward_hidden(&self, ids: &Tensor, cache: Option<&mut KvCache>) -> Result<Tensor> {
+        self.forward_impl(ids, cache, None)
+    }
+
+    /// The training forward of [`Llama::forward_hidden`]: adapters apply their
+    /// dropout, each module with its own seed derived from `dropout_seed`.
+    pub fn forward_hidden_train(&self, ids: &Tensor, dropout_seed: u32) -> Result<Tensor> {
+        self.forward_impl(ids, None, Some(dropout_seed))
+    }
+
+    fn forward_impl(
+        &self,
+        ids: &Tensor,
+        mut cache: Option<&mut KvCache>,
+        dropout_seed: Option<u32>,
+    ) -> Result<Tensor> {
         let &[batch, seq] = ids.shape() else {
             shape_err!(
                 "model input ids must be [batch, seq], got {:?}",
@@ -397,11 +466,18 @@ impl Llama {
         let (heads, kv_heads) = (c.num_attention_heads, c.num_key_value_heads);
         let mut x = ops::embedding(&self.embed_tokens, ids)?;
         for (li, layer) in self.layers.iter().enumerate() {
-            let p = &layer.projections;
+            let project = |j: usize, x: &Tensor| match dropout_seed {
+                None => layer.projections[j].forward(x),
+                Some(seed) => {
+                    let module = (li * PROJECTIONS.len() + j) as u32;
+                    let module_seed = seed.wrapping_mul(0x9E37_79B9).wrapping_add(module);
+                    layer.projections[j].forward_train(x, module_seed)
+                }
+            };
             let h = ops::rms_norm(&x, &layer.input_norm, c.rms_norm_eps)?;
-            let q = ops::rope(&p[0].forward(&h)?, heads, offset, &self.rope)?;
-            let k = ops::rope(&p[1].forward(&h)?, kv_heads, offset, &self.rope)?;
-            let v = p[2].forward(&h)?;
+            let q = ops::rope(&project(0, &h)?, heads, offset, &self.rope)?;
+            let k = ops::rope(&project(1, &h)?, kv_heads, offset, &self.rope)?;
+            let v = project(2, &h)?;
             let attn = match cache.as_deref_mut() {
                 None => ops::causal_attention(&q, &k, &v, heads, kv_heads, 0)?,
                 Some(kv) => {
@@ -410,10 +486,10 @@ impl Llama {
                     ops::causal_attention(&q, &k_all, &v_all, heads, kv_heads, offset)?
                 }
             };
-            x = ops::add(&x, &p[3].forward(&attn)?)?;
+            x = ops::add(&x, &project(3, &attn)?)?;
             let h = ops::rms_norm(&x, &layer.post_attention_norm, c.rms_norm_eps)?;
-            let gated = ops::mul(&ops::silu(&p[4].forward(&h)?)?, &p[5].forward(&h)?)?;
-            x = ops::add(&x, &p[6].forward(&gated)?)?;
+            let gated = ops::mul(&ops::silu(&project(4, &h)?)?, &project(5, &h)?)?;
+            x = ops::add(&x, &project(6, &gated)?)?;
         }
         if let Some(kv) = cache {
             kv.len += seq;

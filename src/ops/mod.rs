@@ -28,7 +28,7 @@ pub use loss::{cross_entropy, lm_head_cross_entropy, IGNORE_INDEX};
 pub(crate) use matmul::matmul_raw;
 pub use matmul::{matmul, matmul_ex, Transpose};
 pub use norm::row_norm;
-pub use reduce::{mean_all, sum_all, sum_cols, sum_rows};
+pub use reduce::{global_norm, mean_all, sum_all, sum_cols, sum_rows};
 pub use rmsnorm::rms_norm;
 pub use rope::{rope, RopeTables};
 pub use shape::{reshape, slice_rows};

@@ -100,3 +100,25 @@ pub fn sum_all(x: &Tensor) -> Result<Tensor> {
 pub fn mean_all(x: &Tensor) -> Result<Tensor> {
     sum_all_scaled(x, 1.0 / x.numel().max(1) as f32, "mean_all")
 }
+
+/// The global L2 norm of several tensors (e.g. all gradients, for clipping),
+/// as a [1] tensor: one single-workgroup pass per tensor writes its sum of
+/// squares into a slot, then one sum. No gradient is recorded.
+pub fn global_norm(tensors: &[Tensor]) -> Result<Tensor> {
+    let Some(first) = tensors.first() else {
+        crate::error::arg_err!("global_norm: no tensors given");
+    };
+    let slots = Tensor::empty(first.gpu(), &[tensors.len()], DType::F32)?;
+    for (i, t) in tensors.iter().enumerate() {
+        t.expect_f32("global_norm", "input")?;
+        let params = Params {
+            rows: i as u32,
+            cols: t.numel() as u32,
+            alpha: 1.0,
+            _pad: 0,
+        };
+        launch(Kernel::SumSquaresInto, &params, &[t, &slots], [1, 1, 1])?;
+    }
+    let total = sum_rows_raw(&super::reshape(&slots, &[1, tensors.len()])?, 1.0)?;
+    super::elementwise::sqrt(&total)
+}

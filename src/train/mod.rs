@@ -1,0 +1,854 @@
+//! Fine-tuning: a [`Trainer`] runs AdamW steps of LoRA/DoRA adapters on a
+//! [`Llama`], with gradient accumulation, clipping, a warmup/cosine schedule,
+//! periodic validation, metrics, atomic PEFT-format checkpoints and exact
+//! resume. The CLI's `train` command is a thin layer over it; applications
+//! drive it with a callback and can cancel it from another thread.
+//!
+//! One optimizer step records every micro-batch's forward and backward, the
+//! gradient norm and the AdamW update without waiting on the GPU; the host
+//! waits once per step, to read the loss and gradient norm (the NaN guard and
+//! clipping need them).
+
+mod batches;
+pub mod checkpoint;
+mod progress;
+mod schedule;
+
+use std::ops::ControlFlow;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Instant;
+
+use serde::{Deserialize, Serialize};
+
+pub use batches::{prepare, Batch, Batcher, PrepareReport};
+pub use checkpoint::{Checkpoint, TrainerState};
+pub use progress::ProgressLine;
+pub use schedule::{learning_rate, Schedule};
+
+use crate::autograd::no_grad;
+use crate::data::Example;
+use crate::error::{arg_err, Error, Result};
+use crate::io::{AdapterConfig, AdapterWeights};
+use crate::nn::{AdapterOptions, Llama, PROJECTIONS};
+use crate::ops;
+use crate::optim::{AdamW, AdamWConfig};
+use crate::tensor::Tensor;
+
+/// File names the trainer writes into its output (adapter) directory.
+pub const METRICS_FILE: &str = "metrics.jsonl";
+
+/// Checkpoints kept besides the newest (older ones are deleted).
+const KEEP_CHECKPOINTS: usize = 3;
+
+/// Logits elements per chunk of the LM-head loss: bounds its [rows, vocab] buffer (32 MB).
+const LOSS_CHUNK_ELEMENTS: usize = 1 << 23;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Method {
+    Dora,
+    Lora,
+}
+
+impl std::str::FromStr for Method {
+    type Err = String;
+    fn from_str(s: &str) -> std::result::Result<Method, String> {
+        match s {
+            "dora" => Ok(Method::Dora),
+            "lora" => Ok(Method::Lora),
+            _ => Err(format!("unknown method {s:?}; expected dora or lora")),
+        }
+    }
+}
+
+/// Every setting of a fine-tuning run. The defaults are PEFT's and MLX-LM's
+/// usual ones: DoRA, r 8, alpha 16, all seven projections, AdamW.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct TrainConfig {
+    pub method: Method,
+    pub rank: usize,
+    pub alpha: f32,
+    pub dropout: f32,
+    pub rslora: bool,
+    /// Projection names (q_proj … down_proj); empty means all seven.
+    pub targets: Vec<String>,
+    /// Adapt only the last this-many decoder layers; `None` adapts all.
+    pub num_layers: Option<usize>,
+    /// Optimizer steps.
+    pub iters: usize,
+    pub batch_size: usize,
+    /// Micro-batches per optimizer step.
+    pub grad_accum: usize,
+    pub max_seq_len: usize,
+    pub lr: f32,
+    pub schedule: Schedule,
+    pub warmup: usize,
+    pub weight_decay: f32,
+    /// Maximum global gradient norm; 0 turns clipping off.
+    pub grad_clip: f32,
+    pub seed: u64,
+    /// Validate every this-many steps (and before the first and after the
+    /// last); 0 never.
+    pub steps_per_eval: usize,
+    /// Validation batches per evaluation; 0 uses the whole validation set.
+    pub val_batches: usize,
+    /// Checkpoint every this-many steps (and always at the end); 0 only at the end.
+    pub save_every: usize,
+    /// Reshuffle the training examples every epoch.
+    pub shuffle: bool,
+}
+
+impl Default for TrainConfig {
+    fn default() -> Self {
+        TrainConfig {
+            method: Method::Dora,
+            rank: 8,
+            alpha: 16.0,
+            dropout: 0.0,
+            rslora: false,
+            targets: Vec::new(),
+            num_layers: None,
+            iters: 1000,
+            batch_size: 4,
+            grad_accum: 1,
+            max_seq_len: 2048,
+            lr: 2e-4,
+            schedule: Schedule::Constant,
+            warmup: 0,
+            weight_decay: 0.0,
+            grad_clip: 1.0,
+            seed: 0,
+            steps_per_eval: 100,
+            val_batches: 25,
+            save_every: 100,
+            shuffle: true,
+        }
+    }
+}
+
+impl TrainConfig {
+    /// Checks every setting, naming the first bad one.
+    pub fn validate(&self) -> Result<()> {
+        if self.rank == 0 {
+            arg_err!("--rank must be at least 1");
+        }
+        if !(self.alpha.is_finite() && self.alpha > 0.0) {
+            arg_err!("--alpha must be a positive number, got {}", self.alpha);
+        }
+        if !(0.0..1.0).contains(&self.dropout) {
+            arg_err!("--dropout must be in [0, 1), got {}", self.dropout);
+        }
+        for t in &self.targets {
+            if !PROJECTIONS.iter().any(|(_, name)| name == t) {
+                arg_err!("--targets: unknown module {t:?}; expected some of q_proj k_proj v_proj o_proj gate_proj up_proj down_proj");
+            }
+        }
+        if self.num_layers == Some(0) {
+            arg_err!("--num-layers must be at least 1");
+        }
+        for (name, v) in [
+            ("--iters", self.iters),
+            ("--batch-size", self.batch_size),
+            ("--grad-accum", self.grad_accum),
+        ] {
+            if v == 0 {
+                arg_err!("{name} must be at least 1");
+            }
+        }
+        if self.max_seq_len < 2 {
+            arg_err!("--max-seq-len must be at least 2 tokens");
+        }
+        if !(self.lr.is_finite() && self.lr > 0.0) {
+            arg_err!("--lr must be a positive number, got {}", self.lr);
+        }
+        if !(self.weight_decay.is_finite() && self.weight_decay >= 0.0) {
+            arg_err!("--weight-decay must be ≥ 0, got {}", self.weight_decay);
+        }
+        if !(self.grad_clip.is_finite() && self.grad_clip >= 0.0) {
+            arg_err!(
+                "--grad-clip must be ≥ 0 (0 turns it off), got {}",
+                self.grad_clip
+            );
+        }
+        Ok(())
+    }
+
+    /// The settings that shape the adapter and the optimisation; a resumed
+    /// run must agree with its checkpoint on them.
+    fn resume_key(&self) -> TrainConfig {
+        TrainConfig {
+            iters: 0,
+            steps_per_eval: 0,
+            val_batches: 0,
+            save_every: 0,
+            ..self.clone()
+        }
+    }
+
+    fn adapter_options(&self) -> AdapterOptions {
+        AdapterOptions {
+            rank: self.rank,
+            alpha: self.alpha,
+            use_rslora: self.rslora,
+            dropout: self.dropout,
+        }
+    }
+
+    fn target_names(&self) -> Vec<&str> {
+        if self.targets.is_empty() {
+            PROJECTIONS.iter().map(|(_, n)| *n).collect()
+        } else {
+            self.targets.iter().map(String::as_str).collect()
+        }
+    }
+
+    /// The layers that get adapters, for a model with `total` layers.
+    fn layer_range(&self, total: usize) -> std::ops::Range<usize> {
+        let n = self.num_layers.unwrap_or(total).min(total);
+        total - n..total
+    }
+}
+
+/// What one optimizer step did.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct StepStats {
+    /// Steps done after this one (1-based).
+    pub step: usize,
+    pub iters: usize,
+    /// Mean of the micro-batches' losses (each a mean over its scored tokens).
+    pub loss: f32,
+    pub lr: f32,
+    /// Global gradient norm before clipping.
+    pub grad_norm: f32,
+    /// Real (non-padding) tokens in this step.
+    pub tokens: usize,
+    /// Tokens per second over this run's steps so far (validation excluded).
+    pub tokens_per_s: f64,
+    /// Seconds of training steps in this run so far.
+    pub train_s: f64,
+    /// Estimated seconds to the last step.
+    pub eta_s: f64,
+    /// Highest GPU memory held by the buffer pool so far (bytes).
+    pub peak_gpu_bytes: u64,
+}
+
+/// Progress reported to the callback of [`Trainer::run`].
+#[derive(Debug)]
+pub enum Event<'a> {
+    Step(&'a StepStats),
+    Validation {
+        step: usize,
+        loss: f64,
+        tokens: usize,
+    },
+    Saved {
+        step: usize,
+        dir: &'a Path,
+    },
+}
+
+/// How a run ended.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+pub enum Stop {
+    Finished,
+    /// Cancelled through [`Trainer::cancel_flag`] or the callback; a checkpoint was saved.
+    Cancelled,
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct TrainSummary {
+    pub stop: Stop,
+    pub step: usize,
+    /// (step, validation loss) of every evaluation in this run.
+    pub validation: Vec<(usize, f64)>,
+    pub losses: Vec<f32>,
+    pub train_s: f64,
+    pub tokens: usize,
+    pub peak_gpu_bytes: u64,
+    pub checkpoint: Option<PathBuf>,
+}
+
+/// A fine-tuning run over one model, one training set and one validation set.
+pub struct Trainer {
+    model: Llama,
+    config: TrainConfig,
+    adapter_config: AdapterConfig,
+    batcher: Batcher,
+    valid: Vec<Example>,
+    optimizer: AdamW,
+    param_names: Vec<String>,
+    out_dir: Option<PathBuf>,
+    cancel: Arc<AtomicBool>,
+    prepare_report: PrepareReport,
+    data_fingerprint: String,
+    step: usize,
+    last_checkpoint: Option<(usize, PathBuf)>,
+    /// Timing of this run's steps, for tokens/s and the ETA.
+    run_tokens: usize,
+    run_steps: usize,
+    run_train_s: f64,
+}
+
+impl Trainer {
+    /// Puts fresh adapters (B = 0, so training starts from the base model) on
+    /// the projections `config` names and prepares the data.
+    pub fn new(
+        mut model: Llama,
+        config: TrainConfig,
+        train: Vec<Example>,
+        valid: Vec<Example>,
+    ) -> Result<Trainer> {
+        config.validate()?;
+        if !model.parameters().is_empty() {
+            arg_err!("the model already carries adapters; use Trainer::with_adapter to continue training them");
+        }
+        let layers = config.layer_range(model.layers.len());
+        model.add_adapters_to_layers(
+            &config.adapter_options(),
+            config.method == Method::Dora,
+            &config.target_names(),
+            layers.clone(),
+            config.seed,
+        )?;
+        let mut adapter_config = AdapterConfig::new(
+            config.rank,
+            config.alpha,
+            config.method == Method::Dora,
+            &config.target_names(),
+        );
+        adapter_config.use_rslora = config.rslora;
+        adapter_config.lora_dropout = config.dropout;
+        adapter_config.task_type = Some("CAUSAL_LM".into());
+        if layers.len() != model.layers.len() {
+            adapter_config.other.insert(
+                "layers_to_transform".into(),
+                layers.collect::<Vec<_>>().into(),
+            );
+        }
+        Self::build(model, config, adapter_config, train, valid)
+    }
+
+    /// Continues training an existing PEFT adapter (its rank, alpha, targets
+    /// and dropout replace those of `config`).
+    pub fn with_adapter(
+        mut model: Llama,
+        adapter: &AdapterWeights,
+        mut config: TrainConfig,
+        train: Vec<Example>,
+        valid: Vec<Example>,
+    ) -> Result<Trainer> {
+        if !model.parameters().is_empty() {
+            arg_err!("the model already carries adapters");
+        }
+        model.attach_adapter(adapter)?;
+        let c = &adapter.config;
+        config.method = if c.use_dora {
+            Method::Dora
+        } else {
+            Method::Lora
+        };
+        config.rank = c.r;
+        config.alpha = c.lora_alpha;
+        config.rslora = c.use_rslora;
+        config.dropout = c.lora_dropout;
+        config.validate()?;
+        Self::build(model, config, adapter.config.clone(), train, valid)
+    }
+
+    fn build(
+        model: Llama,
+        config: TrainConfig,
+        adapter_config: AdapterConfig,
+        train: Vec<Example>,
+        valid: Vec<Example>,
+    ) -> Result<Trainer> {
+        let (train, prepare_report) = prepare(train, config.max_seq_len);
+        if train.is_empty() {
+            arg_err!("no training example has a token to learn from (after truncation to --max-seq-len {})", config.max_seq_len);
+        }
+        let (valid, _) = prepare(valid, config.max_seq_len);
+        let data_fingerprint = fingerprint(&train);
+        let named = model.named_parameters();
+        let param_names = named.iter().map(|(n, _)| n.clone()).collect();
+        let optimizer = AdamW::new(
+            named.into_iter().map(|(_, t)| t).collect(),
+            adamw_config(&config),
+        )?;
+        let batcher = Batcher::new(train, config.batch_size, config.shuffle, config.seed);
+        Ok(Trainer {
+            model,
+            config,
+            adapter_config,
+            batcher,
+            valid,
+            optimizer,
+            param_names,
+            out_dir: None,
+            cancel: Arc::new(AtomicBool::new(false)),
+            prepare_report,
+            data_fingerprint,
+            step: 0,
+            last_checkpoint: None,
+            run_tokens: 0,
+            run_steps: 0,
+            run_train_s: 0.0,
+        })
+    }
+
+    /// Writes checkpoints, the final adapter and `metrics.jsonl` into `dir`.
+    pub fn with_output_dir(mut self, dir: impl Into<PathBuf>) -> Trainer {
+        self.out_dir = Some(dir.into());
+        self
+    }
+
+    /// Restores adapter, AdamW state, step and data position from a
+    /// checkpoint directory written by this trainer.
+    pub fn resume(&mut self, checkpoint_dir: &Path) -> Result<()> {
+        let ckpt = checkpoint::load(checkpoint_dir)?;
+        let s = &ckpt.state;
+        let at = checkpoint_dir.display();
+        if s.config.resume_key() != self.config.resume_key() {
+            return Err(Error::InvalidArgument(format!(
+                "{at}: the checkpoint was trained with other settings ({}); resume with the same ones",
+                describe_difference(&s.config, &self.config)
+            )));
+        }
+        if s.train_examples != self.batcher.len() || s.data_fingerprint != self.data_fingerprint {
+            return Err(Error::InvalidArgument(format!(
+                "{at}: the checkpoint was trained on other data ({} examples, fingerprint {}; now {} examples, {})",
+                s.train_examples, s.data_fingerprint, self.batcher.len(), self.data_fingerprint
+            )));
+        }
+        // Fresh adapter modules from the checkpoint's values, then the optimizer over them.
+        for layer in &mut self.model.layers {
+            for p in &mut layer.projections {
+                *p = crate::nn::Projection::Frozen(p.base().clone());
+            }
+        }
+        self.model.attach_adapter(&ckpt.adapter)?;
+        let named = self.model.named_parameters();
+        let gpu = self.model.embed_tokens.gpu().clone();
+        let mut moments = Vec::with_capacity(named.len());
+        for (name, p) in &named {
+            let (m, v) = ckpt.moments.get(name).ok_or_else(|| Error::Format {
+                path: checkpoint_dir.display().to_string(),
+                message: format!("optimizer state for {name} is missing"),
+            })?;
+            if m.shape != p.shape() || v.shape != p.shape() {
+                return Err(Error::Format {
+                    path: checkpoint_dir.display().to_string(),
+                    message: format!(
+                        "optimizer state for {name} has shape {:?}, the parameter {:?}",
+                        m.shape,
+                        p.shape()
+                    ),
+                });
+            }
+            moments.push((m.to_gpu(&gpu)?, v.to_gpu(&gpu)?));
+        }
+        self.param_names = named.iter().map(|(n, _)| n.clone()).collect();
+        self.optimizer = AdamW::new(
+            named.into_iter().map(|(_, t)| t).collect(),
+            adamw_config(&self.config),
+        )?;
+        self.optimizer.load_state(s.step, moments)?;
+        self.batcher.set_position(s.data_position);
+        self.step = s.step as usize;
+        self.last_checkpoint = Some((self.step, checkpoint_dir.to_path_buf()));
+        Ok(())
+    }
+
+    /// Set it (from any thread, e.g. a Ctrl-C handler) to stop [`Trainer::run`]
+    /// after the current step; the run then saves a checkpoint.
+    pub fn cancel_flag(&self) -> Arc<AtomicBool> {
+        self.cancel.clone()
+    }
+
+    pub fn config(&self) -> &TrainConfig {
+        &self.config
+    }
+
+    pub fn model(&self) -> &Llama {
+        &self.model
+    }
+
+    pub fn into_model(self) -> Llama {
+        self.model
+    }
+
+    /// Optimizer steps taken (including those before a resume).
+    pub fn step_count(&self) -> usize {
+        self.step
+    }
+
+    /// Examples truncated or dropped while preparing the training data.
+    pub fn prepare_report(&self) -> PrepareReport {
+        self.prepare_report
+    }
+
+    pub fn train_examples(&self) -> usize {
+        self.batcher.len()
+    }
+
+    pub fn valid_examples(&self) -> usize {
+        self.valid.len()
+    }
+
+    /// The adapters' current values as a PEFT adapter.
+    pub fn adapter(&self) -> Result<AdapterWeights> {
+        self.model.adapter_weights(self.adapter_config.clone())
+    }
+
+    /// The trainable parameters with their names, and their AdamW moments.
+    pub fn optimizer(&self) -> &AdamW {
+        &self.optimizer
+    }
+
+    /// One optimizer step over `grad_accum` micro-batches. A non-finite loss
+    /// or gradient stops with an error before the update is applied.
+    pub fn train_step(&mut self) -> Result<StepStats> {
+        let started = Instant::now();
+        let c = &self.config;
+        let hidden_size = self.model.config.hidden_size;
+        let head = self
+            .model
+            .lm_head
+            .as_ref()
+            .unwrap_or(&self.model.embed_tokens)
+            .clone();
+        let gpu = head.gpu().clone();
+        let chunk_rows = (LOSS_CHUNK_ELEMENTS / head.shape()[0]).max(1);
+        let mut losses = Vec::with_capacity(c.grad_accum);
+        let mut tokens = 0;
+        for _ in 0..c.grad_accum {
+            let seed = dropout_seed(c.seed, self.batcher.position());
+            let batch = self
+                .batcher
+                .next_batch()
+                .expect("the training set is not empty");
+            tokens += batch.tokens;
+            let ids = Tensor::from_i32(&gpu, &batch.ids, &[batch.batch, batch.seq])?;
+            let hidden = self.model.forward_hidden_train(&ids, seed)?;
+            let hidden = ops::reshape(&hidden, &[batch.batch * batch.seq, hidden_size])?;
+            let loss = ops::lm_head_cross_entropy(&hidden, &head, &batch.targets, chunk_rows)?;
+            // Each micro-batch counts 1/grad_accum, as in transformers' Trainer.
+            if c.grad_accum > 1 {
+                ops::scale(&loss, 1.0 / c.grad_accum as f32)?.backward()?;
+            } else {
+                loss.backward()?;
+            }
+            losses.push(loss.detach());
+        }
+        let grads: Vec<Tensor> = self
+            .optimizer
+            .params()
+            .iter()
+            .filter_map(Tensor::grad)
+            .collect();
+        let grad_norm = ops::global_norm(&grads)?.item()?;
+        let mut loss = 0.0;
+        for l in &losses {
+            loss += l.item()? / losses.len() as f32;
+        }
+        let next = self.step + 1;
+        if !loss.is_finite() || !grad_norm.is_finite() {
+            self.optimizer.zero_grad();
+            let what = if loss.is_finite() {
+                format!("the gradient norm is {grad_norm}")
+            } else {
+                format!("the loss is {loss}")
+            };
+            let kept = match &self.last_checkpoint {
+                Some((s, dir)) => {
+                    format!("the last good checkpoint is {} (step {s})", dir.display())
+                }
+                None => "no checkpoint was saved before it".into(),
+            };
+            return Err(Error::Training(format!(
+                "step {next}: {what}; stopped without applying it ({kept}); try a lower --lr"
+            )));
+        }
+        let lr = learning_rate(c.schedule, c.lr, self.step, c.warmup, c.iters);
+        // torch.nn.utils.clip_grad_norm_: scale by max/(norm + 1e-6), never up.
+        let clip = if c.grad_clip > 0.0 {
+            (c.grad_clip / (grad_norm + 1e-6)).min(1.0)
+        } else {
+            1.0
+        };
+        self.optimizer.config.lr = lr;
+        self.optimizer.step_scaled(clip)?;
+        self.optimizer.zero_grad();
+        self.step = next;
+        let secs = started.elapsed().as_secs_f64();
+        self.run_steps += 1;
+        self.run_tokens += tokens;
+        self.run_train_s += secs;
+        let per_step = self.run_train_s / self.run_steps as f64;
+        Ok(StepStats {
+            step: self.step,
+            iters: self.config.iters,
+            loss,
+            lr,
+            grad_norm,
+            tokens,
+            tokens_per_s: self.run_tokens as f64 / self.run_train_s.max(1e-9),
+            train_s: self.run_train_s,
+            eta_s: per_step * self.config.iters.saturating_sub(self.step) as f64,
+            peak_gpu_bytes: gpu.memory_stats().peak_allocated_bytes,
+        })
+    }
+
+    /// Token-weighted mean loss over the first `val_batches` batches of the
+    /// validation set (all of it when 0), and the tokens scored; `None`
+    /// without validation data.
+    pub fn validate(&self) -> Result<Option<(f64, usize)>> {
+        if self.valid.is_empty() {
+            return Ok(None);
+        }
+        let _g = no_grad();
+        let gpu = self.model.embed_tokens.gpu();
+        let hidden_size = self.model.config.hidden_size;
+        let chunk_rows = (LOSS_CHUNK_ELEMENTS / self.model.config.vocab_size).max(1);
+        let mut batches = self.valid.chunks(self.config.batch_size);
+        let limit = match self.config.val_batches {
+            0 => usize::MAX,
+            n => n,
+        };
+        let (mut total, mut tokens) = (0.0, 0);
+        for group in batches.by_ref().take(limit) {
+            let refs: Vec<&Example> = group.iter().collect();
+            let b = Batch::from_examples(&refs);
+            let ids = Tensor::from_i32(gpu, &b.ids, &[b.batch, b.seq])?;
+            let hidden = ops::reshape(
+                &self.model.forward_hidden(&ids, None)?,
+                &[b.batch * b.seq, hidden_size],
+            )?;
+            let (nll, n) = self.model.nll_sum(&hidden, &b.targets, chunk_rows)?;
+            total += nll;
+            tokens += n;
+        }
+        Ok(Some((total / tokens.max(1) as f64, tokens)))
+    }
+
+    /// Writes a checkpoint of the current state and the adapter itself at the
+    /// top of the output directory; returns the checkpoint directory.
+    pub fn save(&mut self) -> Result<PathBuf> {
+        let Some(out) = self.out_dir.clone() else {
+            arg_err!("the trainer has no output directory (Trainer::with_output_dir)");
+        };
+        let adapter = self.adapter()?;
+        let moments: Vec<(String, Tensor, Tensor)> = self
+            .param_names
+            .iter()
+            .zip(self.optimizer.moments())
+            .map(|(n, (m, v))| (n.clone(), m.clone(), v.clone()))
+            .collect();
+        let state = TrainerState {
+            step: self.step as u64,
+            data_position: self.batcher.position(),
+            config: self.config.clone(),
+            train_examples: self.batcher.len(),
+            data_fingerprint: self.data_fingerprint.clone(),
+        };
+        let dir = checkpoint::stage(&out, &adapter, &moments, &state)?.commit()?;
+        // The adapter at the top is what users load; each file is replaced atomically.
+        adapter.save(&out)?;
+        checkpoint::prune(&out, KEEP_CHECKPOINTS);
+        self.last_checkpoint = Some((self.step, dir.clone()));
+        Ok(dir)
+    }
+
+    /// Trains to `config.iters` steps, validating and saving as configured,
+    /// and calls `on_event` after every step, validation and save; returning
+    /// `ControlFlow::Break` from it cancels the run like the cancel flag does.
+    /// A cancelled run saves a checkpoint before returning.
+    pub fn run(
+        &mut self,
+        mut on_event: impl FnMut(Event) -> ControlFlow<()>,
+    ) -> Result<TrainSummary> {
+        let c = self.config.clone();
+        let mut summary = TrainSummary {
+            stop: Stop::Finished,
+            step: self.step,
+            validation: Vec::new(),
+            losses: Vec::new(),
+            train_s: 0.0,
+            tokens: 0,
+            peak_gpu_bytes: 0,
+            checkpoint: None,
+        };
+        let mut metrics = self
+            .out_dir
+            .as_ref()
+            .map(|d| MetricsLog::open(d))
+            .transpose()?;
+        let mut cancelled = false;
+        if c.steps_per_eval > 0 && self.step == 0 {
+            cancelled |= self.validate_and_report(&mut summary, &mut metrics, &mut on_event)?;
+        }
+        while self.step < c.iters && !cancelled {
+            if self.cancel.load(Ordering::Relaxed) {
+                cancelled = true;
+                break;
+            }
+            let stats = self.train_step()?;
+            summary.losses.push(stats.loss);
+            summary.train_s = stats.train_s;
+            summary.tokens += stats.tokens;
+            summary.peak_gpu_bytes = stats.peak_gpu_bytes;
+            if let Some(m) = metrics.as_mut() {
+                m.write(&serde_json::to_value(&stats).expect("plain numbers serialize"))?;
+            }
+            cancelled |= on_event(Event::Step(&stats)).is_break();
+            let at_end = self.step == c.iters;
+            if c.steps_per_eval > 0 && (self.step % c.steps_per_eval == 0 || at_end) {
+                cancelled |= self.validate_and_report(&mut summary, &mut metrics, &mut on_event)?;
+            }
+            if self.out_dir.is_some()
+                && c.save_every > 0
+                && self.step % c.save_every == 0
+                && !at_end
+            {
+                let dir = self.save()?;
+                cancelled |= on_event(Event::Saved {
+                    step: self.step,
+                    dir: &dir,
+                })
+                .is_break();
+            }
+        }
+        cancelled |= self.cancel.load(Ordering::Relaxed) && self.step < c.iters;
+        if cancelled {
+            summary.stop = Stop::Cancelled;
+        }
+        if self.out_dir.is_some() {
+            let already = matches!(&self.last_checkpoint, Some((s, _)) if *s == self.step);
+            let dir = match (&self.last_checkpoint, already) {
+                (Some((_, d)), true) => d.clone(),
+                _ => {
+                    let d = self.save()?;
+                    let _ = on_event(Event::Saved {
+                        step: self.step,
+                        dir: &d,
+                    });
+                    d
+                }
+            };
+            summary.checkpoint = Some(dir);
+        }
+        summary.step = self.step;
+        Ok(summary)
+    }
+}
+
+impl Trainer {
+    /// Validates, logs and reports; true when the callback asks to stop.
+    fn validate_and_report(
+        &self,
+        summary: &mut TrainSummary,
+        metrics: &mut Option<MetricsLog>,
+        on_event: &mut dyn FnMut(Event) -> ControlFlow<()>,
+    ) -> Result<bool> {
+        let Some((loss, tokens)) = self.validate()? else {
+            return Ok(false);
+        };
+        summary.validation.push((self.step, loss));
+        if let Some(m) = metrics.as_mut() {
+            m.write(
+                &serde_json::json!({"step": self.step, "val_loss": loss, "val_tokens": tokens}),
+            )?;
+        }
+        Ok(on_event(Event::Validation {
+            step: self.step,
+            loss,
+            tokens,
+        })
+        .is_break())
+    }
+}
+
+fn adamw_config(c: &TrainConfig) -> AdamWConfig {
+    AdamWConfig {
+        lr: c.lr,
+        weight_decay: c.weight_decay,
+        ..Default::default()
+    }
+}
+
+/// The dropout seed of the micro-batch at stream position `position`: fixed
+/// by the data position, so a resumed run draws the same masks.
+fn dropout_seed(seed: u64, position: u64) -> u32 {
+    let mut rng = crate::nn::Rng::new(seed ^ position.wrapping_mul(0xD1B5_4A32_D192_ED03));
+    rng.next_u64() as u32
+}
+
+/// FNV-1a over every example's ids and mask, as hex.
+fn fingerprint(examples: &[Example]) -> String {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    let mut eat = |v: u64| {
+        h ^= v;
+        h = h.wrapping_mul(0x100_0000_01b3);
+    };
+    for e in examples {
+        eat(e.ids.len() as u64);
+        for (&id, &s) in e.ids.iter().zip(&e.scored) {
+            eat(((id as u64) << 1) | s as u64);
+        }
+    }
+    format!("{h:016x}")
+}
+
+/// The first setting in which two configs differ, e.g. `rank 8 vs 16`.
+fn describe_difference(saved: &TrainConfig, now: &TrainConfig) -> String {
+    let (a, b) = (
+        serde_json::to_value(saved.resume_key()).expect("serializes"),
+        serde_json::to_value(now.resume_key()).expect("serializes"),
+    );
+    if let (Some(a), Some(b)) = (a.as_object(), b.as_object()) {
+        for (k, va) in a {
+            if b.get(k) != Some(va) {
+                return format!(
+                    "{k}: {va} in the checkpoint, {} now",
+                    b.get(k).unwrap_or(&serde_json::Value::Null)
+                );
+            }
+        }
+    }
+    "settings differ".into()
+}
+
+/// `metrics.jsonl`: one JSON object per line, appended and flushed as it comes,
+/// so a crash loses at most the line being written.
+struct MetricsLog {
+    path: PathBuf,
+    file: std::fs::File,
+}
+
+impl MetricsLog {
+    fn open(dir: &Path) -> Result<MetricsLog> {
+        std::fs::create_dir_all(dir).map_err(|source| Error::Io {
+            path: dir.display().to_string(),
+            source,
+        })?;
+        let path = dir.join(METRICS_FILE);
+        let file = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&path)
+            .map_err(|source| Error::Io {
+                path: path.display().to_string(),
+                source,
+            })?;
+        Ok(MetricsLog { path, file })
+    }
+
+    fn write(&mut self, value: &serde_json::Value) -> Result<()> {
+        use std::io::Write;
+        writeln!(self.file, "{value}").map_err(|source| Error::Io {
+            path: self.path.display().to_string(),
+            source,
+        })
+    }
+}
