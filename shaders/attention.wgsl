@@ -64,7 +64,7 @@ fn merge_heads(
     out[i] = s;
 }
 
-@compute @workgroup_size(256)
+@compute @workgroup_size(ROW_LANES)
 fn causal_softmax(
     @builtin(local_invocation_index) lid: u32,
     @builtin(workgroup_id) wid: vec3<u32>,
@@ -77,14 +77,14 @@ fn causal_softmax(
     let last = p.offset + row % p.seq; // the last key this query may see
     let base = row * p.keys;
     var m = -3.4028235e38;
-    for (var j = lid; j < p.keys; j += 256u) {
+    for (var j = lid; j < p.keys; j += ROW_LANES) {
         if (j <= last) {
             m = max(m, p.scale * x[base + j]);
         }
     }
     let row_max = workgroup_max(m, lid);
     var s = 0.0;
-    for (var j = lid; j < p.keys; j += 256u) {
+    for (var j = lid; j < p.keys; j += ROW_LANES) {
         var e = 0.0;
         if (j <= last) {
             e = exp(p.scale * x[base + j] - row_max);
@@ -93,7 +93,7 @@ fn causal_softmax(
         s = s + e;
     }
     let inv = 1.0 / workgroup_sum(s, lid);
-    for (var j = lid; j < p.keys; j += 256u) {
+    for (var j = lid; j < p.keys; j += ROW_LANES) {
         out[base + j] = out[base + j] * inv;
     }
 }

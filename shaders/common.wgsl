@@ -1,13 +1,18 @@
 // Shared helpers, prepended to every kernel that reduces across a workgroup.
-// Workgroups that reduce are 256 invocations wide.
+// Workgroups that reduce one row are ROW_LANES invocations wide: rows here are
+// mostly short (attention scores, hidden states), and a narrower group needs
+// fewer barrier rounds (which software rasterizers pay dearly for) while a
+// 64-wide group still fills a warp or wavefront on real GPUs.
 
-var<workgroup> scratch: array<f32, 256>;
+const ROW_LANES: u32 = 64u;
 
-// Sum of `v` over the 256 invocations; every invocation gets the result.
+var<workgroup> scratch: array<f32, ROW_LANES>;
+
+// Sum of `v` over the ROW_LANES invocations; every invocation gets the result.
 fn workgroup_sum(v: f32, lid: u32) -> f32 {
     scratch[lid] = v;
     workgroupBarrier();
-    for (var s = 128u; s > 0u; s = s >> 1u) {
+    for (var s = ROW_LANES / 2u; s > 0u; s = s >> 1u) {
         if (lid < s) {
             scratch[lid] = scratch[lid] + scratch[lid + s];
         }
@@ -18,11 +23,11 @@ fn workgroup_sum(v: f32, lid: u32) -> f32 {
     return total;
 }
 
-// Maximum of `v` over the 256 invocations; every invocation gets the result.
+// Maximum of `v` over the ROW_LANES invocations; every invocation gets the result.
 fn workgroup_max(v: f32, lid: u32) -> f32 {
     scratch[lid] = v;
     workgroupBarrier();
-    for (var s = 128u; s > 0u; s = s >> 1u) {
+    for (var s = ROW_LANES / 2u; s > 0u; s = s >> 1u) {
         if (lid < s) {
             scratch[lid] = max(scratch[lid], scratch[lid + s]);
         }

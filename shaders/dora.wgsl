@@ -1,4 +1,4 @@
-// DoRA recomposition (the merge kernel), one 256-wide workgroup per output row i:
+// DoRA recomposition (the merge kernel), one ROW_LANES-wide workgroup per output row i:
 //   V_i  = W_i + s * B_i . A          (W [out, in], A [r, in], B [out, r])
 //   n_i  = ||V_i||_2
 //   W'_i = (m_i / n_i) * V_i
@@ -19,7 +19,7 @@ struct Params {
 @group(0) @binding(5) var<storage, read_write> merged: array<f32>;
 @group(0) @binding(6) var<storage, read_write> norms: array<f32>;
 
-@compute @workgroup_size(256)
+@compute @workgroup_size(ROW_LANES)
 fn recompose(
     @builtin(local_invocation_index) lid: u32,
     @builtin(workgroup_id) wid: vec3<u32>,
@@ -30,7 +30,7 @@ fn recompose(
         return;
     }
     var s = 0.0;
-    for (var j = lid; j < p.cols; j += 256u) {
+    for (var j = lid; j < p.cols; j += ROW_LANES) {
         var low_rank = 0.0;
         for (var k = 0u; k < p.rank; k++) {
             low_rank = fma(lora_b[row * p.rank + k], lora_a[k * p.cols + j], low_rank);
@@ -42,7 +42,7 @@ fn recompose(
     let norm = sqrt(workgroup_sum(s, lid));
     let c = magnitude[row] / norm;
     // Each invocation rescales only the elements it wrote itself: no barrier needed.
-    for (var j = lid; j < p.cols; j += 256u) {
+    for (var j = lid; j < p.cols; j += ROW_LANES) {
         merged[row * p.cols + j] = c * merged[row * p.cols + j];
     }
     if (lid == 0u) {

@@ -23,7 +23,7 @@ fn is_counted(t: i32) -> bool {
     return t != p.ignore_index && t >= 0;
 }
 
-@compute @workgroup_size(256)
+@compute @workgroup_size(ROW_LANES)
 fn ce_rows(
     @builtin(local_invocation_index) lid: u32,
     @builtin(workgroup_id) wid: vec3<u32>,
@@ -35,12 +35,12 @@ fn ce_rows(
     }
     let base = row * p.classes;
     var m = -3.4028235e38;
-    for (var j = lid; j < p.classes; j += 256u) {
+    for (var j = lid; j < p.classes; j += ROW_LANES) {
         m = max(m, logits[base + j]);
     }
     let row_max = workgroup_max(m, lid);
     var s = 0.0;
-    for (var j = lid; j < p.classes; j += 256u) {
+    for (var j = lid; j < p.classes; j += ROW_LANES) {
         s = s + exp(logits[base + j] - row_max);
     }
     let l = row_max + log(workgroup_sum(s, lid));
@@ -55,11 +55,11 @@ fn ce_rows(
     }
 }
 
-@compute @workgroup_size(256)
+@compute @workgroup_size(ROW_LANES)
 fn ce_mean(@builtin(local_invocation_index) lid: u32) {
     var s = 0.0;
     var n = 0.0;
-    for (var i = lid; i < p.rows; i += 256u) {
+    for (var i = lid; i < p.rows; i += ROW_LANES) {
         s = s + row_loss[i];
         if (is_counted(targets[i])) {
             n = n + 1.0;

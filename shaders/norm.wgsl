@@ -1,6 +1,6 @@
 // Row L2 norms of an [rows, cols] weight: out[i] = ||W_i||_2. For a Hugging
 // Face [out, in] weight this is the DoRA paper's column norm ||.||_c.
-// One 256-wide workgroup per row; W may be 16-bit (`load_w` unpacks it).
+// One ROW_LANES-wide workgroup per row; W may be 16-bit (`load_w` unpacks it).
 
 struct Params {
     rows: u32,
@@ -11,7 +11,7 @@ struct Params {
 @group(0) @binding(1) var<storage, read> w: array<WWord>;
 @group(0) @binding(2) var<storage, read_write> out: array<f32>;
 
-@compute @workgroup_size(256)
+@compute @workgroup_size(ROW_LANES)
 fn row_norm(
     @builtin(local_invocation_index) lid: u32,
     @builtin(workgroup_id) wid: vec3<u32>,
@@ -22,7 +22,7 @@ fn row_norm(
         return;
     }
     var s = 0.0;
-    for (var j = lid; j < p.cols; j += 256u) {
+    for (var j = lid; j < p.cols; j += ROW_LANES) {
         let v = load_w(row * p.cols + j);
         s = fma(v, v, s);
     }

@@ -1,5 +1,5 @@
 // Reductions of an [rows, cols] matrix, scaled by alpha:
-//   sum_rows: out[i] = alpha * sum_j x[i, j]   (one 256-wide workgroup per row)
+//   sum_rows: out[i] = alpha * sum_j x[i, j]   (one ROW_LANES-wide workgroup per row)
 //   sum_cols: out[j] = alpha * sum_i x[i, j]   (one invocation per column)
 //   sum_squares_into: out[rows] = alpha * sum x^2 over all cols elements (one
 //     workgroup; gradient norms write one slot per parameter of a shared buffer)
@@ -14,7 +14,7 @@ struct Params {
 @group(0) @binding(1) var<storage, read> x: array<f32>;
 @group(0) @binding(2) var<storage, read_write> out: array<f32>;
 
-@compute @workgroup_size(256)
+@compute @workgroup_size(ROW_LANES)
 fn sum_rows(
     @builtin(local_invocation_index) lid: u32,
     @builtin(workgroup_id) wid: vec3<u32>,
@@ -25,7 +25,7 @@ fn sum_rows(
         return;
     }
     var s = 0.0;
-    for (var j = lid; j < p.cols; j += 256u) {
+    for (var j = lid; j < p.cols; j += ROW_LANES) {
         s = s + x[row * p.cols + j];
     }
     let total = workgroup_sum(s, lid);
@@ -51,10 +51,10 @@ fn sum_cols(
     out[col] = p.alpha * s;
 }
 
-@compute @workgroup_size(256)
+@compute @workgroup_size(ROW_LANES)
 fn sum_squares_into(@builtin(local_invocation_index) lid: u32) {
     var s = 0.0;
-    for (var j = lid; j < p.cols; j += 256u) {
+    for (var j = lid; j < p.cols; j += ROW_LANES) {
         let v = x[j];
         s = s + v * v;
     }

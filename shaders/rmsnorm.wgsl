@@ -1,4 +1,4 @@
-// RMSNorm over the last dimension, one 256-wide workgroup per row:
+// RMSNorm over the last dimension, one ROW_LANES-wide workgroup per row:
 //   forward:  r = 1 / sqrt(mean(x^2) + eps),  y = w * (x * r)
 //   backward: dx = r * w * g - x * r^3 * mean(w * g * x)
 // w may be a 16-bit weight (`load_w`); it is frozen, so it gets no gradient.
@@ -17,13 +17,13 @@ struct Params {
 
 fn inverse_rms(base: u32, lid: u32) -> f32 {
     var s = 0.0;
-    for (var j = lid; j < p.cols; j += 256u) {
+    for (var j = lid; j < p.cols; j += ROW_LANES) {
         s = fma(x[base + j], x[base + j], s);
     }
     return inverseSqrt(workgroup_sum(s, lid) / f32(p.cols) + p.eps);
 }
 
-@compute @workgroup_size(256)
+@compute @workgroup_size(ROW_LANES)
 fn rmsnorm_forward(
     @builtin(local_invocation_index) lid: u32,
     @builtin(workgroup_id) wid: vec3<u32>,
@@ -35,12 +35,12 @@ fn rmsnorm_forward(
     }
     let base = row * p.cols;
     let r = inverse_rms(base, lid);
-    for (var j = lid; j < p.cols; j += 256u) {
+    for (var j = lid; j < p.cols; j += ROW_LANES) {
         out[base + j] = load_w(j) * (x[base + j] * r);
     }
 }
 
-@compute @workgroup_size(256)
+@compute @workgroup_size(ROW_LANES)
 fn rmsnorm_backward(
     @builtin(local_invocation_index) lid: u32,
     @builtin(workgroup_id) wid: vec3<u32>,
@@ -53,11 +53,11 @@ fn rmsnorm_backward(
     let base = row * p.cols;
     let r = inverse_rms(base, lid);
     var s = 0.0;
-    for (var j = lid; j < p.cols; j += 256u) {
+    for (var j = lid; j < p.cols; j += ROW_LANES) {
         s = s + load_w(j) * g[base + j] * x[base + j];
     }
     let mean_wgx = workgroup_sum(s, lid) / f32(p.cols);
-    for (var j = lid; j < p.cols; j += 256u) {
+    for (var j = lid; j < p.cols; j += ROW_LANES) {
         out[base + j] = r * load_w(j) * g[base + j] - x[base + j] * r * r * r * mean_wgx;
     }
 }

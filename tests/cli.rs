@@ -296,3 +296,114 @@ fn bad_inputs_fail_with_one_line() {
         &["--max-tokens"],
     );
 }
+
+/// Pulls the numbers out of `step N: val loss X` lines.
+fn val_losses(stdout: &str) -> Vec<(usize, f64)> {
+    stdout
+        .lines()
+        .filter_map(|l| {
+            let (step, loss) = l.strip_prefix("step ")?.split_once(": val loss ")?;
+            Some((step.parse().ok()?, loss.trim().parse().ok()?))
+        })
+        .collect()
+}
+
+/// The README's first command, shortened: the embedded default model and data,
+/// validation loss falling, samples before and after, a PEFT adapter and
+/// metrics on disk; then `--resume` continues from the last checkpoint.
+#[test]
+fn train_with_no_model_runs_the_embedded_default_and_resumes() {
+    let dir = temp_dir("cli-train");
+    let out = dir.join("adapter");
+    let out_s = out.display().to_string();
+    let (ok, stdout, stderr) = run(&[
+        "train",
+        "--adapter-path",
+        &out_s,
+        "--iters",
+        "8",
+        "--steps-per-eval",
+        "4",
+        "--save-every",
+        "4",
+    ]);
+    assert!(ok, "{stdout}\n{stderr}");
+    assert!(stdout.contains("(embedded default)"), "{stdout}");
+    assert!(
+        stdout.contains("before: ") && stdout.contains("after: "),
+        "{stdout}"
+    );
+    let vals = val_losses(&stdout);
+    assert_eq!(
+        vals.iter().map(|v| v.0).collect::<Vec<_>>(),
+        vec![0, 4, 8],
+        "{stdout}"
+    );
+    assert!(
+        vals[2].1 < 0.8 * vals[0].1,
+        "validation loss should fall: {vals:?}"
+    );
+    assert!(stdout.contains("done: 8 steps"), "{stdout}");
+    assert!(stderr.contains("step 8/8"), "progress line: {stderr}");
+    // A PEFT adapter at the top, checkpoints below, one metrics line per step and evaluation.
+    let adapter = dora_wgpu::io::AdapterWeights::load(&out).unwrap();
+    assert!(adapter.config.use_dora && adapter.config.r == 8 && adapter.config.lora_alpha == 16.0);
+    assert_eq!(adapter.modules.len(), 4 * 7, "7 projections × 4 layers");
+    assert!(
+        out.join("checkpoints/step-000004").is_dir()
+            && out.join("checkpoints/step-000008").is_dir()
+    );
+    let metrics = std::fs::read_to_string(out.join("metrics.jsonl")).unwrap();
+    assert_eq!(metrics.lines().count(), 8 + 3);
+
+    let (ok, stdout, stderr) = run(&[
+        "train",
+        "--adapter-path",
+        &out_s,
+        "--resume",
+        "--iters",
+        "10",
+        "--steps-per-eval",
+        "0",
+    ]);
+    assert!(ok, "{stdout}\n{stderr}");
+    assert!(stdout.contains("(step 8)"), "{stdout}");
+    assert!(stdout.contains("done: 2 steps"), "{stdout}");
+    assert!(out.join("checkpoints/step-000010").is_dir());
+    std::fs::remove_dir_all(&dir).ok();
+}
+
+#[test]
+fn train_rejects_bad_options_with_one_line() {
+    let dir = temp_dir("cli-train-bad");
+    let d = dir.display().to_string();
+    fails_with(&["train", "--method", "qlora"], &["--method", "qlora"]);
+    fails_with(&["train", "--rank", "0"], &["--rank"]);
+    fails_with(&["train", "--targets", "q_proj,wq"], &["wq"]);
+    fails_with(&["train", "--model", &model("tiny-llama")], &["--data"]);
+    fails_with(
+        &["train", "--adapter-path", &d, "--resume"],
+        &["--resume", "no checkpoint"],
+    );
+    // A data file with a bad line: named with its line number.
+    let data = dir.join("data");
+    std::fs::create_dir_all(&data).unwrap();
+    std::fs::write(
+        data.join("train.jsonl"),
+        "{\"text\": \"fine\"}\n{\"txet\": \"typo\"}\n",
+    )
+    .unwrap();
+    fails_with(
+        &[
+            "train",
+            "--model",
+            &model("tiny-llama"),
+            "--data",
+            &data.display().to_string(),
+            "--adapter-path",
+            &d,
+        ],
+        &["train.jsonl:2"],
+    );
+    std::fs::remove_dir_all(&dir).ok();
+}

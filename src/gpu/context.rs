@@ -53,6 +53,17 @@ pub(crate) struct GpuInner {
     pub batch: Mutex<Batch>,
     /// The first uncaptured device error, reported at the next synchronisation.
     pub device_error: Arc<Mutex<Option<String>>>,
+    /// Per-kernel wall-clock times while profiling is on (see [`Gpu::start_profiling`]).
+    pub profile: Mutex<Option<std::collections::BTreeMap<String, KernelTime>>>,
+}
+
+/// Time spent in one kernel while profiling: each dispatch is submitted
+/// alone and waited for, so this is wall-clock including submission overhead.
+#[derive(Clone, Debug, Default, PartialEq, serde::Serialize)]
+pub struct KernelTime {
+    pub kernel: String,
+    pub calls: u64,
+    pub seconds: f64,
 }
 
 impl Gpu {
@@ -130,6 +141,7 @@ impl Gpu {
                 pool: Mutex::new(BufferPool::default()),
                 batch: Mutex::new(batch),
                 device_error: Arc::new(Mutex::new(None)),
+                profile: Mutex::new(None),
             }),
         })
     }
@@ -192,6 +204,43 @@ impl Gpu {
     pub fn synchronize(&self) -> Result<()> {
         self.flush();
         self.wait()
+    }
+
+    /// Starts timing every kernel: from now on each dispatch is submitted on
+    /// its own and waited for (slow; for finding where time goes).
+    pub fn start_profiling(&self) -> Result<()> {
+        self.synchronize()?;
+        *self.inner.profile.lock().unwrap() = Some(Default::default());
+        Ok(())
+    }
+
+    /// Stops profiling and returns the kernels by total time, largest first.
+    pub fn take_profile(&self) -> Vec<KernelTime> {
+        let map = self
+            .inner
+            .profile
+            .lock()
+            .unwrap()
+            .take()
+            .unwrap_or_default();
+        let mut v: Vec<KernelTime> = map.into_values().collect();
+        v.sort_by(|a, b| b.seconds.total_cmp(&a.seconds));
+        v
+    }
+
+    pub(crate) fn is_profiling(&self) -> bool {
+        self.inner.profile.lock().unwrap().is_some()
+    }
+
+    pub(crate) fn record_kernel_time(&self, kernel: &str, seconds: f64) {
+        if let Some(map) = self.inner.profile.lock().unwrap().as_mut() {
+            let e = map.entry(kernel.to_string()).or_insert_with(|| KernelTime {
+                kernel: kernel.to_string(),
+                ..Default::default()
+            });
+            e.calls += 1;
+            e.seconds += seconds;
+        }
     }
 
     /// Submits recorded work without waiting for it.

@@ -6,7 +6,7 @@ mod context;
 mod pipeline;
 mod pool;
 
-pub use context::{list_adapters, Gpu, GpuOptions};
+pub use context::{list_adapters, Gpu, GpuOptions, KernelTime};
 pub use pool::MemoryStats;
 
 use crate::error::{Error, Result};
@@ -165,6 +165,10 @@ impl Gpu {
             )));
         }
         let pipeline = self.inner.pipelines.get(&self.inner.device, kernel);
+        let profiling = self.is_profiling();
+        if profiling {
+            self.synchronize()?; // only this dispatch is timed
+        }
         let mut batch = self.inner.batch.lock().unwrap();
         if batch.is_full() {
             batch.submit(&self.inner.queue);
@@ -204,6 +208,18 @@ impl Gpu {
         pass.set_pipeline(&pipeline.pipeline);
         pass.set_bind_group(0, &bind_group, &[offset]);
         pass.dispatch_workgroups(workgroups[0], workgroups[1], workgroups[2]);
+        if profiling {
+            drop(pass);
+            drop(batch);
+            let started = std::time::Instant::now();
+            self.synchronize()?;
+            let key = if std::env::var_os("DORA_WGPU_PROFILE_GRID").is_some() {
+                format!("{} {workgroups:?}", kernel.label())
+            } else {
+                kernel.label()
+            };
+            self.record_kernel_time(&key, started.elapsed().as_secs_f64());
+        }
         Ok(())
     }
 
