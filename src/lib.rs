@@ -23,6 +23,7 @@ pub mod io;
 pub mod nn;
 pub mod ops;
 pub mod optim;
+pub mod plot;
 pub mod shaders;
 pub mod tasks;
 mod tensor;

@@ -7,7 +7,7 @@ use std::path::PathBuf;
 
 use dora_wgpu::io::AdapterWeights;
 use dora_wgpu::nn::Llama;
-use dora_wgpu::tasks::{self, Sampling};
+use dora_wgpu::tasks::{self, analyze, Sampling};
 use dora_wgpu::{ChatMessage, Error, Gpu, Result, Tokenizer};
 
 /// Subcommands big enough for a file of their own (binary only, not the library).
@@ -32,6 +32,9 @@ usage:
                   [--sample-prompt TEXT]
     Without --model and --data: fine-tunes the embedded default model on the
     embedded default data (a quick demo; writes to adapters/default).
+  dora-wgpu analyze --base DIR (--adapter DIR [--adapter DIR ...] | --tuned DIR)
+                    [--json FILE] [--csv FILE] [--plot STEM]
+            (defaults: decomposition.json, .csv, .png and .svg in the current directory)
 
 Choose the GPU with WGPU_BACKEND (vulkan, metal, dx12, gl) and WGPU_ADAPTER_NAME.";
 
@@ -40,13 +43,15 @@ pub(crate) struct Args {
     pub(crate) command: String,
     pub(crate) values: BTreeMap<String, String>,
     flags: Vec<String>,
+    /// Every option in order, for options that may repeat (`values` keeps the last).
+    all: Vec<(String, String)>,
 }
 
 impl Args {
     pub(crate) fn parse(raw: Vec<String>, flags: &[&str], options: &[&str]) -> Result<Args> {
         let mut it = raw.into_iter();
         let command = it.next().unwrap_or_default();
-        let (mut values, mut seen_flags) = (BTreeMap::new(), Vec::new());
+        let (mut values, mut seen_flags, mut all) = (BTreeMap::new(), Vec::new(), Vec::new());
         while let Some(arg) = it.next() {
             let name = arg.strip_prefix("--").ok_or_else(|| {
                 Error::InvalidArgument(format!(
@@ -59,6 +64,7 @@ impl Args {
                 let value = it
                     .next()
                     .ok_or_else(|| Error::InvalidArgument(format!("--{name} needs a value")))?;
+                all.push((name.to_string(), value.clone()));
                 values.insert(name.to_string(), value);
             } else {
                 return Err(Error::InvalidArgument(format!(
@@ -70,7 +76,14 @@ impl Args {
             command,
             values,
             flags: seen_flags,
+            all,
         })
+    }
+
+    /// Every value of a repeatable option, in order.
+    fn paths(&self, name: &str) -> Vec<PathBuf> {
+        let of_name = self.all.iter().filter(|(n, _)| n == name);
+        of_name.map(|(_, v)| PathBuf::from(v)).collect()
     }
 
     pub(crate) fn required(&self, name: &str) -> Result<&str> {
@@ -201,6 +214,34 @@ fn run(raw: Vec<String>) -> Result<()> {
             Ok(())
         }
         "train" => cli::train::run(raw),
+        "analyze" => {
+            let options = ["base", "adapter", "tuned", "json", "csv", "plot"];
+            let args = Args::parse(raw, &[], &options)?;
+            let base = args.path("base")?;
+            let adapters = args.paths("adapter");
+            let tuned = args.values.get("tuned").map(PathBuf::from);
+            if adapters.is_empty() == tuned.is_none() {
+                return Err(Error::InvalidArgument(
+                    "analyze needs either --adapter DIR (repeatable) or --tuned DIR".into(),
+                ));
+            }
+            let gpu = Gpu::new()?;
+            let records = match tuned {
+                Some(tuned) => tasks::analyze_tuned(&gpu, &base, &tuned)?,
+                None => tasks::analyze_adapters(&gpu, &base, &adapters)?,
+            };
+            let fits = analyze::fits(&records);
+            print!("{}", analyze::format_report(&records, &fits));
+            let json = args.optional("json", PathBuf::from("decomposition.json"))?;
+            let csv = args.optional("csv", PathBuf::from("decomposition.csv"))?;
+            let plot = args.optional("plot", PathBuf::from("decomposition"))?;
+            analyze::write_json(&json, &records)?;
+            analyze::write_csv(&csv, &records)?;
+            analyze::decomposition_chart(&records).save(&plot)?;
+            let (p, j, c) = (plot.display(), json.display(), csv.display());
+            println!("\nwrote {j}, {c}, {p}.png and {p}.svg");
+            Ok(())
+        }
         "" | "help" | "--help" | "-h" => {
             println!("{USAGE}");
             Ok(())

@@ -1,10 +1,12 @@
 //! The CLI's subcommands as library calls: each one a function a program can
 //! call with a `Gpu` of its own.
 
+pub mod analyze;
 mod eval;
 mod generate;
 mod merge;
 
+pub use analyze::{analyze_adapters, analyze_tuned, Record};
 pub use eval::{evaluate, EvalReport};
 pub use generate::{generate, Sampling};
 pub use merge::merge_model;
