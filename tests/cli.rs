@@ -355,6 +355,14 @@ fn train_with_no_model_runs_the_embedded_default_and_resumes() {
     );
     let metrics = std::fs::read_to_string(out.join("metrics.jsonl")).unwrap();
     assert_eq!(metrics.lines().count(), 8 + 3);
+    // loss.svg/png: 8 training points (and their average) and 3 validation points.
+    let svg = std::fs::read_to_string(out.join("loss.svg")).unwrap();
+    for (label, n) in [("train", 8), ("validation", 3)] {
+        let want = format!("data-label=\"{label}\" data-points=\"{n}\"");
+        assert!(svg.contains(&want), "loss.svg lacks {want}");
+    }
+    let png = std::fs::read(out.join("loss.png")).unwrap();
+    assert!(png.starts_with(b"\x89PNG\r\n\x1a\n"), "loss.png is a PNG");
 
     let (ok, stdout, stderr) = run(&[
         "train",
@@ -370,6 +378,12 @@ fn train_with_no_model_runs_the_embedded_default_and_resumes() {
     assert!(stdout.contains("(step 8)"), "{stdout}");
     assert!(stdout.contains("done: 2 steps"), "{stdout}");
     assert!(out.join("checkpoints/step-000010").is_dir());
+    // The plot keeps the steps from before the resume.
+    let svg = std::fs::read_to_string(out.join("loss.svg")).unwrap();
+    assert!(
+        svg.contains("data-label=\"train\" data-points=\"10\""),
+        "resumed plot"
+    );
     std::fs::remove_dir_all(&dir).ok();
 }
 

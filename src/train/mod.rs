@@ -38,6 +38,11 @@ use crate::tensor::Tensor;
 
 /// File names the trainer writes into its output (adapter) directory.
 pub const METRICS_FILE: &str = "metrics.jsonl";
+/// `loss.png` and `loss.svg`: training loss, its moving average and validation loss.
+pub const LOSS_PLOT_STEM: &str = "loss";
+
+/// Steps in the moving average of the loss plot.
+const LOSS_AVERAGE_WINDOW: usize = 10;
 
 /// Checkpoints kept besides the newest (older ones are deleted).
 const KEEP_CHECKPOINTS: usize = 3;
@@ -285,6 +290,10 @@ pub struct Trainer {
     data_fingerprint: String,
     step: usize,
     last_checkpoint: Option<(usize, PathBuf)>,
+    /// (step, loss) of every step and (step, validation loss) of every
+    /// evaluation, including those before a resume (read back from metrics.jsonl).
+    loss_history: Vec<(usize, f64)>,
+    val_history: Vec<(usize, f64)>,
     /// Timing of this run's steps, for tokens/s and the ETA.
     run_tokens: usize,
     run_steps: usize,
@@ -391,6 +400,8 @@ impl Trainer {
             data_fingerprint,
             step: 0,
             last_checkpoint: None,
+            loss_history: Vec::new(),
+            val_history: Vec::new(),
             run_tokens: 0,
             run_steps: 0,
             run_train_s: 0.0,
@@ -457,6 +468,7 @@ impl Trainer {
         self.batcher.set_position(s.data_position);
         self.step = s.step as usize;
         self.last_checkpoint = Some((self.step, checkpoint_dir.to_path_buf()));
+        self.read_history();
         Ok(())
     }
 
@@ -694,6 +706,7 @@ impl Trainer {
                 break;
             }
             let stats = self.train_step()?;
+            self.loss_history.push((stats.step, stats.loss as f64));
             summary.losses.push(stats.loss);
             summary.train_s = stats.train_s;
             summary.tokens += stats.tokens;
@@ -738,15 +751,91 @@ impl Trainer {
             };
             summary.checkpoint = Some(dir);
         }
+        if self.out_dir.is_some() {
+            self.draw_loss_plot()?;
+        }
         summary.step = self.step;
         Ok(summary)
     }
+
+    /// Redraws `loss.png`/`loss.svg` in the output directory (a user may have
+    /// it open while training runs; each file is replaced atomically).
+    fn draw_loss_plot(&self) -> Result<()> {
+        let Some(out) = &self.out_dir else {
+            return Ok(());
+        };
+        let mut chart = crate::plot::Chart::new("Training loss", "step", "loss");
+        if !self.loss_history.is_empty() {
+            chart = chart
+                .with(crate::plot::Series::line(
+                    "train",
+                    as_points(&self.loss_history),
+                ))
+                .with(crate::plot::Series::line(
+                    format!("train ({LOSS_AVERAGE_WINDOW}-step average)"),
+                    moving_average(&self.loss_history, LOSS_AVERAGE_WINDOW),
+                ));
+        }
+        if !self.val_history.is_empty() {
+            chart = chart.with(crate::plot::Series::line(
+                "validation",
+                as_points(&self.val_history),
+            ));
+        }
+        chart.save(&out.join(LOSS_PLOT_STEM))
+    }
+
+    /// The loss history of the steps before a resume, from metrics.jsonl
+    /// (lines past the resumed step, written by a run that then crashed, are ignored).
+    fn read_history(&mut self) {
+        self.loss_history.clear();
+        self.val_history.clear();
+        let Some(out) = &self.out_dir else { return };
+        let Ok(text) = std::fs::read_to_string(out.join(METRICS_FILE)) else {
+            return;
+        };
+        for line in text.lines() {
+            let Ok(v) = serde_json::from_str::<serde_json::Value>(line) else {
+                continue;
+            };
+            let Some(step) = v["step"].as_u64().map(|s| s as usize) else {
+                continue;
+            };
+            if step > self.step {
+                continue;
+            }
+            if let Some(loss) = v["loss"].as_f64() {
+                self.loss_history.retain(|&(s, _)| s != step);
+                self.loss_history.push((step, loss));
+            }
+            if let Some(loss) = v["val_loss"].as_f64() {
+                self.val_history.retain(|&(s, _)| s != step);
+                self.val_history.push((step, loss));
+            }
+        }
+    }
+}
+
+fn as_points(history: &[(usize, f64)]) -> Vec<(f64, f64)> {
+    history.iter().map(|&(s, v)| (s as f64, v)).collect()
+}
+
+/// Trailing mean over up to `window` points.
+fn moving_average(points: &[(usize, f64)], window: usize) -> Vec<(f64, f64)> {
+    (0..points.len())
+        .map(|i| {
+            let from = (i + 1).saturating_sub(window);
+            let part = &points[from..=i];
+            let mean = part.iter().map(|p| p.1).sum::<f64>() / part.len() as f64;
+            (points[i].0 as f64, mean)
+        })
+        .collect()
 }
 
 impl Trainer {
     /// Validates, logs and reports; true when the callback asks to stop.
     fn validate_and_report(
-        &self,
+        &mut self,
         summary: &mut TrainSummary,
         metrics: &mut Option<MetricsLog>,
         on_event: &mut dyn FnMut(Event) -> ControlFlow<()>,
@@ -755,6 +844,8 @@ impl Trainer {
             return Ok(false);
         };
         summary.validation.push((self.step, loss));
+        self.val_history.push((self.step, loss));
+        self.draw_loss_plot()?;
         if let Some(m) = metrics.as_mut() {
             m.write(
                 &serde_json::json!({"step": self.step, "val_loss": loss, "val_tokens": tokens}),
