@@ -1,16 +1,23 @@
-//! Benchmark: the device's FMA ceiling, matmul throughput against it, and one
-//! DoRA layer against one LoRA layer (time and peak GPU memory).
+//! Benchmark: the device's FMA ceiling, matmul throughput against it, one
+//! DoRA layer against one LoRA layer (time and peak GPU memory), end-to-end
+//! DoRA and LoRA training steps, and merged-model against base-model forward.
 //!
-//!     cargo run --release --example bench -- [--json FILE] [--quick]
+//!     cargo run --release --example bench -- [--json FILE] [--quick] [--profile]
+//!         [--model DIR] [--batch 4] [--seq 128] [--train-steps 3]
 //!
 //! Times are medians of repeated runs after a warm-up, taken around a
 //! synchronising wait; the first call of each shape (pipeline creation
-//! included) is reported apart.
+//! included) is reported apart. Training runs on the embedded default model
+//! and, with --model, on that one too (e.g. SmolLM2-135M at batch 4 × 128).
+//! --profile times every kernel of one DoRA training step (each dispatch
+//! submitted alone and waited for: wall-clock, submission included).
 
 use std::time::Instant;
 
+use dora_wgpu::bench::{merged_forward_times, train_throughput};
 use dora_wgpu::nn::{AdapterOptions, DoraLinear, DoraPath, Linear, LoraLinear, Rng};
 use dora_wgpu::ops::{self, Transpose};
+use dora_wgpu::train::Method;
 use dora_wgpu::{DType, Gpu, Tensor};
 use serde_json::json;
 
@@ -58,6 +65,24 @@ fn run() -> dora_wgpu::Result<()> {
         .position(|a| a == "--json")
         .and_then(|i| args.get(i + 1))
         .cloned();
+    let value = |name: &str| {
+        args.iter()
+            .position(|a| a == name)
+            .and_then(|i| args.get(i + 1))
+            .cloned()
+    };
+    let number = |name: &str, default: usize| -> dora_wgpu::Result<usize> {
+        value(name).map_or(Ok(default), |v| {
+            v.parse().map_err(|_| {
+                dora_wgpu::Error::InvalidArgument(format!("{name} {v:?} is not a number"))
+            })
+        })
+    };
+    let user_model = value("--model").map(std::path::PathBuf::from);
+    let profile = args.iter().any(|a| a == "--profile");
+    let batch = number("--batch", 4)?;
+    let seq = number("--seq", 128)?;
+    let train_steps = number("--train-steps", if quick { 1 } else { 3 })?;
     let repeats = if quick { 2 } else { 5 };
     let gpu = Gpu::new()?;
     let peak = dora_wgpu::bench::fma_peak_gflops(&gpu, repeats)?;
@@ -94,15 +119,13 @@ fn run() -> dora_wgpu::Result<()> {
             ("TN", Transpose::TN),
         ] {
             for dtype in [DType::F32, DType::BF16] {
-                if dtype != DType::F32 && t == Transpose::TN {
-                    continue; // 16-bit weights are the B operand of NN/NT products
-                }
                 let a_shape = if t == Transpose::TN { [k, m] } else { [m, k] };
                 let b_shape = if t == Transpose::NT { [n, k] } else { [k, n] };
                 let a = Tensor::from_f32(&gpu, &random(&mut rng, m * k), &a_shape)?;
                 let b = Tensor::from_f32_as(&gpu, &random(&mut rng, k * n), &b_shape, dtype)?;
-                let (first, steady) =
-                    time(&gpu, repeats, || ops::matmul_ex(&a, &b, t).map(|_| ()))?;
+                // Few repeats of the multi-GFLOP shapes: they take seconds each on a CPU device.
+                let reps = if m * k * n > 1 << 30 { 2 } else { repeats };
+                let (first, steady) = time(&gpu, reps, || ops::matmul_ex(&a, &b, t).map(|_| ()))?;
                 let gflops = 2.0 * (m * k * n) as f64 / steady / 1e9;
                 println!(
                     "{:>18} {layout:>6} {:>5} {:>10.1} {gflops:>9.2} {:>7.1}%",
@@ -162,6 +185,98 @@ fn run() -> dora_wgpu::Result<()> {
         dora_t / direct_t
     );
 
+    // End-to-end training steps: the embedded model, then --model if given.
+    let default_dir = dora_wgpu::assets::default_model_dir()?;
+    let mut models = vec![("default".to_string(), default_dir.clone())];
+    if let Some(dir) = &user_model {
+        let name = dir
+            .file_name()
+            .map_or("model".into(), |n| n.to_string_lossy().to_string());
+        models.push((name, dir.clone()));
+    }
+    let (tb, ts) = if quick { (2, 32) } else { (batch, seq) };
+    println!("\ntraining steps (r 8, all seven projections), batch {tb} × {ts} tokens:");
+    println!(
+        "{:>16} {:>6} {:>9} {:>9} {:>10} {:>9} {:>7}",
+        "model", "method", "step ms", "tokens/s", "peak MiB", "GFLOP/s", "% peak"
+    );
+    let mut train = Vec::new();
+    let mut train_ratios = Vec::new();
+    for (name, dir) in &models {
+        let mut pair = Vec::new();
+        for method in [Method::Lora, Method::Dora] {
+            let r = train_throughput(&gpu, dir, name, method, tb, ts, 1, train_steps)?;
+            println!(
+                "{:>16} {:>6} {:>9.1} {:>9.1} {:>10.1} {:>9.2} {:>6.1}%",
+                r.model,
+                r.method,
+                r.step_s * 1e3,
+                r.tokens_per_s,
+                r.peak_gpu_bytes as f64 / 1048576.0,
+                r.effective_gflops,
+                100.0 * r.effective_gflops / peak
+            );
+            pair.push(r.clone());
+            train.push(r);
+        }
+        let (time_ratio, mem_ratio) = (
+            pair[1].step_s / pair[0].step_s,
+            pair[1].peak_gpu_bytes as f64 / pair[0].peak_gpu_bytes as f64,
+        );
+        println!(
+            "{:>16} DoRA/LoRA step time {time_ratio:.3}, peak memory {mem_ratio:.3}",
+            name
+        );
+        train_ratios.push(json!({"model": name, "dora_lora_time_ratio": time_ratio,
+            "dora_lora_memory_ratio": mem_ratio}));
+    }
+
+    // Merging DoRA into the weights: inference must cost what the base model costs.
+    let fwd_model = user_model.clone().unwrap_or(default_dir.clone());
+    let (fb, fs) = if quick { (1, 32) } else { (batch, seq) };
+    // A real model's forward takes seconds on a CPU device: fewer repeats there.
+    let fwd_repeats = if user_model.is_some() { 2 } else { repeats };
+    let (base_t, merged_t, unmerged_t) =
+        merged_forward_times(&gpu, &fwd_model, fb, fs, fwd_repeats)?;
+    println!(
+        "\nforward {fb} × {fs} on {}: base {:.1} ms, DoRA merged {:.1} ms ({:.3}×), unmerged {:.1} ms ({:.3}×)",
+        fwd_model.display(),
+        base_t * 1e3,
+        merged_t * 1e3,
+        merged_t / base_t,
+        unmerged_t * 1e3,
+        unmerged_t / base_t
+    );
+
+    let mut kernel_profile = Vec::new();
+    if profile {
+        let (pb, ps) = if quick { (2, 32) } else { (batch, seq) };
+        let model = dora_wgpu::nn::Llama::load(&gpu, &fwd_model)?;
+        let examples = dora_wgpu::bench::random_examples(model.config.vocab_size, pb * 2, ps, 3);
+        let config = dora_wgpu::train::TrainConfig {
+            batch_size: pb,
+            max_seq_len: ps + 1,
+            steps_per_eval: 0,
+            ..Default::default()
+        };
+        let mut trainer = dora_wgpu::train::Trainer::new(model, config, examples, vec![])?;
+        trainer.train_step()?; // pipelines
+        gpu.start_profiling()?;
+        let t = Instant::now();
+        trainer.train_step()?;
+        let total = t.elapsed().as_secs_f64();
+        let kernels = gpu.take_profile();
+        println!(
+            "\nprofile: one DoRA training step on {} ({pb} × {ps}), {total:.3} s with every dispatch waited for",
+            fwd_model.display()
+        );
+        println!("{:>10} {:>6}  kernel", "ms", "calls");
+        for k in kernels.iter().take(20) {
+            println!("{:>10.2} {:>6}  {}", k.seconds * 1e3, k.calls, k.kernel);
+        }
+        kernel_profile = kernels;
+    }
+
     let report = json!({
         "adapter": gpu.adapter_name(),
         "backend": format!("{:?}", gpu.backend()),
@@ -170,14 +285,24 @@ fn run() -> dora_wgpu::Result<()> {
         "dora_lora_time_ratio": dora_t / lora_t,
         "dora_lora_memory_ratio": dora_mem as f64 / lora_mem as f64,
         "dora_factored_direct_time_ratio": dora_t / direct_t,
+        "train": train,
+        "train_ratios": train_ratios,
+        "merged_base_forward_ratio": merged_t / base_t,
+        "unmerged_base_forward_ratio": unmerged_t / base_t,
+        "forward_ms": {"base": base_t * 1e3, "merged": merged_t * 1e3, "unmerged": unmerged_t * 1e3},
+        "profile": kernel_profile,
+        "profile_method": "wall-clock per dispatch (each submitted alone and waited for)",
     });
     let finite = peak.is_finite()
         && matmuls
             .iter()
             .all(|m| m["gflops"].as_f64().is_some_and(f64::is_finite))
-        && [dora_t / lora_t, dora_t / direct_t]
+        && [dora_t / lora_t, dora_t / direct_t, merged_t / base_t]
             .iter()
-            .all(|r| r.is_finite() && *r > 0.0);
+            .all(|r| r.is_finite() && *r > 0.0)
+        && train
+            .iter()
+            .all(|t| t.tokens_per_s.is_finite() && t.tokens_per_s > 0.0);
     if !finite {
         return Err(dora_wgpu::Error::Device(
             "a benchmark figure is not finite".into(),

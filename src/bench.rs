@@ -31,3 +31,180 @@ pub fn fma_peak_gflops(gpu: &Gpu, repeats: usize) -> Result<f64> {
     let flops = invocations as f64 * iters as f64 * 64.0;
     Ok(flops / times[times.len() / 2] / 1e9)
 }
+
+/// One fine-tuning configuration measured end to end.
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct TrainBench {
+    pub model: String,
+    pub method: String,
+    pub batch: usize,
+    pub seq_len: usize,
+    /// Median over the timed steps.
+    pub step_s: f64,
+    pub tokens_per_s: f64,
+    /// Highest GPU memory held by live tensors during the steps (weights included).
+    pub peak_gpu_bytes: u64,
+    /// [`effective_flops_per_step`] / step time.
+    pub effective_gflops: f64,
+}
+
+/// FLOPs a training step needs with a frozen base, the convention the
+/// benchmark reports against the FMA peak: 4 × (projection + LM-head
+/// parameters) × tokens (forward 2·P·T, backward to the activations 2·P·T; no
+/// weight gradients), plus attention: per layer and sequence 4·T²·H forward
+/// (QKᵀ and PV) and 8·T²·H backward. Adapters, norms and softmax are left out.
+pub fn effective_flops_per_step(c: &crate::io::hf::ModelConfig, batch: usize, seq: usize) -> f64 {
+    let h = c.hidden_size as f64;
+    let kv = (c.num_key_value_heads * c.head_dim) as f64;
+    let q = (c.num_attention_heads * c.head_dim) as f64;
+    let per_layer = h * q + 2.0 * h * kv + q * h + 3.0 * h * c.intermediate_size as f64;
+    let body = per_layer * c.num_hidden_layers as f64;
+    let head = (c.vocab_size * c.hidden_size) as f64;
+    let tokens = (batch * seq) as f64;
+    let attention = 12.0 * (seq * seq) as f64 * q * (batch * c.num_hidden_layers) as f64;
+    4.0 * (body + head) * tokens + attention
+}
+
+/// Random token sequences of exactly `seq + 1` tokens (every target scored),
+/// so every micro-batch is a full [batch, seq] with no padding.
+pub fn random_examples(
+    vocab: usize,
+    count: usize,
+    seq: usize,
+    seed: u64,
+) -> Vec<crate::data::Example> {
+    let mut rng = crate::nn::Rng::new(seed);
+    (0..count)
+        .map(|_| crate::data::Example {
+            ids: (0..=seq)
+                .map(|_| (rng.next_u64() % vocab as u64) as u32)
+                .collect(),
+            scored: (0..=seq).map(|t| t > 0).collect(),
+        })
+        .collect()
+}
+
+/// Trains `method` adapters (r 8, alpha 16, all seven projections) on the
+/// model in `model_dir` with random [batch, seq] batches: `warmup` untimed
+/// steps (pipeline creation), then the median of `steps` timed ones.
+pub fn train_throughput(
+    gpu: &Gpu,
+    model_dir: &std::path::Path,
+    model_name: &str,
+    method: crate::train::Method,
+    batch: usize,
+    seq: usize,
+    warmup: usize,
+    steps: usize,
+) -> Result<TrainBench> {
+    use crate::train::{TrainConfig, Trainer};
+    gpu.synchronize()?;
+    gpu.release_unused_memory();
+    gpu.reset_peak_memory();
+    let model = crate::nn::Llama::load(gpu, model_dir)?;
+    let c = model.config.clone();
+    let examples = random_examples(c.vocab_size, batch * (warmup + steps).max(1), seq, 7);
+    let config = TrainConfig {
+        method,
+        iters: warmup + steps,
+        batch_size: batch,
+        max_seq_len: seq + 1,
+        lr: 1e-4,
+        steps_per_eval: 0,
+        save_every: 0,
+        ..TrainConfig::default()
+    };
+    let mut trainer = Trainer::new(model, config, examples, Vec::new())?;
+    for _ in 0..warmup {
+        trainer.train_step()?;
+    }
+    let mut times = Vec::with_capacity(steps);
+    for _ in 0..steps.max(1) {
+        let t = Instant::now();
+        trainer.train_step()?; // reads the loss: the step has finished on the GPU
+        times.push(t.elapsed().as_secs_f64());
+    }
+    times.sort_by(f64::total_cmp);
+    let step_s = times[times.len() / 2];
+    let peak = gpu.memory_stats().peak_live_bytes;
+    drop(trainer);
+    Ok(TrainBench {
+        model: model_name.to_string(),
+        method: format!("{method:?}").to_lowercase(),
+        batch,
+        seq_len: seq,
+        step_s,
+        tokens_per_s: (batch * seq) as f64 / step_s,
+        peak_gpu_bytes: peak,
+        effective_gflops: effective_flops_per_step(&c, batch, seq) / step_s / 1e9,
+    })
+}
+
+/// Forward time (no gradients) of the base model against the same model with
+/// a DoRA adapter merged into its weights, and with it attached unmerged:
+/// medians over `repeats` interleaved runs on one random [batch, seq] batch.
+/// Returns (base, merged, unmerged) seconds.
+pub fn merged_forward_times(
+    gpu: &Gpu,
+    model_dir: &std::path::Path,
+    batch: usize,
+    seq: usize,
+    repeats: usize,
+) -> Result<(f64, f64, f64)> {
+    use crate::nn::{AdapterOptions, Linear, Projection};
+    let _g = crate::autograd::no_grad();
+    let base = crate::nn::Llama::load(gpu, model_dir)?;
+    // A trained adapter has B ≠ 0: start from fresh adapters, give B random
+    // values and attach that to a second copy of the model.
+    let mut fresh = crate::nn::Llama::load(gpu, model_dir)?;
+    let options = AdapterOptions {
+        rank: 8,
+        alpha: 16.0,
+        ..Default::default()
+    };
+    fresh.add_adapters(&options, true, &[], 3)?;
+    let config = crate::io::AdapterConfig::new(8, 16.0, true, &[]);
+    let mut adapter = fresh.adapter_weights(config)?;
+    drop(fresh);
+    let mut rng = crate::nn::Rng::new(5);
+    for m in adapter.modules.values_mut() {
+        let b: Vec<f32> = (0..m.lora_b.numel())
+            .map(|_| 0.01 * rng.uniform_in(-1.0, 1.0))
+            .collect();
+        m.lora_b = crate::io::HostTensor::from_f32(&b, &m.lora_b.shape);
+    }
+    let mut adapted = crate::nn::Llama::load(gpu, model_dir)?;
+    adapted.attach_adapter(&adapter)?;
+    let mut merged = crate::nn::Llama::load(gpu, model_dir)?;
+    for (layer, src) in merged.layers.iter_mut().zip(&adapted.layers) {
+        for (slot, p) in layer.projections.iter_mut().zip(&src.projections) {
+            *slot = Projection::Frozen(Linear::new(p.merged_weight()?, p.base().bias.clone())?);
+        }
+    }
+    let ids: Vec<i32> = random_examples(base.config.vocab_size, batch, seq - 1, 9)
+        .into_iter()
+        .flat_map(|e| e.ids.into_iter().map(|i| i as i32))
+        .collect();
+    let ids = Tensor::from_i32(gpu, &ids, &[batch, seq])?;
+    let run = |m: &crate::nn::Llama| -> Result<f64> {
+        let t = Instant::now();
+        let h = m.forward_hidden(&ids, None)?;
+        m.logits(&h)?;
+        gpu.synchronize()?;
+        Ok(t.elapsed().as_secs_f64())
+    };
+    for m in [&base, &merged, &adapted] {
+        run(m)?; // pipelines
+    }
+    let (mut tb, mut tm, mut tu) = (Vec::new(), Vec::new(), Vec::new());
+    for _ in 0..repeats.max(1) {
+        tb.push(run(&base)?);
+        tm.push(run(&merged)?);
+        tu.push(run(&adapted)?);
+    }
+    let med = |mut v: Vec<f64>| {
+        v.sort_by(f64::total_cmp);
+        v[v.len() / 2]
+    };
+    Ok((med(tb), med(tm), med(tu)))
+}

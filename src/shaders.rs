@@ -12,6 +12,7 @@ const MATMUL: &str = include_str!("../shaders/matmul.wgsl");
 const MATMUL_SKINNY: &str = include_str!("../shaders/matmul_skinny.wgsl");
 const NORM: &str = include_str!("../shaders/norm.wgsl");
 const DORA: &str = include_str!("../shaders/dora.wgsl");
+const DORA_NORM: &str = include_str!("../shaders/dora_norm.wgsl");
 const ELEMENTWISE: &str = include_str!("../shaders/elementwise.wgsl");
 const REDUCE: &str = include_str!("../shaders/reduce.wgsl");
 const SOFTMAX: &str = include_str!("../shaders/softmax.wgsl");
@@ -82,6 +83,7 @@ pub enum Kernel {
     RowNorm {
         dtype: DType,
     },
+    FactoredNorm,
     Recompose {
         dtype: DType,
     },
@@ -124,6 +126,7 @@ impl Kernel {
             Kernel::Matmul { .. } => "main",
             Kernel::RowNorm { .. } => "row_norm",
             Kernel::Recompose { .. } => "recompose",
+            Kernel::FactoredNorm => "factored_norm",
             Kernel::Unary(_) => "map_unary",
             Kernel::Binary(..) => "map_binary",
             Kernel::AddAssign => "add_assign",
@@ -162,6 +165,7 @@ impl Kernel {
                 &[(1, Read), (2, Read), (3, ReadWrite), (4, Read), (5, Read)]
             }
             Kernel::RowNorm { .. } => &[(1, Read), (2, ReadWrite)],
+            Kernel::FactoredNorm => &[(1, Read), (2, Read), (3, Read), (4, Read), (5, ReadWrite)],
             Kernel::Recompose { .. } => &[
                 (1, Read),
                 (2, Read),
@@ -226,6 +230,7 @@ impl Kernel {
             ),
             Kernel::RowNorm { dtype } => (weight_loader("WWord", "load_w", "w", dtype), NORM),
             Kernel::Recompose { dtype } => (weight_loader("WWord", "load_w", "w", dtype), DORA),
+            Kernel::FactoredNorm => (String::new(), DORA_NORM),
             Kernel::Unary(op) => (
                 elementwise_header(op, BinaryOp::Add, Broadcast::None, DType::F32),
                 ELEMENTWISE,
@@ -316,6 +321,7 @@ impl Kernel {
             Kernel::SumRows,
             Kernel::SumCols,
             Kernel::SumSquaresInto,
+            Kernel::FactoredNorm,
             Kernel::SoftmaxForward,
             Kernel::SoftmaxBackward,
             Kernel::CrossEntropyRows,

@@ -116,6 +116,18 @@ impl DoraLinear {
 
     /// n² = ‖W_i‖² + 2s·Σ_k B_ik·(A·W_iᵀ)_k + s²·B_i·(A·Aᵀ)·B_iᵀ, without the dense update.
     fn factored_norm(&self) -> Result<Tensor> {
+        if !self.norm_grad {
+            // The usual case (PEFT detaches the norm): two small matmuls and one fused pass.
+            let aw = ops::matmul_ex(&self.lora_a, &self.base.weight, Transpose::NT)?; // [r, out]
+            let gram = ops::matmul_ex(&self.lora_a, &self.lora_a, Transpose::NT)?; // [r, r]
+            return ops::dora::factored_norm(
+                &aw,
+                &self.lora_b,
+                &gram,
+                &self.weight_sq_norm,
+                self.scale,
+            );
+        }
         let s = self.scale;
         let (a, b) = (&self.lora_a, &self.lora_b);
         let aw = ops::matmul_ex(a, &self.base.weight, Transpose::NT)?; // [r, out]

@@ -80,6 +80,56 @@ pub fn recompose(
     Ok((merged, norms))
 }
 
+#[repr(C)]
+#[derive(Clone, Copy, bytemuck::Pod, bytemuck::Zeroable)]
+struct NormParams {
+    rows: u32,
+    rank: u32,
+    scale: f32,
+    _pad: u32,
+}
+
+/// ‖W_i + s·B_i·A‖ per output row from the factored terms, in one pass:
+/// `aw` = A·Wᵀ [r, out], `gram` = A·Aᵀ [r, r], `w_sq` = ‖W_i‖² [out] (cached,
+/// W is frozen). No gradient is recorded: PEFT treats the norm as a constant.
+pub(crate) fn factored_norm(
+    aw: &Tensor,
+    b: &Tensor,
+    gram: &Tensor,
+    w_sq: &Tensor,
+    scale: f32,
+) -> Result<Tensor> {
+    let &[out_f, r] = b.shape() else {
+        shape_err!(
+            "factored_norm: lora_B must be [out, r], got {:?}",
+            b.shape()
+        );
+    };
+    if aw.shape() != [r, out_f] || gram.shape() != [r, r] || w_sq.shape() != [out_f] {
+        shape_err!(
+            "factored_norm: A·Wᵀ {:?}, Gram {:?} and ‖W‖² {:?} do not fit lora_B {:?}",
+            aw.shape(),
+            gram.shape(),
+            w_sq.shape(),
+            b.shape()
+        );
+    }
+    let norms = Tensor::empty(b.gpu(), &[out_f], DType::F32)?;
+    let params = NormParams {
+        rows: out_f as u32,
+        rank: r as u32,
+        scale,
+        _pad: 0,
+    };
+    launch(
+        Kernel::FactoredNorm,
+        &params,
+        &[aw, b, gram, w_sq, &norms],
+        super::groups_for_elements(out_f),
+    )?;
+    Ok(norms)
+}
+
 /// The fused DoRA forward, with the row norm `norm` = ||W + s·B·A|| held constant:
 ///   y = (m / norm) ⊙ (x·Wᵀ + s·(x·Aᵀ)·Bᵀ) + bias
 /// in three dispatches: x·Aᵀ, the rank-r product into the output, then the

@@ -4,7 +4,7 @@
 //! never panic on user input.
 
 mod attention;
-mod dora;
+pub(crate) mod dora;
 mod elementwise;
 mod embedding;
 mod loss;

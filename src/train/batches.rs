@@ -193,7 +193,10 @@ mod tests {
         let lens: Vec<usize> = seen
             .iter()
             .flat_map(|x| {
-                (0..x.batch).map(|r| x.ids[r * x.seq..].iter().take_while(|&&v| v != 0).count())
+                (0..x.batch).map(|r| {
+                    let row = &x.ids[r * x.seq..(r + 1) * x.seq];
+                    row.iter().take_while(|&&v| v != 0).count()
+                })
             })
             .collect();
         for epoch in lens.chunks(7) {
