@@ -14,7 +14,7 @@
 
 use std::time::Instant;
 
-use dora_wgpu::bench::{merged_forward_times, train_throughput};
+use dora_wgpu::bench::{merged_forward_times, train_throughput, TrainShape};
 use dora_wgpu::nn::{AdapterOptions, DoraLinear, DoraPath, Linear, LoraLinear, Rng};
 use dora_wgpu::ops::{self, Transpose};
 use dora_wgpu::train::Method;
@@ -205,7 +205,13 @@ fn run() -> dora_wgpu::Result<()> {
     for (name, dir) in &models {
         let mut pair = Vec::new();
         for method in [Method::Lora, Method::Dora] {
-            let r = train_throughput(&gpu, dir, name, method, tb, ts, 1, train_steps)?;
+            let shape = TrainShape {
+                batch: tb,
+                seq: ts,
+                warmup: 1,
+                steps: train_steps,
+            };
+            let r = train_throughput(&gpu, dir, name, method, shape)?;
             println!(
                 "{:>16} {:>6} {:>9.1} {:>9.1} {:>10.1} {:>9.2} {:>6.1}%",
                 r.model,

@@ -84,20 +84,32 @@ pub fn random_examples(
         .collect()
 }
 
+/// The shape of a training measurement: random [batch, seq] batches,
+/// `warmup` untimed steps (pipeline creation), then `steps` timed ones.
+#[derive(Clone, Copy, Debug)]
+pub struct TrainShape {
+    pub batch: usize,
+    pub seq: usize,
+    pub warmup: usize,
+    pub steps: usize,
+}
+
 /// Trains `method` adapters (r 8, alpha 16, all seven projections) on the
-/// model in `model_dir` with random [batch, seq] batches: `warmup` untimed
-/// steps (pipeline creation), then the median of `steps` timed ones.
+/// model in `model_dir` and reports the median timed step.
 pub fn train_throughput(
     gpu: &Gpu,
     model_dir: &std::path::Path,
     model_name: &str,
     method: crate::train::Method,
-    batch: usize,
-    seq: usize,
-    warmup: usize,
-    steps: usize,
+    shape: TrainShape,
 ) -> Result<TrainBench> {
     use crate::train::{TrainConfig, Trainer};
+    let TrainShape {
+        batch,
+        seq,
+        warmup,
+        steps,
+    } = shape;
     gpu.synchronize()?;
     gpu.release_unused_memory();
     gpu.reset_peak_memory();

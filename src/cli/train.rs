@@ -112,14 +112,14 @@ fn read_split(dir: &Path, name: &str, tokenizer: &Tokenizer) -> Result<Option<Ve
 /// The first user message of the first chat line in `test.jsonl` or
 /// `valid.jsonl`, as a sample prompt.
 fn prompt_from_data(dir: &Path) -> Option<String> {
-    for name in ["test.jsonl", "valid.jsonl"] {
+    let first_question = |name: &str| -> Option<String> {
         let text = std::fs::read_to_string(dir.join(name)).ok()?;
         let line: serde_json::Value = serde_json::from_str(text.lines().next()?).ok()?;
         let messages = line.get("messages")?.as_array()?;
         let user = messages.iter().find(|m| m["role"] == "user")?;
-        return user["content"].as_str().map(String::from);
-    }
-    None
+        user["content"].as_str().map(String::from)
+    };
+    first_question("test.jsonl").or_else(|| first_question("valid.jsonl"))
 }
 
 /// Greedy chat answer to `prompt`, for the before/after samples.

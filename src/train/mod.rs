@@ -716,12 +716,12 @@ impl Trainer {
             }
             cancelled |= on_event(Event::Step(&stats)).is_break();
             let at_end = self.step == c.iters;
-            if c.steps_per_eval > 0 && (self.step % c.steps_per_eval == 0 || at_end) {
+            if c.steps_per_eval > 0 && (self.step.is_multiple_of(c.steps_per_eval) || at_end) {
                 cancelled |= self.validate_and_report(&mut summary, &mut metrics, &mut on_event)?;
             }
             if self.out_dir.is_some()
                 && c.save_every > 0
-                && self.step % c.save_every == 0
+                && self.step.is_multiple_of(c.save_every)
                 && !at_end
             {
                 let dir = self.save()?;

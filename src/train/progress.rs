@@ -45,7 +45,7 @@ impl ProgressLine {
             let _ = write!(err, "\r\x1b[2K{}", Self::render(s));
             let _ = err.flush();
             self.drawn = true;
-        } else if s.step % self.every == 0 || s.step == s.iters || s.step == 1 {
+        } else if s.step.is_multiple_of(self.every) || s.step == s.iters || s.step == 1 {
             let _ = writeln!(err, "{}", Self::render(s));
         }
     }
