@@ -44,7 +44,7 @@ pub const LOSS_PLOT_STEM: &str = "loss";
 /// Steps in the moving average of the loss plot.
 const LOSS_AVERAGE_WINDOW: usize = 10;
 
-/// Checkpoints kept besides the newest (older ones are deleted).
+/// Checkpoints kept, the newest included (older ones are deleted).
 const KEEP_CHECKPOINTS: usize = 3;
 
 /// Logits elements per chunk of the LM-head loss: bounds its [rows, vocab] buffer (32 MB).
