@@ -46,7 +46,8 @@ if [ -z "${VK_DRIVER_FILES:-}" ] && [ -f "$nv_icd" ] \
 fi
 command -v nvidia-smi >/dev/null && step nvidia-smi nvidia-smi -L
 command -v vulkaninfo >/dev/null && step vulkaninfo vulkaninfo --summary
-ldconfig -p 2>/dev/null | grep -q libvulkan.so.1 || echo "warning: no libvulkan.so.1 (Vulkan loader): wgpu may fall back to GL or find no GPU"
+PATH=$PATH:/sbin:/usr/sbin ldconfig -p 2>/dev/null | grep libvulkan.so.1 >/dev/null \
+  || echo "warning: no libvulkan.so.1 (Vulkan loader): wgpu may fall back to GL or find no GPU"
 
 if [ -n "${BENCH_RANDOM_MODEL:-}" ]; then
   random_dir=${TMPDIR:-/tmp}/dora-wgpu-bench-model
@@ -83,8 +84,10 @@ if [ -n "${quick:-}" ]; then batch=2 seq=32; fi
 if python3 -c 'import sys, torch, peft, transformers; sys.exit(not torch.cuda.is_available())' 2>/dev/null; then
   step peft-default python3 tools/bench_peft.py --device cuda --model assets/default-model \
     --batch "$batch" --seq "$seq" --json "$OUT/peft-gpu-default.json"
-  [ -n "$model" ] && step peft python3 tools/bench_peft.py --device cuda --model "$model" \
-    --batch "$batch" --seq "$seq" --json "$OUT/peft-gpu.json"
+  if [ -n "$model" ]; then
+    step peft python3 tools/bench_peft.py --device cuda --model "$model" \
+      --batch "$batch" --seq "$seq" --json "$OUT/peft-gpu.json"
+  fi
 else
   echo "== PyTorch+PEFT skipped: python3 lacks torch/peft/transformers or CUDA"
 fi
