@@ -14,17 +14,12 @@
 
 use std::time::Instant;
 
-use dora_wgpu::bench::{merged_forward_times, train_throughput, TrainShape};
+use dora_wgpu::bench::{median, merged_forward_times, train_throughput, TrainShape};
 use dora_wgpu::nn::{AdapterOptions, DoraLinear, DoraPath, Linear, LoraLinear, Rng};
 use dora_wgpu::ops::{self, Transpose};
 use dora_wgpu::train::Method;
 use dora_wgpu::{DType, Gpu, Tensor};
 use serde_json::json;
-
-fn median(mut v: Vec<f64>) -> f64 {
-    v.sort_by(f64::total_cmp);
-    v[v.len() / 2]
-}
 
 /// (first call, median steady state) in seconds.
 fn time(

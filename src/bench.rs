@@ -26,10 +26,15 @@ pub fn fma_peak_gflops(gpu: &Gpu, repeats: usize) -> Result<f64> {
         Ok(t.elapsed().as_secs_f64())
     };
     run()?; // compile and warm up
-    let mut times: Vec<f64> = (0..repeats.max(1)).map(|_| run()).collect::<Result<_>>()?;
-    times.sort_by(f64::total_cmp);
+    let times: Vec<f64> = (0..repeats.max(1)).map(|_| run()).collect::<Result<_>>()?;
     let flops = invocations as f64 * iters as f64 * 64.0;
-    Ok(flops / times[times.len() / 2] / 1e9)
+    Ok(flops / median(times) / 1e9)
+}
+
+/// The median of repeated timings (the upper middle for an even count).
+pub fn median(mut times: Vec<f64>) -> f64 {
+    times.sort_by(f64::total_cmp);
+    times[times.len() / 2]
 }
 
 /// One fine-tuning configuration measured end to end.
@@ -136,8 +141,7 @@ pub fn train_throughput(
         trainer.train_step()?; // reads the loss: the step has finished on the GPU
         times.push(t.elapsed().as_secs_f64());
     }
-    times.sort_by(f64::total_cmp);
-    let step_s = times[times.len() / 2];
+    let step_s = median(times);
     let peak = gpu.memory_stats().peak_live_bytes;
     drop(trainer);
     Ok(TrainBench {
@@ -214,9 +218,5 @@ pub fn merged_forward_times(
         tm.push(run(&merged)?);
         tu.push(run(&adapted)?);
     }
-    let med = |mut v: Vec<f64>| {
-        v.sort_by(f64::total_cmp);
-        v[v.len() / 2]
-    };
-    Ok((med(tb), med(tm), med(tu)))
+    Ok((median(tb), median(tm), median(tu)))
 }

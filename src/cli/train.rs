@@ -206,10 +206,7 @@ pub fn run(raw: Vec<String>) -> Result<()> {
 
     let gpu = Gpu::new()?;
     let tokenizer = Tokenizer::from_dir(&model_dir)?;
-    let train = read_split(&data_dir, "train.jsonl", &tokenizer)?.ok_or_else(|| Error::Io {
-        path: data_dir.join("train.jsonl").display().to_string(),
-        source: std::io::Error::new(std::io::ErrorKind::NotFound, "no such file"),
-    })?;
+    let train = read_jsonl(&data_dir.join("train.jsonl"), &tokenizer)?;
     let valid = read_split(&data_dir, "valid.jsonl", &tokenizer)?.unwrap_or_default();
     let test = read_split(&data_dir, "test.jsonl", &tokenizer)?;
     let model = Llama::load(&gpu, &model_dir)?;

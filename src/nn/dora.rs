@@ -231,15 +231,21 @@ impl DoraLinear {
     /// W' = (m / ‖W + s·B·A‖) ⊙ (W + s·B·A), in the base weight's dtype. Also
     /// returns the row norms, which [`DoraLinear::unmerge`] needs.
     pub fn merge(&self) -> Result<(Tensor, Tensor)> {
+        let (merged, norms) = self.merge_f32()?;
+        Ok((ops::cast(&merged, self.base.weight.dtype())?, norms))
+    }
+
+    /// [`DoraLinear::merge`] before the cast back to the base dtype: the f32
+    /// merged weight and the row norms.
+    pub fn merge_f32(&self) -> Result<(Tensor, Tensor)> {
         let _g = no_grad();
-        let (merged, norms) = ops::recompose(
+        ops::recompose(
             &self.base.weight,
             &self.lora_a,
             &self.lora_b,
             &self.magnitude,
             self.scale,
-        )?;
-        Ok((ops::cast(&merged, self.base.weight.dtype())?, norms))
+        )
     }
 
     /// Recovers the base weight from a merged one: W = (n / m) ⊙ W' − s·B·A,

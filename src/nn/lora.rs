@@ -153,6 +153,12 @@ impl LoraLinear {
 
     /// W + s·B·A in the base weight's dtype.
     pub fn merged_weight(&self) -> Result<Tensor> {
+        ops::cast(&self.merged_weight_f32()?, self.base.weight.dtype())
+    }
+
+    /// W + s·B·A in f32, before any cast back to the base dtype (for analyses
+    /// where a 16-bit rounding would look like a change of the weight).
+    pub fn merged_weight_f32(&self) -> Result<Tensor> {
         let _g = no_grad();
         let v = ops::to_f32(&self.base.weight)?;
         ops::matmul_raw(
@@ -163,7 +169,7 @@ impl LoraLinear {
             1.0,
             Some(&v),
         )?;
-        ops::cast(&v, self.base.weight.dtype())
+        Ok(v)
     }
 
     /// The adapter tensors for saving in PEFT's format.

@@ -248,9 +248,8 @@ fn projection_shapes(
     Ok(out)
 }
 
-/// The merged weight in f32: the same merge as `DoraLinear::merge` and
-/// `LoraLinear::merged_weight`, minus their cast back to the base dtype (a
-/// bf16 rounding would show up as a direction change).
+/// The merged weight in f32: the layers' own merges without their cast back
+/// to the base dtype (a bf16 rounding would show up as a direction change).
 fn merged_f32(
     w0: &Tensor,
     m: &ModuleAdapter,
@@ -260,12 +259,11 @@ fn merged_f32(
     let base = Linear::new(w0.clone(), None)?;
     let scale = config.scaling(module);
     if config.use_dora {
-        let l = DoraLinear::from_adapter(base, m, scale, 0.0)?;
-        Ok(ops::recompose(&l.base.weight, &l.lora_a, &l.lora_b, &l.magnitude, l.scale)?.0)
+        Ok(DoraLinear::from_adapter(base, m, scale, 0.0)?
+            .merge_f32()?
+            .0)
     } else {
-        let l = LoraLinear::from_adapter(base, m, scale, 0.0)?;
-        let update = ops::scale(&ops::matmul(&l.lora_b, &l.lora_a)?, l.scale)?;
-        ops::add(&ops::to_f32(&l.base.weight)?, &update)
+        LoraLinear::from_adapter(base, m, scale, 0.0)?.merged_weight_f32()
     }
 }
 

@@ -55,16 +55,12 @@ pub struct StagedCheckpoint {
 impl StagedCheckpoint {
     /// Renames the checkpoint into place and returns its directory.
     pub fn commit(self) -> Result<PathBuf> {
-        let io_err = |source| Error::Io {
-            path: self.target.display().to_string(),
-            source,
-        };
         // Saving the same step twice (e.g. the final save right after a
         // periodic one): the older copy goes first; a rename cannot replace a directory.
         if self.target.exists() {
-            std::fs::remove_dir_all(&self.target).map_err(io_err)?;
+            std::fs::remove_dir_all(&self.target).map_err(io_err(&self.target))?;
         }
-        std::fs::rename(&self.temp, &self.target).map_err(io_err)?;
+        std::fs::rename(&self.temp, &self.target).map_err(io_err(&self.target))?;
         Ok(self.target)
     }
 }

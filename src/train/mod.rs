@@ -531,7 +531,7 @@ impl Trainer {
             .unwrap_or(&self.model.embed_tokens)
             .clone();
         let gpu = head.gpu().clone();
-        let chunk_rows = (LOSS_CHUNK_ELEMENTS / head.shape()[0]).max(1);
+        let chunk_rows = loss_chunk_rows(&self.model);
         let mut losses = Vec::with_capacity(c.grad_accum);
         let mut tokens = 0;
         for _ in 0..c.grad_accum {
@@ -622,7 +622,7 @@ impl Trainer {
         let _g = no_grad();
         let gpu = self.model.embed_tokens.gpu();
         let hidden_size = self.model.config.hidden_size;
-        let chunk_rows = (LOSS_CHUNK_ELEMENTS / self.model.config.vocab_size).max(1);
+        let chunk_rows = loss_chunk_rows(&self.model);
         let mut batches = self.valid.chunks(self.config.batch_size);
         let limit = match self.config.val_batches {
             0 => usize::MAX,
@@ -858,6 +858,12 @@ impl Trainer {
         })
         .is_break())
     }
+}
+
+/// Rows per chunk of the LM-head loss, so a chunk's logits stay within
+/// [`LOSS_CHUNK_ELEMENTS`] (training and validation alike).
+fn loss_chunk_rows(model: &Llama) -> usize {
+    (LOSS_CHUNK_ELEMENTS / model.config.vocab_size).max(1)
 }
 
 fn adamw_config(c: &TrainConfig) -> AdamWConfig {
