@@ -18,7 +18,7 @@ use dora_wgpu::bench::{median, merged_forward_times, train_throughput, TrainShap
 use dora_wgpu::nn::{AdapterOptions, DoraLinear, DoraPath, Linear, LoraLinear, Rng};
 use dora_wgpu::ops::{self, Transpose};
 use dora_wgpu::train::Method;
-use dora_wgpu::{DType, Gpu, Tensor};
+use dora_wgpu::{DType, Gpu, GpuOptions, MatmulKernels, Tensor};
 use serde_json::json;
 
 /// (first call, median steady state) in seconds.
@@ -82,9 +82,10 @@ fn run() -> dora_wgpu::Result<()> {
     let gpu = Gpu::new()?;
     let peak = dora_wgpu::bench::fma_peak_gflops(&gpu, repeats)?;
     println!(
-        "adapter {}  backend {:?}",
+        "adapter {}  backend {:?}  matmul kernels {:?}",
         gpu.adapter_name(),
-        gpu.backend()
+        gpu.backend(),
+        gpu.matmul_kernels()
     );
     println!("FMA peak {peak:.1} GFLOP/s\n");
 
@@ -134,6 +135,31 @@ fn run() -> dora_wgpu::Result<()> {
             }
         }
     }
+
+    // The first shape again with the other matmul family, on a second context:
+    // what the adapter-based choice gains.
+    let other_kernels = if gpu.matmul_kernels() == MatmulKernels::Tiled {
+        MatmulKernels::Broadcast
+    } else {
+        MatmulKernels::Tiled
+    };
+    let other = Gpu::with_options(&GpuOptions {
+        matmul_kernels: other_kernels,
+        ..Default::default()
+    })?;
+    let (m, k, n) = shapes[0];
+    let a = Tensor::from_f32(&other, &random(&mut rng, m * k), &[m, k])?;
+    let b = Tensor::from_f32(&other, &random(&mut rng, k * n), &[k, n])?;
+    let (_, steady) = time(&other, 2, || ops::matmul(&a, &b).map(|_| ()))?;
+    let other_gflops = 2.0 * (m * k * n) as f64 / steady / 1e9;
+    println!(
+        "{:>18} {:>6} {:>5} with {other_kernels:?} kernels: {other_gflops:.2} GFLOP/s ({:.1}%)\n",
+        format!("{m}×{k}×{n}"),
+        "NN",
+        "f32",
+        100.0 * other_gflops / peak
+    );
+    drop((a, b, other));
 
     // One layer, forward + backward: DoRA (factored and direct) against LoRA.
     let (inp, out, rank, tokens) = if quick {
@@ -192,44 +218,59 @@ fn run() -> dora_wgpu::Result<()> {
     let (tb, ts) = if quick { (2, 32) } else { (batch, seq) };
     println!("\ntraining steps (r 8, all seven projections), batch {tb} × {ts} tokens:");
     println!(
-        "{:>16} {:>6} {:>9} {:>9} {:>10} {:>9} {:>7}",
+        "{:>16} {:>9} {:>9} {:>9} {:>10} {:>9} {:>7}",
         "model", "method", "step ms", "tokens/s", "peak MiB", "GFLOP/s", "% peak"
     );
     let mut train = Vec::new();
     let mut train_ratios = Vec::new();
     for (name, dir) in &models {
-        let mut pair = Vec::new();
-        for method in [Method::Lora, Method::Dora] {
+        // LoRA, DoRA, and DoRA recomputing each layer in backward (`--grad-checkpoint`).
+        let mut runs = Vec::new();
+        for (method, grad_checkpoint) in [
+            (Method::Lora, false),
+            (Method::Dora, false),
+            (Method::Dora, true),
+        ] {
             let shape = TrainShape {
                 batch: tb,
                 seq: ts,
                 warmup: 1,
                 steps: train_steps,
+                grad_checkpoint,
             };
             let r = train_throughput(&gpu, dir, name, method, shape)?;
             println!(
-                "{:>16} {:>6} {:>9.1} {:>9.1} {:>10.1} {:>9.2} {:>6.1}%",
+                "{:>16} {:>9} {:>9.1} {:>9.1} {:>10.1} {:>9.2} {:>6.1}%",
                 r.model,
-                r.method,
+                if grad_checkpoint {
+                    format!("{}+ckpt", r.method)
+                } else {
+                    r.method.clone()
+                },
                 r.step_s * 1e3,
                 r.tokens_per_s,
                 r.peak_gpu_bytes as f64 / 1048576.0,
                 r.effective_gflops,
                 100.0 * r.effective_gflops / peak
             );
-            pair.push(r.clone());
+            runs.push(r.clone());
             train.push(r);
         }
-        let (time_ratio, mem_ratio) = (
-            pair[1].step_s / pair[0].step_s,
-            pair[1].peak_gpu_bytes as f64 / pair[0].peak_gpu_bytes as f64,
-        );
+        let ratios = |a: &dora_wgpu::bench::TrainBench, b: &dora_wgpu::bench::TrainBench| {
+            (
+                a.step_s / b.step_s,
+                a.peak_gpu_bytes as f64 / b.peak_gpu_bytes as f64,
+            )
+        };
+        let (time_ratio, mem_ratio) = ratios(&runs[1], &runs[0]);
+        let (ckpt_time, ckpt_mem) = ratios(&runs[2], &runs[1]);
         println!(
-            "{:>16} DoRA/LoRA step time {time_ratio:.3}, peak memory {mem_ratio:.3}",
-            name
+            "{name:>16} DoRA/LoRA step time {time_ratio:.3}, peak memory {mem_ratio:.3}; \
+             checkpointed/plain DoRA time {ckpt_time:.3}, memory {ckpt_mem:.3}"
         );
         train_ratios.push(json!({"model": name, "dora_lora_time_ratio": time_ratio,
-            "dora_lora_memory_ratio": mem_ratio}));
+            "dora_lora_memory_ratio": mem_ratio, "checkpointed_plain_time_ratio": ckpt_time,
+            "checkpointed_plain_memory_ratio": ckpt_mem}));
     }
 
     // Merging DoRA into the weights: inference must cost what the base model costs.
@@ -282,6 +323,9 @@ fn run() -> dora_wgpu::Result<()> {
         "adapter": gpu.adapter_name(),
         "backend": format!("{:?}", gpu.backend()),
         "fma_peak_gflops": peak,
+        "matmul_kernels": gpu.matmul_kernels(),
+        "matmul_other_kernels": {"kernels": other_kernels, "m": m, "k": k, "n": n, "layout": "NN",
+            "weight_dtype": "f32", "gflops": other_gflops, "pct_of_peak": 100.0 * other_gflops / peak},
         "matmul": matmuls,
         "dora_lora_time_ratio": dora_t / lora_t,
         "dora_lora_memory_ratio": dora_mem as f64 / lora_mem as f64,

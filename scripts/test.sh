@@ -8,6 +8,8 @@ bash scripts/install-mesa.sh
 
 echo "== tests on the default adapter (Vulkan where available)"
 cargo test "$@"
+echo "== matmul, layer and gradient tests with the workgroup-tiled kernels (what real GPUs run)"
+DORA_MATMUL_KERNELS=tiled cargo test --test kernels --test layers --test gradients "$@"
 echo "== benchmark, quick mode (completes and prints finite figures)"
 cargo run --example bench -- --quick
 echo "== tests on the GL backend"

@@ -58,6 +58,51 @@ pub fn is_grad_enabled() -> bool {
     GRAD_ENABLED.with(|g| g.get())
 }
 
+/// Turns recording back on inside a backward rule (backward runs under
+/// [`no_grad`]), until the guard is dropped.
+fn enable_grad() -> NoGradGuard {
+    let previous = GRAD_ENABLED.with(|g| g.replace(true));
+    NoGradGuard { previous }
+}
+
+/// Gradient checkpointing: `f(x)` runs without recording, so none of its
+/// intermediates stay alive; backward runs `f` again with recording on and
+/// back-propagates through that copy. The gradients of the parameters `f`
+/// uses accumulate during that inner pass; listing them in `params` makes the
+/// node record even when `x` itself needs no gradient (the first layer).
+/// `f` must compute the same thing both times (dropout here is seeded).
+pub(crate) fn checkpoint(
+    x: &Tensor,
+    params: &[Tensor],
+    f: impl Fn(&Tensor) -> Result<Tensor> + Send + 'static,
+) -> Result<Tensor> {
+    if !is_grad_enabled() {
+        return f(x);
+    }
+    let out = {
+        let _off = no_grad();
+        f(x)?
+    };
+    let mut inputs = vec![x];
+    inputs.extend(params);
+    let saved = x.detach();
+    Ok(record(out, "checkpoint", &inputs, move |g, needs| {
+        let input = if needs[0] {
+            saved.detach().into_param()?
+        } else {
+            saved
+        };
+        let y = {
+            let _on = enable_grad();
+            f(&input)?
+        };
+        y.backward_with(g.clone())?;
+        let mut grads = vec![None; needs.len()];
+        grads[0] = input.grad();
+        Ok(grads)
+    }))
+}
+
 /// Attaches a backward rule to `out` if grad mode is on and any input needs a gradient.
 pub(crate) fn record(
     out: Tensor,

@@ -47,6 +47,8 @@ pub struct TrainBench {
     pub method: String,
     pub batch: usize,
     pub seq_len: usize,
+    /// Decoder layers recomputed during backward (`--grad-checkpoint`).
+    pub grad_checkpoint: bool,
     /// Median over the timed steps.
     pub step_s: f64,
     pub tokens_per_s: f64,
@@ -100,6 +102,7 @@ pub struct TrainShape {
     pub seq: usize,
     pub warmup: usize,
     pub steps: usize,
+    pub grad_checkpoint: bool,
 }
 
 /// Trains `method` adapters (r 8, alpha 16, all seven projections) on the
@@ -117,6 +120,7 @@ pub fn train_throughput(
         seq,
         warmup,
         steps,
+        grad_checkpoint,
     } = shape;
     gpu.synchronize()?;
     gpu.release_unused_memory();
@@ -132,6 +136,7 @@ pub fn train_throughput(
         lr: 1e-4,
         steps_per_eval: 0,
         save_every: 0,
+        grad_checkpoint,
         ..TrainConfig::default()
     };
     let mut trainer = Trainer::new(model, config, examples, Vec::new())?;
@@ -152,6 +157,7 @@ pub fn train_throughput(
         method: format!("{method:?}").to_lowercase(),
         batch,
         seq_len: seq,
+        grad_checkpoint,
         step_s,
         tokens_per_s: (batch * seq) as f64 / step_s,
         peak_gpu_bytes: peak,

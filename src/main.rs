@@ -29,7 +29,7 @@ usage:
                   [--max-seq-len N] [--lr LR] [--lr-schedule constant|cosine] [--warmup N]
                   [--weight-decay W] [--grad-clip G] [--seed S] [--steps-per-eval N]
                   [--val-batches N] [--save-every N] [--resume] [--overwrite]
-                  [--sample-prompt TEXT]
+                  [--grad-checkpoint] [--sample-prompt TEXT]
     Without --model and --data: fine-tunes the embedded default model on the
     embedded default data (a quick demo; writes to adapters/default).
   dora-wgpu analyze --base DIR (--adapter DIR [--adapter DIR ...] | --tuned DIR)

@@ -10,6 +10,7 @@ use crate::tensor::DType;
 const COMMON: &str = include_str!("../shaders/common.wgsl");
 const MATMUL: &str = include_str!("../shaders/matmul.wgsl");
 const MATMUL_SKINNY: &str = include_str!("../shaders/matmul_skinny.wgsl");
+const MATMUL_BROADCAST: &str = include_str!("../shaders/matmul_broadcast.wgsl");
 const NORM: &str = include_str!("../shaders/norm.wgsl");
 const DORA: &str = include_str!("../shaders/dora.wgsl");
 const DORA_NORM: &str = include_str!("../shaders/dora_norm.wgsl");
@@ -68,6 +69,20 @@ pub enum Broadcast {
     PerRow,
 }
 
+/// Which matmul kernel computes a product.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum MatmulKind {
+    /// Workgroup-memory tiles (matmul.wgsl): real GPUs.
+    Tiled,
+    /// No tiles, for a few rows of A not transposed (matmul_skinny.wgsl).
+    Skinny,
+    /// Register tiles, no workgroup memory (matmul_broadcast.wgsl): CPU-emulated
+    /// devices. Wide groups (16 x 1 invocations) broadcast A; tall ones (1 x 16),
+    /// for narrow outputs, broadcast B. Needs N >= 8, and with a 16-bit B an even
+    /// K (B transposed) or N (not), since it reads two neighbours per word.
+    Broadcast { tall: bool },
+}
+
 /// One compiled kernel variant.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Kernel {
@@ -77,8 +92,7 @@ pub enum Kernel {
         b_dtype: DType,
         /// Scales each output column and adds a bias after the product.
         epilogue: bool,
-        /// The kernel for few rows of A (no tiles; A not transposed).
-        skinny: bool,
+        kind: MatmulKind,
     },
     RowNorm {
         dtype: DType,
@@ -215,18 +229,31 @@ impl Kernel {
                 trans_b,
                 b_dtype,
                 epilogue,
-                skinny,
+                kind,
             } => (
                 format!(
-                    "const TRANS_A: bool = {trans_a};\nconst TRANS_B: bool = {trans_b};\n{}{}",
+                    "const TRANS_A: bool = {trans_a};\nconst TRANS_B: bool = {trans_b};\n{}{}{}",
                     weight_loader("BWord", "load_b", "b", b_dtype),
                     if epilogue {
                         MATMUL_EPILOGUE
                     } else {
                         "fn epilogue(v: f32, col: u32) -> f32 { return v; }\n"
+                    },
+                    match kind {
+                        MatmulKind::Broadcast { tall } => format!(
+                            "const LANES_X: u32 = {}u;\nconst LANES_Y: u32 = {}u;\n{}",
+                            if tall { 1 } else { 16 },
+                            if tall { 16 } else { 1 },
+                            pair_loader(b_dtype)
+                        ),
+                        _ => String::new(),
                     }
                 ),
-                if skinny { MATMUL_SKINNY } else { MATMUL },
+                match kind {
+                    MatmulKind::Tiled => MATMUL,
+                    MatmulKind::Skinny => MATMUL_SKINNY,
+                    MatmulKind::Broadcast { .. } => MATMUL_BROADCAST,
+                },
             ),
             Kernel::RowNorm { dtype } => (weight_loader("WWord", "load_w", "w", dtype), NORM),
             Kernel::Recompose { dtype } => (weight_loader("WWord", "load_w", "w", dtype), DORA),
@@ -278,17 +305,26 @@ impl Kernel {
             for trans_b in [false, true] {
                 for b_dtype in weight_types {
                     for epilogue in [false, true] {
-                        for skinny in [false, true] {
-                            if skinny && trans_a {
-                                continue;
+                        for kind in [
+                            MatmulKind::Tiled,
+                            MatmulKind::Skinny,
+                            MatmulKind::Broadcast { tall: false },
+                            MatmulKind::Broadcast { tall: true },
+                        ] {
+                            let unused = match kind {
+                                MatmulKind::Tiled => false,
+                                MatmulKind::Skinny => trans_a,
+                                MatmulKind::Broadcast { .. } => trans_a && trans_b,
+                            };
+                            if !unused {
+                                v.push(Kernel::Matmul {
+                                    trans_a,
+                                    trans_b,
+                                    b_dtype,
+                                    epilogue,
+                                    kind,
+                                });
                             }
-                            v.push(Kernel::Matmul {
-                                trans_a,
-                                trans_b,
-                                b_dtype,
-                                epilogue,
-                                skinny,
-                            });
                         }
                     }
                 }
@@ -368,6 +404,61 @@ fn epilogue(v: f32, col: u32) -> f32 {
 }
 ";
 
+/// `load_b_pair(bi, sk, sn)` for the broadcast matmul: rows k and k+1 of
+/// op(B), 8 columns from element `bi`, with element strides `sk` along k and
+/// `sn` along n. A 16-bit B is read a word (two neighbours) at a time, which
+/// needs `bi` even: the dispatcher checks K (B transposed) or N is even.
+fn pair_loader(b_dtype: DType) -> &'static str {
+    match b_dtype {
+        DType::F32 => {
+            "fn load_b_pair(bi: u32, sk: u32, sn: u32) -> BPair {
+    let j = bi + sk;
+    return BPair(
+        vec4<f32>(load_b(bi), load_b(bi + sn), load_b(bi + 2u * sn), load_b(bi + 3u * sn)),
+        vec4<f32>(load_b(bi + 4u * sn), load_b(bi + 5u * sn), load_b(bi + 6u * sn), load_b(bi + 7u * sn)),
+        vec4<f32>(load_b(j), load_b(j + sn), load_b(j + 2u * sn), load_b(j + 3u * sn)),
+        vec4<f32>(load_b(j + 4u * sn), load_b(j + 5u * sn), load_b(j + 6u * sn), load_b(j + 7u * sn)),
+    );
+}
+"
+        }
+        DType::BF16 | DType::F16 => PACKED_PAIR_LOADER,
+        DType::I32 => unreachable!("integer tensors are never weight operands"),
+    }
+}
+
+const PACKED_PAIR_LOADER: &str = "fn load_b_pair(bi: u32, sk: u32, sn: u32) -> BPair {
+    if (TRANS_B) {
+        // b[n*K + k]: one word holds k and k+1 of a column.
+        let w = bi >> 1u;
+        let s = sn >> 1u;
+        let c0 = unpack_pair(b[w]);
+        let c1 = unpack_pair(b[w + s]);
+        let c2 = unpack_pair(b[w + 2u * s]);
+        let c3 = unpack_pair(b[w + 3u * s]);
+        let c4 = unpack_pair(b[w + 4u * s]);
+        let c5 = unpack_pair(b[w + 5u * s]);
+        let c6 = unpack_pair(b[w + 6u * s]);
+        let c7 = unpack_pair(b[w + 7u * s]);
+        return BPair(
+            vec4<f32>(c0.x, c1.x, c2.x, c3.x),
+            vec4<f32>(c4.x, c5.x, c6.x, c7.x),
+            vec4<f32>(c0.y, c1.y, c2.y, c3.y),
+            vec4<f32>(c4.y, c5.y, c6.y, c7.y),
+        );
+    }
+    // b[k*N + n]: one word holds columns n and n+1.
+    let w = bi >> 1u;
+    let v = (bi + sk) >> 1u;
+    return BPair(
+        vec4<f32>(unpack_pair(b[w]), unpack_pair(b[w + 1u])),
+        vec4<f32>(unpack_pair(b[w + 2u]), unpack_pair(b[w + 3u])),
+        vec4<f32>(unpack_pair(b[v]), unpack_pair(b[v + 1u])),
+        vec4<f32>(unpack_pair(b[v + 2u]), unpack_pair(b[v + 3u])),
+    );
+}
+";
+
 /// f32 -> bf16 bits, round to nearest even (NaN stays NaN).
 const BF16_ENCODE: &str = "fn narrow(x: f32) -> u32 {
     let b = bitcast<u32>(x);
@@ -420,12 +511,16 @@ fn weight_loader(word: &str, fun: &str, array: &str, dtype: DType) -> String {
         }
         DType::BF16 => format!(
             "alias {word} = u32;\nfn {fun}(i: u32) -> f32 {{\n    let v = {array}[i >> 1u];\n    \
-             return bitcast<f32>(select(v << 16u, v & 0xffff0000u, (i & 1u) == 1u));\n}}\n"
+             return bitcast<f32>(select(v << 16u, v & 0xffff0000u, (i & 1u) == 1u));\n}}\n\
+             fn unpack_pair(v: u32) -> vec2<f32> {{\n    \
+             return vec2<f32>(bitcast<f32>(v << 16u), bitcast<f32>(v & 0xffff0000u));\n}}\n"
         ),
         // Decoded with integer ops: unpack2x16float needs a capability some GL drivers lack.
         DType::F16 => format!(
             "alias {word} = u32;\nfn {fun}(i: u32) -> f32 {{\n    \
-             return f16_to_f32(({array}[i >> 1u] >> ((i & 1u) * 16u)) & 0xffffu);\n}}\n{F16_DECODE}"
+             return f16_to_f32(({array}[i >> 1u] >> ((i & 1u) * 16u)) & 0xffffu);\n}}\n\
+             fn unpack_pair(v: u32) -> vec2<f32> {{\n    \
+             return vec2<f32>(f16_to_f32(v & 0xffffu), f16_to_f32(v >> 16u));\n}}\n{F16_DECODE}"
         ),
         DType::I32 => unreachable!("integer tensors are never weight operands"),
     }

@@ -6,7 +6,7 @@ mod common;
 use common::*;
 use dora_wgpu::nn::Rng;
 use dora_wgpu::ops::{self, Transpose};
-use dora_wgpu::{DType, Tensor};
+use dora_wgpu::{DType, Gpu, MatmulKernels, Tensor};
 
 const SIZES: [usize; 5] = [1, 7, 33, 64, 257];
 
@@ -21,12 +21,18 @@ fn layouts() -> [(Transpose, bool, bool); 4] {
 
 #[test]
 fn matmul_all_layouts_and_awkward_sizes_match_f64() {
-    let gpu = gpu();
+    for gpu in gpu_per_matmul_family() {
+        assert_ne!(gpu.matmul_kernels(), MatmulKernels::Auto);
+        matmul_layouts_and_sizes(gpu);
+    }
+}
+
+fn matmul_layouts_and_sizes(gpu: &Gpu) {
     let mut rng = Rng::new(1);
     for (t, ta, tb) in layouts() {
         for &m in &SIZES {
             for &k in &[1usize, 7, 65, 257] {
-                for &n in &[1usize, 33, 70] {
+                for &n in &[1usize, 8, 33, 70, 130, 300] {
                     let a = random(&mut rng, m * k);
                     let b = random(&mut rng, k * n);
                     let a_shape = if ta { [k, m] } else { [m, k] };
@@ -37,7 +43,7 @@ fn matmul_all_layouts_and_awkward_sizes_match_f64() {
                     assert_eq!(c.shape(), &[m, n]);
                     let want = matmul_ref(&to_f64(&a), &to_f64(&b), m, k, n, ta, tb);
                     assert_close(
-                        &format!("{t:?} {m}x{k}x{n}"),
+                        &format!("{:?} {t:?} {m}x{k}x{n}", gpu.matmul_kernels()),
                         &c.to_vec_f32().unwrap(),
                         &want,
                         1e-5,
@@ -51,7 +57,12 @@ fn matmul_all_layouts_and_awkward_sizes_match_f64() {
 
 #[test]
 fn matmul_batched_and_shared_weight_match_f64() {
-    let gpu = gpu();
+    for gpu in gpu_per_matmul_family() {
+        matmul_batched(gpu);
+    }
+}
+
+fn matmul_batched(gpu: &Gpu) {
     let mut rng = Rng::new(2);
     let (batch, m, k, n) = (3, 17, 40, 9);
     for (t, ta, tb) in layouts() {
@@ -102,11 +113,26 @@ fn matmul_batched_and_shared_weight_match_f64() {
 
 #[test]
 fn matmul_with_16_bit_weights_matches_f64_of_the_rounded_weights() {
-    let gpu = gpu();
+    for gpu in gpu_per_matmul_family() {
+        matmul_16_bit(gpu);
+    }
+}
+
+fn matmul_16_bit(gpu: &Gpu) {
     let mut rng = Rng::new(3);
     for dtype in [DType::BF16, DType::F16] {
         for (t, _, tb) in [(Transpose::NN, false, false), (Transpose::NT, false, true)] {
-            for &(m, k, n) in &[(1, 1, 1), (7, 33, 5), (65, 257, 33), (3, 8, 129)] {
+            // Odd and even K and N: the broadcast kernel reads two 16-bit values per word when it can.
+            for &(m, k, n) in &[
+                (1, 1, 1),
+                (7, 33, 5),
+                (65, 257, 33),
+                (3, 8, 129),
+                (9, 64, 136),
+                (17, 30, 9),
+                (5, 66, 260),
+                (3, 7, 258),
+            ] {
                 let a = random(&mut rng, m * k);
                 let b = random(&mut rng, k * n);
                 let b_shape = if tb { [n, k] } else { [k, n] };

@@ -336,3 +336,62 @@ fn fine_tuning_new_adapters_lowers_the_loss_and_the_saved_adapter_reloads() {
     );
     std::fs::remove_dir_all(&dir).ok();
 }
+
+#[test]
+fn gradient_checkpointing_gives_the_same_gradients_in_less_memory() {
+    // A context of its own: the peak-memory figures must not see other tests' tensors.
+    let gpu = dora_wgpu::Gpu::new().unwrap();
+    let mut m = Llama::load(&gpu, &models_dir().join("tiny-llama")).unwrap();
+    let adapter = AdapterWeights::load(&models_dir().join("tiny-llama-dora")).unwrap();
+    m.attach_adapter(&adapter).unwrap();
+    let (batch, seq) = (2, 256);
+    let mut rng = dora_wgpu::nn::Rng::new(5);
+    let vocab = m.config.vocab_size as i32;
+    let ids: Vec<i32> = (0..batch * seq)
+        .map(|_| (rng.uniform_in(0.0, 1.0) * vocab as f32) as i32 % vocab)
+        .collect();
+    // Each row predicts its own next tokens.
+    let rows: Vec<&[i32]> = ids.chunks(seq).collect();
+    let inputs: Vec<i32> = rows.iter().flat_map(|r| &r[..seq - 1]).copied().collect();
+    let targets: Vec<i32> = rows.iter().flat_map(|r| &r[1..]).copied().collect();
+    let x = Tensor::from_i32(&gpu, &inputs, &[batch, seq - 1]).unwrap();
+    // Gradients of every adapter tensor and the peak memory of one forward + backward.
+    let run = |m: &Llama| -> (Vec<Vec<f32>>, u64) {
+        for p in m.parameters() {
+            p.zero_grad();
+        }
+        gpu.synchronize().unwrap();
+        gpu.reset_peak_memory();
+        let base = gpu.memory_stats().live_bytes;
+        let h = m.forward_hidden_train(&x, 3).unwrap();
+        let h = dora_wgpu::ops::reshape(&h, &[batch * (seq - 1), m.config.hidden_size]).unwrap();
+        let head = m.lm_head.as_ref().unwrap_or(&m.embed_tokens);
+        let loss = dora_wgpu::ops::lm_head_cross_entropy(&h, head, &targets, 64).unwrap();
+        drop(h);
+        loss.backward().unwrap();
+        gpu.synchronize().unwrap();
+        let peak = gpu.memory_stats().peak_live_bytes - base;
+        let grads = m
+            .parameters()
+            .iter()
+            .map(|p| {
+                p.grad()
+                    .expect("every adapter tensor gets a gradient")
+                    .to_vec_f32()
+                    .unwrap()
+            })
+            .collect();
+        (grads, peak)
+    };
+    let (plain, plain_peak) = run(&m);
+    m.grad_checkpoint = true;
+    let (recomputed, checkpoint_peak) = run(&m);
+    for (i, (g, want)) in recomputed.iter().zip(&plain).enumerate() {
+        assert_close(&format!("parameter {i}"), g, &to_f64(want), 1e-5, 1e-6);
+    }
+    eprintln!("peak memory: plain {plain_peak} B, checkpointed {checkpoint_peak} B");
+    assert!(
+        (checkpoint_peak as f64) < 0.8 * plain_peak as f64,
+        "checkpointing should hold less: {checkpoint_peak} vs {plain_peak} bytes"
+    );
+}

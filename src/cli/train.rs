@@ -15,7 +15,7 @@ use dora_wgpu::{ChatMessage, Error, Gpu, Result, Tokenizer};
 
 use crate::Args;
 
-const FLAGS: &[&str] = &["rslora", "resume", "overwrite"];
+const FLAGS: &[&str] = &["rslora", "resume", "overwrite", "grad-checkpoint"];
 const OPTIONS: &[&str] = &[
     "model",
     "data",
@@ -85,6 +85,9 @@ fn apply_options(args: &Args, mut c: TrainConfig) -> Result<TrainConfig> {
     set!(save_every, "save-every");
     if args.flag("rslora") {
         c.rslora = true;
+    }
+    if args.flag("grad-checkpoint") {
+        c.grad_checkpoint = true;
     }
     if let Some(t) = args.values.get("targets") {
         c.targets = t

@@ -14,11 +14,51 @@ use crate::error::{Error, Result};
 /// variables: `WGPU_BACKEND` (vulkan, metal, dx12, gl), `WGPU_ADAPTER_NAME`
 /// (a case-insensitive substring of the adapter's name) and `WGPU_POWER_PREF`
 /// (low, high); without them the high-performance adapter is preferred.
+/// `DORA_MATMUL_KERNELS` (auto, tiled, broadcast) forces a matmul kernel family.
 #[derive(Clone, Debug)]
 pub struct GpuOptions {
     pub backends: wgpu::Backends,
     pub adapter_name: Option<String>,
     pub power_preference: wgpu::PowerPreference,
+    pub matmul_kernels: MatmulKernels,
+}
+
+/// Which family of matrix-product kernels a context launches.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum MatmulKernels {
+    /// `Broadcast` on CPU adapters (lavapipe, llvmpipe, WARP, SwiftShader), `Tiled` elsewhere.
+    #[default]
+    Auto,
+    /// Workgroup-memory tiles shared by the invocations of a group: for real GPUs.
+    Tiled,
+    /// Register tiles with A values broadcast across a group and no workgroup
+    /// memory: for software devices, where barriers are dear and loads cost more than FMAs.
+    Broadcast,
+}
+
+impl MatmulKernels {
+    fn from_env() -> Result<MatmulKernels> {
+        match std::env::var("DORA_MATMUL_KERNELS").as_deref() {
+            Err(_) | Ok("auto") | Ok("") => Ok(MatmulKernels::Auto),
+            Ok("tiled") => Ok(MatmulKernels::Tiled),
+            Ok("broadcast") => Ok(MatmulKernels::Broadcast),
+            Ok(other) => Err(Error::InvalidArgument(format!(
+                "DORA_MATMUL_KERNELS={other:?}: expected auto, tiled or broadcast"
+            ))),
+        }
+    }
+
+    /// The family `Auto` stands for on this adapter.
+    fn resolve(self, info: &wgpu::AdapterInfo) -> MatmulKernels {
+        match self {
+            MatmulKernels::Auto if info.device_type == wgpu::DeviceType::Cpu => {
+                MatmulKernels::Broadcast
+            }
+            MatmulKernels::Auto => MatmulKernels::Tiled,
+            chosen => chosen,
+        }
+    }
 }
 
 impl Default for GpuOptions {
@@ -28,6 +68,7 @@ impl Default for GpuOptions {
             adapter_name: std::env::var("WGPU_ADAPTER_NAME").ok(),
             power_preference: wgpu::PowerPreference::from_env()
                 .unwrap_or(wgpu::PowerPreference::HighPerformance),
+            matmul_kernels: MatmulKernels::Auto,
         }
     }
 }
@@ -51,6 +92,8 @@ pub(crate) struct GpuInner {
     pub pipelines: PipelineCache,
     pub pool: Mutex<BufferPool>,
     pub batch: Mutex<Batch>,
+    /// `Tiled` or `Broadcast`, never `Auto`.
+    pub matmul_kernels: MatmulKernels,
     /// The first uncaptured device error, reported at the next synchronisation.
     pub device_error: Arc<Mutex<Option<String>>>,
     /// Per-kernel wall-clock times while profiling is on (see [`Gpu::start_profiling`]).
@@ -75,6 +118,10 @@ impl Gpu {
     /// Picks an adapter according to `options` and opens a device on it with the
     /// adapter's own buffer-size limits (wgpu's defaults are too small for LLM weights).
     pub fn with_options(options: &GpuOptions) -> Result<Gpu> {
+        let kernels = match options.matmul_kernels {
+            MatmulKernels::Auto => MatmulKernels::from_env()?,
+            chosen => chosen,
+        };
         let instance = wgpu::Instance::new(wgpu::InstanceDescriptor {
             backends: options.backends,
             ..wgpu::InstanceDescriptor::new_without_display_handle_from_env()
@@ -93,7 +140,7 @@ impl Gpu {
             trace: wgpu::Trace::Off,
         }))
         .map_err(|e| Error::NoAdapter(format!("{} ({:?}): {e}", info.name, info.backend)))?;
-        let gpu = Gpu::from_device(device, queue, info)?;
+        let gpu = Gpu::with_device(device, queue, info, kernels)?;
         // Our own device: route uncaptured errors to the next sync instead of panicking.
         let slot = gpu.inner.device_error.clone();
         gpu.inner
@@ -123,6 +170,15 @@ impl Gpu {
         queue: wgpu::Queue,
         info: wgpu::AdapterInfo,
     ) -> Result<Gpu> {
+        Gpu::with_device(device, queue, info, MatmulKernels::Auto)
+    }
+
+    fn with_device(
+        device: wgpu::Device,
+        queue: wgpu::Queue,
+        info: wgpu::AdapterInfo,
+        matmul_kernels: MatmulKernels,
+    ) -> Result<Gpu> {
         let limits = device.limits();
         if limits.max_storage_buffers_per_shader_stage < 5 {
             return Err(Error::NoAdapter(format!(
@@ -131,6 +187,7 @@ impl Gpu {
             )));
         }
         let batch = Batch::new(&device, limits.min_uniform_buffer_offset_alignment);
+        let matmul_kernels = matmul_kernels.resolve(&info);
         Ok(Gpu {
             inner: Arc::new(GpuInner {
                 device,
@@ -140,6 +197,7 @@ impl Gpu {
                 pipelines: PipelineCache::default(),
                 pool: Mutex::new(BufferPool::default()),
                 batch: Mutex::new(batch),
+                matmul_kernels,
                 device_error: Arc::new(Mutex::new(None)),
                 profile: Mutex::new(None),
             }),
@@ -154,6 +212,11 @@ impl Gpu {
     /// The backend in use: Vulkan, Metal, Dx12 or Gl.
     pub fn backend(&self) -> wgpu::Backend {
         self.inner.info.backend
+    }
+
+    /// The matmul kernel family this context launches (`Tiled` or `Broadcast`).
+    pub fn matmul_kernels(&self) -> MatmulKernels {
+        self.inner.matmul_kernels
     }
 
     /// Full adapter info as wgpu reports it.

@@ -6,7 +6,7 @@ mod context;
 mod pipeline;
 mod pool;
 
-pub use context::{list_adapters, Gpu, GpuOptions, KernelTime};
+pub use context::{list_adapters, Gpu, GpuOptions, KernelTime, MatmulKernels};
 pub use pool::MemoryStats;
 
 use crate::error::{Error, Result};

@@ -27,7 +27,7 @@ pub enum DoraPath {
     Direct,
 }
 
-#[derive(Debug)]
+#[derive(Clone, Debug)]
 pub struct DoraLinear {
     pub base: Linear,
     /// Trainable [r, in].

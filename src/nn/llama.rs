@@ -10,7 +10,7 @@ use std::path::Path;
 use super::dora::DoraLinear;
 use super::linear::Linear;
 use super::lora::{AdapterOptions, LoraLinear};
-use crate::autograd::no_grad;
+use crate::autograd::{checkpoint, no_grad};
 use crate::error::{arg_err, shape_err, Error, Result};
 use crate::gpu::Gpu;
 use crate::io::hf::{load_weights, ModelConfig};
@@ -30,7 +30,7 @@ pub const PROJECTIONS: [(&str, &str); 7] = [
 ];
 
 /// A linear projection, frozen or carrying an adapter.
-#[derive(Debug)]
+#[derive(Clone, Debug)]
 pub enum Projection {
     Frozen(Linear),
     Lora(LoraLinear),
@@ -81,12 +81,22 @@ impl Projection {
     }
 }
 
-#[derive(Debug)]
+#[derive(Clone, Debug)]
 pub struct DecoderLayer {
     pub input_norm: Tensor,
     pub post_attention_norm: Tensor,
     /// q, k, v, o, gate, up, down — in [`PROJECTIONS`] order.
     pub projections: Vec<Projection>,
+}
+
+impl DecoderLayer {
+    /// The trainable tensors of this layer's adapters.
+    pub fn parameters(&self) -> Vec<Tensor> {
+        self.projections
+            .iter()
+            .flat_map(Projection::parameters)
+            .collect()
+    }
 }
 
 /// Keys and values of earlier positions, one pair per layer, for generation
@@ -118,7 +128,57 @@ pub struct Llama {
     pub final_norm: Tensor,
     /// None when the head is tied to the embedding.
     pub lm_head: Option<Tensor>,
+    /// Training keeps only each decoder layer's input and recomputes the
+    /// layer during backward: less memory for long sequences, one more forward.
+    pub grad_checkpoint: bool,
     rope: RopeTables,
+}
+
+/// What a decoder layer's forward needs besides the layer and its input.
+#[derive(Clone)]
+struct LayerContext {
+    heads: usize,
+    kv_heads: usize,
+    eps: f32,
+    /// Position of the first token (earlier ones are in the KV cache).
+    offset: usize,
+    rope: RopeTables,
+    dropout_seed: Option<u32>,
+}
+
+/// One decoder layer: attention and MLP blocks, each with its residual.
+/// `kv` holds this layer's cached keys and values during generation.
+fn decoder_layer(
+    layer: &DecoderLayer,
+    li: usize,
+    x: &Tensor,
+    ctx: &LayerContext,
+    kv: Option<&(Tensor, Tensor)>,
+) -> Result<Tensor> {
+    let project = |j: usize, x: &Tensor| match ctx.dropout_seed {
+        None => layer.projections[j].forward(x),
+        Some(seed) => {
+            let module = (li * PROJECTIONS.len() + j) as u32;
+            let module_seed = seed.wrapping_mul(0x9E37_79B9).wrapping_add(module);
+            layer.projections[j].forward_train(x, module_seed)
+        }
+    };
+    let (heads, kv_heads, offset) = (ctx.heads, ctx.kv_heads, ctx.offset);
+    let h = ops::rms_norm(x, &layer.input_norm, ctx.eps)?;
+    let q = ops::rope(&project(0, &h)?, heads, offset, &ctx.rope)?;
+    let k = ops::rope(&project(1, &h)?, kv_heads, offset, &ctx.rope)?;
+    let v = project(2, &h)?;
+    let attn = match kv {
+        None => ops::causal_attention(&q, &k, &v, heads, kv_heads, 0)?,
+        Some((kc, vc)) => {
+            let (k_all, v_all) = (append(kc, &k, offset)?, append(vc, &v, offset)?);
+            ops::causal_attention(&q, &k_all, &v_all, heads, kv_heads, offset)?
+        }
+    };
+    let x = ops::add(x, &project(3, &attn)?)?;
+    let h = ops::rms_norm(&x, &layer.post_attention_norm, ctx.eps)?;
+    let gated = ops::mul(&ops::silu(&project(4, &h)?)?, &project(5, &h)?)?;
+    ops::add(&x, &project(6, &gated)?)
 }
 
 fn take(
@@ -238,6 +298,7 @@ impl Llama {
             layers,
             final_norm,
             lm_head,
+            grad_checkpoint: false,
             rope,
         })
     }
@@ -433,7 +494,7 @@ impl Llama {
     fn forward_impl(
         &self,
         ids: &Tensor,
-        mut cache: Option<&mut KvCache>,
+        cache: Option<&mut KvCache>,
         dropout_seed: Option<u32>,
     ) -> Result<Tensor> {
         let &[batch, seq] = ids.shape() else {
@@ -463,33 +524,26 @@ impl Llama {
                 self.rope.positions
             );
         }
-        let (heads, kv_heads) = (c.num_attention_heads, c.num_key_value_heads);
+        let ctx = LayerContext {
+            heads: c.num_attention_heads,
+            kv_heads: c.num_key_value_heads,
+            eps: c.rms_norm_eps,
+            offset,
+            rope: self.rope.clone(),
+            dropout_seed,
+        };
         let mut x = ops::embedding(&self.embed_tokens, ids)?;
         for (li, layer) in self.layers.iter().enumerate() {
-            let project = |j: usize, x: &Tensor| match dropout_seed {
-                None => layer.projections[j].forward(x),
-                Some(seed) => {
-                    let module = (li * PROJECTIONS.len() + j) as u32;
-                    let module_seed = seed.wrapping_mul(0x9E37_79B9).wrapping_add(module);
-                    layer.projections[j].forward_train(x, module_seed)
-                }
+            let kv = cache.as_deref().map(|k| &k.layers[li]);
+            let params = layer.parameters();
+            x = if self.grad_checkpoint && kv.is_none() && !params.is_empty() {
+                let (layer, ctx) = (layer.clone(), ctx.clone());
+                checkpoint(&x, &params, move |x| {
+                    decoder_layer(&layer, li, x, &ctx, None)
+                })?
+            } else {
+                decoder_layer(layer, li, &x, &ctx, kv)?
             };
-            let h = ops::rms_norm(&x, &layer.input_norm, c.rms_norm_eps)?;
-            let q = ops::rope(&project(0, &h)?, heads, offset, &self.rope)?;
-            let k = ops::rope(&project(1, &h)?, kv_heads, offset, &self.rope)?;
-            let v = project(2, &h)?;
-            let attn = match cache.as_deref_mut() {
-                None => ops::causal_attention(&q, &k, &v, heads, kv_heads, 0)?,
-                Some(kv) => {
-                    let (kc, vc) = &kv.layers[li];
-                    let (k_all, v_all) = (append(kc, &k, offset)?, append(vc, &v, offset)?);
-                    ops::causal_attention(&q, &k_all, &v_all, heads, kv_heads, offset)?
-                }
-            };
-            x = ops::add(&x, &project(3, &attn)?)?;
-            let h = ops::rms_norm(&x, &layer.post_attention_norm, c.rms_norm_eps)?;
-            let gated = ops::mul(&ops::silu(&project(4, &h)?)?, &project(5, &h)?)?;
-            x = ops::add(&x, &project(6, &gated)?)?;
         }
         if let Some(kv) = cache {
             kv.len += seq;

@@ -89,7 +89,7 @@ pub(crate) fn low_rank_term(x: &Tensor, a: &Tensor, b: &Tensor, scale: f32) -> R
     ops::scale(&ops::matmul_ex(&xa, b, Transpose::NT)?, scale)
 }
 
-#[derive(Debug)]
+#[derive(Clone, Debug)]
 pub struct LoraLinear {
     pub base: Linear,
     /// Trainable [r, in].

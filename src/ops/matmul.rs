@@ -4,7 +4,8 @@
 use super::launch;
 use crate::autograd::record;
 use crate::error::{arg_err, shape_err, Result};
-use crate::shaders::Kernel;
+use crate::gpu::MatmulKernels;
+use crate::shaders::{Kernel, MatmulKind};
 use crate::tensor::{DType, Tensor};
 
 /// Which operands are transposed: `NT` is `A·Bᵀ`, the layout of `x·Wᵀ` with a
@@ -110,6 +111,39 @@ fn plan(a: &Tensor, b: &Tensor, t: Transpose) -> Result<Plan> {
     })
 }
 
+/// The broadcast kernel's output block per workgroup, (columns, rows): each of
+/// its 16 invocations computes 8 x 8 (matmul_broadcast.wgsl).
+fn broadcast_block(tall: bool) -> (usize, usize) {
+    if tall {
+        (8, 128)
+    } else {
+        (128, 8)
+    }
+}
+
+/// Outputs narrower than this use tall broadcast groups: a wide group would
+/// leave most of its invocations idle.
+const BROADCAST_TALL_BELOW_COLS: usize = 256;
+
+/// The kernel for one product on a context using `family`.
+fn choose_kind(family: MatmulKernels, p: &Plan, ta: bool, tb: bool, b_dtype: DType) -> MatmulKind {
+    // The broadcast kernel clamps its 8 columns into [0, N) and reads 16-bit
+    // B two neighbours per word; TT is never on a training path.
+    let words_align = b_dtype == DType::F32 || if tb { p.k % 2 == 0 } else { p.n % 2 == 0 };
+    let tall = p.n < BROADCAST_TALL_BELOW_COLS;
+    let (cols, rows) = broadcast_block(tall);
+    let fits_grid = p.m.div_ceil(rows).max(p.n.div_ceil(cols)) <= u16::MAX as usize;
+    if family == MatmulKernels::Broadcast && !(ta && tb) && p.n >= 8 && words_align && fits_grid {
+        return MatmulKind::Broadcast { tall };
+    }
+    // Few rows of A: the tiled kernel would mostly compute padding.
+    if !ta && p.m <= SKINNY_MAX_ROWS {
+        MatmulKind::Skinny
+    } else {
+        MatmulKind::Tiled
+    }
+}
+
 /// out = alpha·op(A)·op(B) + beta·out, recorded nowhere. `out` is created when None.
 pub(crate) fn matmul_raw(
     a: &Tensor,
@@ -168,23 +202,29 @@ pub(crate) fn matmul_epilogue(
         beta,
         has_bias: epilogue.as_ref().is_some_and(|e| e.bias.is_some()) as u32,
     };
-    // Few rows of A: the tiled kernel would mostly compute padding.
-    let skinny = !ta && p.m <= SKINNY_MAX_ROWS;
+    let kind = choose_kind(a.gpu().matmul_kernels(), &p, ta, tb, b.dtype());
     let kernel = Kernel::Matmul {
         trans_a: ta,
         trans_b: tb,
         b_dtype: b.dtype(),
         epilogue: epilogue.is_some(),
-        skinny,
+        kind,
     };
-    let groups = if skinny {
-        [p.n.div_ceil(256) as u32, 1, p.batch as u32]
-    } else {
-        [
+    let groups = match kind {
+        MatmulKind::Skinny => [p.n.div_ceil(256) as u32, 1, p.batch as u32],
+        MatmulKind::Tiled => [
             p.n.div_ceil(64) as u32,
             p.m.div_ceil(64) as u32,
             p.batch as u32,
-        ]
+        ],
+        MatmulKind::Broadcast { tall } => {
+            let (cols, rows) = broadcast_block(tall);
+            [
+                p.n.div_ceil(cols) as u32,
+                p.m.div_ceil(rows) as u32,
+                p.batch as u32,
+            ]
+        }
     };
     match epilogue {
         None => launch(kernel, &params, &[a, b, &out], groups)?,

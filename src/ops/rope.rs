@@ -11,6 +11,7 @@ use crate::tensor::{DType, Tensor};
 /// cos and sin of position × inverse frequency, [positions, head_dim / 2],
 /// computed as transformers does: inv_freq and the angles in f32, then cos
 /// and sin of those f32 angles (here in f64, rounded once).
+#[derive(Clone)]
 pub struct RopeTables {
     pub cos: Tensor,
     pub sin: Tensor,

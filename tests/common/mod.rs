@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
 
 use dora_wgpu::nn::Rng;
-use dora_wgpu::{ops, Gpu, Result, Tensor};
+use dora_wgpu::{ops, Gpu, GpuOptions, MatmulKernels, Result, Tensor};
 
 /// The context every test in a binary shares. Panics with wgpu's adapter
 /// error when there is no GPU: the suite must fail, not skip.
@@ -17,6 +17,24 @@ pub fn gpu() -> &'static Gpu {
         eprintln!("testing on {} ({:?})", gpu.adapter_name(), gpu.backend());
         gpu
     })
+}
+
+/// One context per matmul kernel family on the default adapter, so both
+/// families are tested whichever one the adapter would pick.
+pub fn gpu_per_matmul_family() -> [&'static Gpu; 2] {
+    static TILED: OnceLock<Gpu> = OnceLock::new();
+    static BROADCAST: OnceLock<Gpu> = OnceLock::new();
+    let open = |kernels| {
+        let options = GpuOptions {
+            matmul_kernels: kernels,
+            ..Default::default()
+        };
+        Gpu::with_options(&options).unwrap_or_else(|e| panic!("GPU tests need an adapter: {e}"))
+    };
+    [
+        TILED.get_or_init(|| open(MatmulKernels::Tiled)),
+        BROADCAST.get_or_init(|| open(MatmulKernels::Broadcast)),
+    ]
 }
 
 pub fn random(rng: &mut Rng, n: usize) -> Vec<f32> {
