@@ -113,10 +113,14 @@ fn ce_forward(logits: &Tensor, targets: &Tensor, ignore_index: i32) -> Result<(T
 }
 
 /// Mean cross-entropy of the logits `hidden · headᵀ` over the rows whose
-/// target is not ignored, computed `chunk_rows` rows at a time, and again
-/// chunk by chunk in backward: [rows, vocab] logits, and their gradient,
-/// exist for one chunk at a time only. `hidden` [rows, dim] f32; `head`
-/// [vocab, dim] is frozen (f32, bf16 or f16: the LM head or tied embedding).
+/// target is not ignored, computed `chunk_rows` rows at a time: [rows, vocab]
+/// logits, and their gradient, exist for one chunk at a time only. When a
+/// gradient will be needed, each chunk's contribution to dL/d(hidden) is
+/// computed right there, while its logits exist (the loss is a graph's last
+/// node, so only a scalar can still multiply it): backward scales a saved
+/// [rows, dim] tensor instead of computing every chunk's logits again.
+/// `hidden` [rows, dim] f32; `head` [vocab, dim] is frozen (f32, bf16 or f16:
+/// the LM head or tied embedding).
 pub fn lm_head_cross_entropy(
     hidden: &Tensor,
     head: &Tensor,
@@ -165,6 +169,13 @@ pub fn lm_head_cross_entropy(
         .filter(|c| c.2 > 0.0)
         .collect();
     let loss = Tensor::zeros(&gpu, &[1], DType::F32)?;
+    let wants_grad = crate::autograd::is_grad_enabled() && hidden.requires_grad();
+    // dL/d(hidden) for an incoming gradient of 1.
+    let dhidden = if wants_grad {
+        Some(Tensor::zeros(&gpu, &[rows, dim], DType::F32)?)
+    } else {
+        None
+    };
     for &(start, len, share) in &chunks {
         let logits = matmul_raw(
             &copy_rows(hidden, start, len)?,
@@ -175,42 +186,42 @@ pub fn lm_head_cross_entropy(
             None,
         )?;
         let t = Tensor::from_i32(&gpu, &targets[start..start + len], &[len])?;
-        let (mean, _) = ce_forward(&logits, &t, IGNORE_INDEX)?;
+        let (mean, saved) = ce_forward(&logits, &t, IGNORE_INDEX)?;
         super::add_assign(&loss, &mean, share)?;
+        if let Some(dhidden) = &dhidden {
+            // The chunk's mean carries `share` of the total.
+            let dlogits = saved.backward(&Tensor::from_f32(&gpu, &[share], &[1])?)?;
+            drop(saved);
+            let dh = matmul_raw(&dlogits, head, Transpose::NN, 1.0, 0.0, None)?;
+            let row_bytes = 4 * dim as u64;
+            gpu.copy(
+                dh.buf(),
+                0,
+                dhidden.buf(),
+                start as u64 * row_bytes,
+                len as u64 * row_bytes,
+            );
+        }
     }
-    let (saved_hidden, saved_head, saved_targets) =
-        (hidden.clone(), head.clone(), targets.to_vec());
+    let Some(dhidden) = dhidden else {
+        return Ok(loss);
+    };
     Ok(record(
         loss,
         "lm_head_cross_entropy",
         &[hidden],
         move |g, _| {
-            let gpu = g.gpu();
-            let dhidden = Tensor::zeros(gpu, &[rows, dim], DType::F32)?;
-            for &(start, len, share) in &chunks {
-                let logits = matmul_raw(
-                    &copy_rows(&saved_hidden, start, len)?,
-                    &saved_head,
-                    Transpose::NT,
-                    1.0,
-                    0.0,
-                    None,
-                )?;
-                let t = Tensor::from_i32(gpu, &saved_targets[start..start + len], &[len])?;
-                let (_, saved) = ce_forward(&logits, &t, IGNORE_INDEX)?;
-                // The chunk's mean carries `share` of the total: scale its incoming gradient.
-                let dlogits = saved.backward(&super::scale(g, share)?)?;
-                let dh = matmul_raw(&dlogits, &saved_head, Transpose::NN, 1.0, 0.0, None)?;
-                let row_bytes = 4 * dim as u64;
-                gpu.copy(
-                    dh.buf(),
-                    0,
-                    dhidden.buf(),
-                    start as u64 * row_bytes,
-                    len as u64 * row_bytes,
-                );
-            }
-            Ok(vec![Some(dhidden)])
+            // dhidden · g, with g a one-element GPU tensor: broadcast it as the
+            // single "row" value of a [1, rows·dim] view.
+            let flat = super::reshape(&dhidden, &[1, rows * dim])?;
+            let g = super::reshape(g, &[1, 1])?;
+            let scaled = super::elementwise::binary_raw(
+                &flat,
+                &g,
+                crate::shaders::BinaryOp::Mul,
+                crate::shaders::Broadcast::PerRow,
+            )?;
+            Ok(vec![Some(super::reshape(&scaled, &[rows, dim])?)])
         },
     ))
 }
