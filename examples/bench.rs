@@ -277,7 +277,7 @@ fn run() -> dora_wgpu::Result<()> {
     let fwd_model = user_model.clone().unwrap_or(default_dir.clone());
     let (fb, fs) = if quick { (1, 32) } else { (batch, seq) };
     // A real model's forward takes seconds on a CPU device: fewer repeats there.
-    let fwd_repeats = if user_model.is_some() { 2 } else { repeats };
+    let fwd_repeats = if user_model.is_some() { 3 } else { repeats };
     let (base_t, merged_t, unmerged_t) =
         merged_forward_times(&gpu, &fwd_model, fb, fs, fwd_repeats)?;
     println!(

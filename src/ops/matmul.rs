@@ -129,7 +129,12 @@ const BROADCAST_TALL_BELOW_COLS: usize = 256;
 fn choose_kind(family: MatmulKernels, p: &Plan, ta: bool, tb: bool, b_dtype: DType) -> MatmulKind {
     // The broadcast kernel clamps its 8 columns into [0, N) and reads 16-bit
     // B two neighbours per word; TT is never on a training path.
-    let words_align = b_dtype == DType::F32 || if tb { p.k % 2 == 0 } else { p.n % 2 == 0 };
+    let words_align = b_dtype == DType::F32
+        || if tb {
+            p.k.is_multiple_of(2)
+        } else {
+            p.n.is_multiple_of(2)
+        };
     let tall = p.n < BROADCAST_TALL_BELOW_COLS;
     let (cols, rows) = broadcast_block(tall);
     let fits_grid = p.m.div_ceil(rows).max(p.n.div_ceil(cols)) <= u16::MAX as usize;
