@@ -14,6 +14,7 @@ const MATMUL_BROADCAST: &str = include_str!("../shaders/matmul_broadcast.wgsl");
 const NORM: &str = include_str!("../shaders/norm.wgsl");
 const DORA: &str = include_str!("../shaders/dora.wgsl");
 const DORA_NORM: &str = include_str!("../shaders/dora_norm.wgsl");
+const DORA_BACKWARD: &str = include_str!("../shaders/dora_backward.wgsl");
 const ELEMENTWISE: &str = include_str!("../shaders/elementwise.wgsl");
 const REDUCE: &str = include_str!("../shaders/reduce.wgsl");
 const SOFTMAX: &str = include_str!("../shaders/softmax.wgsl");
@@ -98,6 +99,8 @@ pub enum Kernel {
         dtype: DType,
     },
     FactoredNorm,
+    /// The fused DoRA layer's backward: g ⊙ m/‖V‖ and the column sums behind dL/dm.
+    DoraBackwardPrep,
     Recompose {
         dtype: DType,
     },
@@ -141,6 +144,7 @@ impl Kernel {
             Kernel::RowNorm { .. } => "row_norm",
             Kernel::Recompose { .. } => "recompose",
             Kernel::FactoredNorm => "factored_norm",
+            Kernel::DoraBackwardPrep => "dora_backward_prep",
             Kernel::Unary(_) => "map_unary",
             Kernel::Binary(..) => "map_binary",
             Kernel::AddAssign => "add_assign",
@@ -180,6 +184,14 @@ impl Kernel {
             }
             Kernel::RowNorm { .. } => &[(1, Read), (2, ReadWrite)],
             Kernel::FactoredNorm => &[(1, Read), (2, Read), (3, Read), (4, Read), (5, ReadWrite)],
+            Kernel::DoraBackwardPrep => &[
+                (1, Read),
+                (2, Read),
+                (3, Read),
+                (4, Read),
+                (5, ReadWrite),
+                (6, ReadWrite),
+            ],
             Kernel::Recompose { .. } => &[
                 (1, Read),
                 (2, Read),
@@ -258,6 +270,7 @@ impl Kernel {
             Kernel::RowNorm { dtype } => (weight_loader("WWord", "load_w", "w", dtype), NORM),
             Kernel::Recompose { dtype } => (weight_loader("WWord", "load_w", "w", dtype), DORA),
             Kernel::FactoredNorm => (String::new(), DORA_NORM),
+            Kernel::DoraBackwardPrep => (String::new(), DORA_BACKWARD),
             Kernel::Unary(op) => (
                 elementwise_header(op, BinaryOp::Add, Broadcast::None, DType::F32),
                 ELEMENTWISE,
@@ -358,6 +371,7 @@ impl Kernel {
             Kernel::SumCols,
             Kernel::SumSquaresInto,
             Kernel::FactoredNorm,
+            Kernel::DoraBackwardPrep,
             Kernel::SoftmaxForward,
             Kernel::SoftmaxBackward,
             Kernel::CrossEntropyRows,

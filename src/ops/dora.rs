@@ -130,6 +130,40 @@ pub(crate) fn factored_norm(
     Ok(norms)
 }
 
+/// h = g ⊙ c and gy = Σ_rows g ⊙ (y − bias) in one pass over the output
+/// gradient `g` (shaders/dora_backward.wgsl); dL/dm = gy / m.
+fn backward_prep(
+    g: &Tensor,
+    y: &Tensor,
+    c: &Tensor,
+    bias: Option<&Tensor>,
+) -> Result<(Tensor, Tensor)> {
+    #[repr(C)]
+    #[derive(Clone, Copy, bytemuck::Pod, bytemuck::Zeroable)]
+    struct Params {
+        rows: u32,
+        cols: u32,
+        has_bias: u32,
+        _pad: u32,
+    }
+    let (rows, cols) = super::rows_cols(g);
+    let h = Tensor::empty(g.gpu(), g.shape(), DType::F32)?;
+    let gy = Tensor::empty(g.gpu(), &[cols], DType::F32)?;
+    let params = Params {
+        rows: rows as u32,
+        cols: cols as u32,
+        has_bias: bias.is_some() as u32,
+        _pad: 0,
+    };
+    launch(
+        Kernel::DoraBackwardPrep,
+        &params,
+        &[g, y, c, bias.unwrap_or(c), &h, &gy],
+        groups(cols.div_ceil(64)),
+    )?;
+    Ok((h, gy))
+}
+
 /// The fused DoRA forward, with the row norm `norm` = ||W + s·B·A|| held constant:
 ///   y = (m / norm) ⊙ (x·Wᵀ + s·(x·Aᵀ)·Bᵀ) + bias
 /// in three dispatches: x·Aᵀ, the rank-r product into the output, then the
@@ -152,7 +186,6 @@ pub(crate) struct FusedDora<'a> {
 pub(crate) fn dora_linear_fused(x: &Tensor, layer: &FusedDora) -> Result<Tensor> {
     use super::elementwise::binary_raw;
     use super::matmul::{matmul_epilogue, matmul_raw, Epilogue, Transpose::*};
-    use super::reduce::sum_cols_raw;
     use crate::autograd::record;
     use crate::shaders::{BinaryOp, Broadcast};
 
@@ -186,7 +219,7 @@ pub(crate) fn dora_linear_fused(x: &Tensor, layer: &FusedDora) -> Result<Tensor>
     Ok(record(y, "dora_linear", &[x, a, b, m], move |g, needs| {
         let (x, w, bias, a, b, m, y) = saved;
         let flat = |t: &Tensor| super::reshape(t, &[t.numel() / t.last_dim(), t.last_dim()]);
-        let h = binary_raw(g, &c, BinaryOp::Mul, Broadcast::Row)?;
+        let (h, gy) = backward_prep(g, &y, &c, bias.as_ref())?;
         let hb = matmul_raw(&h, &b, NN, 1.0, 0.0, None)?;
         let dx = if needs[0] {
             let dx = matmul_raw(&h, &w, NN, 1.0, 0.0, None)?;
@@ -206,17 +239,7 @@ pub(crate) fn dora_linear_fused(x: &Tensor, layer: &FusedDora) -> Result<Tensor>
             None
         };
         let dm = if needs[3] {
-            let z_times_c = match &bias {
-                Some(bias) => binary_raw(&y, bias, BinaryOp::Sub, Broadcast::Row)?,
-                None => y.clone(),
-            };
-            let gz = binary_raw(g, &z_times_c, BinaryOp::Mul, Broadcast::None)?;
-            Some(binary_raw(
-                &sum_cols_raw(&gz, 1.0)?,
-                &m,
-                BinaryOp::Div,
-                Broadcast::None,
-            )?)
+            Some(binary_raw(&gy, &m, BinaryOp::Div, Broadcast::None)?)
         } else {
             None
         };
