@@ -50,19 +50,17 @@ impl Drop for NoGradGuard {
 
 /// Turns off recording on this thread until the guard is dropped.
 pub fn no_grad() -> NoGradGuard {
-    let previous = GRAD_ENABLED.with(|g| g.replace(false));
+    set_grad_enabled(false)
+}
+
+/// Sets recording on or off on this thread until the guard is dropped.
+fn set_grad_enabled(enabled: bool) -> NoGradGuard {
+    let previous = GRAD_ENABLED.with(|g| g.replace(enabled));
     NoGradGuard { previous }
 }
 
 pub fn is_grad_enabled() -> bool {
     GRAD_ENABLED.with(|g| g.get())
-}
-
-/// Turns recording back on inside a backward rule (backward runs under
-/// [`no_grad`]), until the guard is dropped.
-fn enable_grad() -> NoGradGuard {
-    let previous = GRAD_ENABLED.with(|g| g.replace(true));
-    NoGradGuard { previous }
 }
 
 /// Gradient checkpointing: `f(x)` runs without recording, so none of its
@@ -87,13 +85,10 @@ pub(crate) fn checkpoint(
     inputs.extend(params);
     let saved = x.detach();
     Ok(record(out, "checkpoint", &inputs, move |g, needs| {
-        let input = if needs[0] {
-            saved.detach().into_param()?
-        } else {
-            saved
-        };
+        let input = if needs[0] { saved.into_param()? } else { saved };
         let y = {
-            let _on = enable_grad();
+            // Backward runs under no_grad: record this copy.
+            let _on = set_grad_enabled(true);
             f(&input)?
         };
         y.backward_with(g.clone())?;

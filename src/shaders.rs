@@ -84,6 +84,16 @@ pub enum MatmulKind {
     Broadcast { tall: bool },
 }
 
+/// Invocations of a broadcast-matmul workgroup along (columns, rows): wide
+/// groups are 16 x 1, tall ones 1 x 16. Each invocation computes 8 x 8 outputs.
+pub(crate) fn broadcast_lanes(tall: bool) -> (usize, usize) {
+    if tall {
+        (1, 16)
+    } else {
+        (16, 1)
+    }
+}
+
 /// One compiled kernel variant.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Kernel {
@@ -252,12 +262,13 @@ impl Kernel {
                         "fn epilogue(v: f32, col: u32) -> f32 { return v; }\n"
                     },
                     match kind {
-                        MatmulKind::Broadcast { tall } => format!(
-                            "const LANES_X: u32 = {}u;\nconst LANES_Y: u32 = {}u;\n{}",
-                            if tall { 1 } else { 16 },
-                            if tall { 16 } else { 1 },
-                            pair_loader(b_dtype)
-                        ),
+                        MatmulKind::Broadcast { tall } => {
+                            let (x, y) = broadcast_lanes(tall);
+                            format!(
+                                "const LANES_X: u32 = {x}u;\nconst LANES_Y: u32 = {y}u;\n{}",
+                                pair_loader(b_dtype)
+                            )
+                        }
                         _ => String::new(),
                     }
                 ),

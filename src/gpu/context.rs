@@ -180,9 +180,15 @@ impl Gpu {
         matmul_kernels: MatmulKernels,
     ) -> Result<Gpu> {
         let limits = device.limits();
-        if limits.max_storage_buffers_per_shader_stage < 5 {
+        // The most storage buffers any kernel binds (WebGPU guarantees 8).
+        let needed = crate::shaders::Kernel::all()
+            .iter()
+            .map(|k| k.bindings().len() as u32)
+            .max()
+            .unwrap_or(0);
+        if limits.max_storage_buffers_per_shader_stage < needed {
             return Err(Error::NoAdapter(format!(
-                "{} allows {} storage buffers per shader stage; dora-wgpu needs 5",
+                "{} allows {} storage buffers per shader stage; dora-wgpu needs {needed}",
                 info.name, limits.max_storage_buffers_per_shader_stage
             )));
         }

@@ -535,14 +535,17 @@ impl Llama {
         let mut x = ops::embedding(&self.embed_tokens, ids)?;
         for (li, layer) in self.layers.iter().enumerate() {
             let kv = cache.as_deref().map(|k| &k.layers[li]);
-            let params = layer.parameters();
-            x = if self.grad_checkpoint && kv.is_none() && !params.is_empty() {
+            let params = match kv {
+                None if self.grad_checkpoint => layer.parameters(),
+                _ => Vec::new(),
+            };
+            x = if params.is_empty() {
+                decoder_layer(layer, li, &x, &ctx, kv)?
+            } else {
                 let (layer, ctx) = (layer.clone(), ctx.clone());
                 checkpoint(&x, &params, move |x| {
                     decoder_layer(&layer, li, x, &ctx, None)
                 })?
-            } else {
-                decoder_layer(layer, li, &x, &ctx, kv)?
             };
         }
         if let Some(kv) = cache {

@@ -59,12 +59,21 @@ fn broadcast_kind(a: &Tensor, b: &Tensor, op: &str) -> Result<Broadcast> {
     )
 }
 
+/// The row length the kernels index `b` by: one value per row of `shape`,
+/// or, for a one-element `b` broadcast per row, one value for everything.
+fn broadcast_cols(shape: &[usize], b: &Tensor, bc: Broadcast) -> usize {
+    match bc {
+        Broadcast::PerRow if b.numel() == 1 => crate::tensor::numel(shape).max(1),
+        _ => shape.last().copied().unwrap_or(1),
+    }
+}
+
 pub(crate) fn binary_raw(a: &Tensor, b: &Tensor, op: BinaryOp, bc: Broadcast) -> Result<Tensor> {
     let out = Tensor::empty(a.gpu(), a.shape(), DType::F32)?;
     let n = a.numel();
     let params = Params {
         n: n as u32,
-        cols: a.last_dim() as u32,
+        cols: broadcast_cols(a.shape(), b, bc) as u32,
         alpha: 1.0,
         beta: 0.0,
         seed: 0,
@@ -82,14 +91,9 @@ pub(crate) fn binary_raw(a: &Tensor, b: &Tensor, op: BinaryOp, bc: Broadcast) ->
 pub(crate) fn expand(b: &Tensor, shape: &[usize], bc: Broadcast) -> Result<Tensor> {
     let out = Tensor::empty(b.gpu(), shape, DType::F32)?;
     let n = out.numel();
-    let cols = match bc {
-        // One value per row of `shape`, or (for a scalar) one value in all.
-        Broadcast::PerRow if b.numel() == 1 => n.max(1),
-        _ => shape.last().copied().unwrap_or(1),
-    };
     let params = Params {
         n: n as u32,
-        cols: cols as u32,
+        cols: broadcast_cols(shape, b, bc) as u32,
         alpha: 1.0,
         beta: 0.0,
         seed: 0,

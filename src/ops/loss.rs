@@ -211,17 +211,14 @@ pub fn lm_head_cross_entropy(
         "lm_head_cross_entropy",
         &[hidden],
         move |g, _| {
-            // dhidden · g, with g a one-element GPU tensor: broadcast it as the
-            // single "row" value of a [1, rows·dim] view.
-            let flat = super::reshape(&dhidden, &[1, rows * dim])?;
-            let g = super::reshape(g, &[1, 1])?;
+            // dhidden · g, with g the one-element incoming gradient.
             let scaled = super::elementwise::binary_raw(
-                &flat,
-                &g,
+                &dhidden,
+                g,
                 crate::shaders::BinaryOp::Mul,
                 crate::shaders::Broadcast::PerRow,
             )?;
-            Ok(vec![Some(super::reshape(&scaled, &[rows, dim])?)])
+            Ok(vec![Some(scaled)])
         },
     ))
 }

@@ -5,7 +5,7 @@ use super::launch;
 use crate::autograd::record;
 use crate::error::{arg_err, shape_err, Result};
 use crate::gpu::MatmulKernels;
-use crate::shaders::{Kernel, MatmulKind};
+use crate::shaders::{broadcast_lanes, Kernel, MatmulKind};
 use crate::tensor::{DType, Tensor};
 
 /// Which operands are transposed: `NT` is `A·Bᵀ`, the layout of `x·Wᵀ` with a
@@ -111,14 +111,11 @@ fn plan(a: &Tensor, b: &Tensor, t: Transpose) -> Result<Plan> {
     })
 }
 
-/// The broadcast kernel's output block per workgroup, (columns, rows): each of
-/// its 16 invocations computes 8 x 8 (matmul_broadcast.wgsl).
+/// The broadcast kernel's output block per workgroup, (columns, rows): 8 x 8
+/// per invocation (matmul_broadcast.wgsl).
 fn broadcast_block(tall: bool) -> (usize, usize) {
-    if tall {
-        (8, 128)
-    } else {
-        (128, 8)
-    }
+    let (x, y) = broadcast_lanes(tall);
+    (8 * x, 8 * y)
 }
 
 /// Outputs narrower than this use tall broadcast groups: a wide group would
