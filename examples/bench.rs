@@ -14,7 +14,7 @@
 
 use std::time::Instant;
 
-use dora_wgpu::bench::{median, merged_forward_times, train_throughput, TrainShape};
+use dora_wgpu::bench::{median, merged_forward_times, train_throughputs, TrainShape};
 use dora_wgpu::nn::{AdapterOptions, DoraLinear, DoraPath, Linear, LoraLinear, Rng};
 use dora_wgpu::ops::{self, Transpose};
 use dora_wgpu::train::Method;
@@ -224,25 +224,29 @@ fn run() -> dora_wgpu::Result<()> {
     let mut train = Vec::new();
     let mut train_ratios = Vec::new();
     for (name, dir) in &models {
-        // LoRA, DoRA, and DoRA recomputing each layer in backward (`--grad-checkpoint`).
-        let mut runs = Vec::new();
-        for (method, grad_checkpoint) in [
-            (Method::Lora, false),
-            (Method::Dora, false),
-            (Method::Dora, true),
-        ] {
-            let shape = TrainShape {
-                batch: tb,
-                seq: ts,
-                warmup: 1,
-                steps: train_steps,
-                grad_checkpoint,
-            };
-            let r = train_throughput(&gpu, dir, name, method, shape)?;
+        // LoRA, DoRA, and DoRA recomputing each layer in backward
+        // (`--grad-checkpoint`), their timed steps interleaved.
+        let shape = |grad_checkpoint| TrainShape {
+            batch: tb,
+            seq: ts,
+            warmup: 1,
+            steps: train_steps,
+            grad_checkpoint,
+        };
+        let runs = train_throughputs(
+            dir,
+            name,
+            &[
+                (Method::Lora, shape(false)),
+                (Method::Dora, shape(false)),
+                (Method::Dora, shape(true)),
+            ],
+        )?;
+        for r in &runs {
             println!(
                 "{:>16} {:>9} {:>9.1} {:>9.1} {:>10.1} {:>9.2} {:>6.1}%",
                 r.model,
-                if grad_checkpoint {
+                if r.grad_checkpoint {
                     format!("{}+ckpt", r.method)
                 } else {
                     r.method.clone()
@@ -253,8 +257,7 @@ fn run() -> dora_wgpu::Result<()> {
                 r.effective_gflops,
                 100.0 * r.effective_gflops / peak
             );
-            runs.push(r.clone());
-            train.push(r);
+            train.push(r.clone());
         }
         let ratios = |a: &dora_wgpu::bench::TrainBench, b: &dora_wgpu::bench::TrainBench| {
             (

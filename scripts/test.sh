@@ -13,4 +13,7 @@ DORA_MATMUL_KERNELS=tiled cargo test --test kernels --test layers --test gradien
 echo "== benchmark, quick mode (completes and prints finite figures)"
 cargo run --example bench -- --quick
 echo "== tests on the GL backend"
-WGPU_BACKEND=gl cargo test "$@"
+# One test thread: wgpu's GL backend serialises every call on one context lock
+# and panics after waiting 6 s for it, which a thread compiling a kernel or
+# waiting on a long dispatch under llvmpipe can exceed.
+WGPU_BACKEND=gl RUST_TEST_THREADS=1 cargo test "$@"

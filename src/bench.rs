@@ -108,64 +108,74 @@ pub struct TrainShape {
     pub grad_checkpoint: bool,
 }
 
-/// Trains `method` adapters (r 8, alpha 16, all seven projections) on the
-/// model in `model_dir` and reports the median timed step.
-pub fn train_throughput(
-    gpu: &Gpu,
+/// Trains adapters (r 8, alpha 16, all seven projections) on the model in
+/// `model_dir`, once per `(method, shape)` run, and reports each run's median
+/// timed step. Each run gets its own GPU context, so its peak memory is its
+/// own, and the runs' timed steps alternate: a slowdown of the host lands on
+/// every run alike instead of on whichever ran during it, which keeps their
+/// ratios honest on a shared machine.
+pub fn train_throughputs(
     model_dir: &std::path::Path,
     model_name: &str,
-    method: crate::train::Method,
-    shape: TrainShape,
-) -> Result<TrainBench> {
+    runs: &[(crate::train::Method, TrainShape)],
+) -> Result<Vec<TrainBench>> {
     use crate::train::{TrainConfig, Trainer};
-    let TrainShape {
-        batch,
-        seq,
-        warmup,
-        steps,
-        grad_checkpoint,
-    } = shape;
-    gpu.synchronize()?;
-    gpu.release_unused_memory();
-    gpu.reset_peak_memory();
-    let model = crate::nn::Llama::load(gpu, model_dir)?;
-    let c = model.config.clone();
-    let examples = random_examples(c.vocab_size, batch * (warmup + steps).max(1), seq, 7);
-    let config = TrainConfig {
-        method,
-        iters: warmup + steps,
-        batch_size: batch,
-        max_seq_len: seq + 1,
-        lr: 1e-4,
-        steps_per_eval: 0,
-        save_every: 0,
-        grad_checkpoint,
-        ..TrainConfig::default()
-    };
-    let mut trainer = Trainer::new(model, config, examples, Vec::new())?;
-    for _ in 0..warmup {
-        trainer.train_step()?;
+    let mut trainers = Vec::with_capacity(runs.len());
+    for &(method, shape) in runs {
+        let gpu = Gpu::new()?;
+        let model = crate::nn::Llama::load(&gpu, model_dir)?;
+        let examples = random_examples(
+            model.config.vocab_size,
+            shape.batch * (shape.warmup + shape.steps).max(1),
+            shape.seq,
+            7,
+        );
+        let config = TrainConfig {
+            method,
+            iters: shape.warmup + shape.steps,
+            batch_size: shape.batch,
+            max_seq_len: shape.seq + 1,
+            lr: 1e-4,
+            steps_per_eval: 0,
+            save_every: 0,
+            grad_checkpoint: shape.grad_checkpoint,
+            ..TrainConfig::default()
+        };
+        let mut trainer = Trainer::new(model, config, examples, Vec::new())?;
+        for _ in 0..shape.warmup {
+            trainer.train_step()?;
+        }
+        trainers.push((gpu, trainer, Vec::new()));
     }
-    let mut times = Vec::with_capacity(steps);
-    for _ in 0..steps.max(1) {
-        let t = Instant::now();
-        trainer.train_step()?; // reads the loss: the step has finished on the GPU
-        times.push(t.elapsed().as_secs_f64());
+    let steps = runs.iter().map(|(_, s)| s.steps.max(1)).max().unwrap_or(1);
+    for step in 0..steps {
+        for ((_, shape), (_, trainer, times)) in runs.iter().zip(&mut trainers) {
+            if step < shape.steps.max(1) {
+                let t = Instant::now();
+                trainer.train_step()?; // reads the loss: the step has finished on the GPU
+                times.push(t.elapsed().as_secs_f64());
+            }
+        }
     }
-    let step_s = median(times);
-    let peak = gpu.memory_stats().peak_live_bytes;
-    drop(trainer);
-    Ok(TrainBench {
-        model: model_name.to_string(),
-        method: format!("{method:?}").to_lowercase(),
-        batch,
-        seq_len: seq,
-        grad_checkpoint,
-        step_s,
-        tokens_per_s: (batch * seq) as f64 / step_s,
-        peak_gpu_bytes: peak,
-        effective_gflops: effective_flops_per_step(&c, batch, seq) / step_s / 1e9,
-    })
+    let mut results = Vec::with_capacity(runs.len());
+    for (&(method, shape), (gpu, trainer, times)) in runs.iter().zip(trainers) {
+        let config = trainer.model().config.clone();
+        let step_s = median(times);
+        results.push(TrainBench {
+            model: model_name.to_string(),
+            method: format!("{method:?}").to_lowercase(),
+            batch: shape.batch,
+            seq_len: shape.seq,
+            grad_checkpoint: shape.grad_checkpoint,
+            step_s,
+            tokens_per_s: (shape.batch * shape.seq) as f64 / step_s,
+            peak_gpu_bytes: gpu.memory_stats().peak_live_bytes,
+            effective_gflops: effective_flops_per_step(&config, shape.batch, shape.seq)
+                / step_s
+                / 1e9,
+        });
+    }
+    Ok(results)
 }
 
 /// Forward time (no gradients) of the base model against the same model with

@@ -81,7 +81,9 @@ pub enum MatmulKind {
     /// devices. Wide groups (16 x 1 invocations) broadcast A; tall ones (1 x 16),
     /// for narrow outputs, broadcast B. Needs N >= 8, and with a 16-bit B an even
     /// K (B transposed) or N (not), since it reads two neighbours per word.
-    Broadcast { tall: bool },
+    /// `vector_b` reads B in vector words (see [`broadcast_vector_b`]): fewer,
+    /// wider loads, which a software device pays for per load, not per byte.
+    Broadcast { tall: bool, vector_b: bool },
 }
 
 /// Invocations of a broadcast-matmul workgroup along (columns, rows): wide
@@ -91,6 +93,20 @@ pub(crate) fn broadcast_lanes(tall: bool) -> (usize, usize) {
         (1, 16)
     } else {
         (16, 1)
+    }
+}
+
+/// Whether the broadcast matmul can read B in vector words: a row of op(B)'s 8
+/// columns as two `vec4<f32>` or one `vec4<u32>` of 16-bit pairs (B not
+/// transposed, N a multiple of 4 or 8), or a column's k and k+1 as one
+/// `vec2<f32>` (f32 B transposed, K even). A transposed 16-bit B already reads
+/// k and k+1 in one word.
+pub(crate) fn broadcast_vector_b(b_dtype: DType, trans_b: bool, k: usize, n: usize) -> bool {
+    match (b_dtype, trans_b) {
+        (DType::F32, false) => n.is_multiple_of(4),
+        (DType::F32, true) => k.is_multiple_of(2),
+        (DType::BF16 | DType::F16, false) => n.is_multiple_of(8),
+        _ => false,
     }
 }
 
@@ -255,18 +271,23 @@ impl Kernel {
             } => (
                 format!(
                     "const TRANS_A: bool = {trans_a};\nconst TRANS_B: bool = {trans_b};\n{}{}{}",
-                    weight_loader("BWord", "load_b", "b", b_dtype),
+                    match kind {
+                        MatmulKind::Broadcast { vector_b: true, .. } => {
+                            vector_pair_loader(b_dtype, trans_b)
+                        }
+                        _ => weight_loader("BWord", "load_b", "b", b_dtype),
+                    },
                     if epilogue {
                         MATMUL_EPILOGUE
                     } else {
                         "fn epilogue(v: f32, col: u32) -> f32 { return v; }\n"
                     },
                     match kind {
-                        MatmulKind::Broadcast { tall } => {
+                        MatmulKind::Broadcast { tall, vector_b } => {
                             let (x, y) = broadcast_lanes(tall);
                             format!(
                                 "const LANES_X: u32 = {x}u;\nconst LANES_Y: u32 = {y}u;\n{}",
-                                pair_loader(b_dtype)
+                                if vector_b { "" } else { pair_loader(b_dtype) }
                             )
                         }
                         _ => String::new(),
@@ -329,16 +350,20 @@ impl Kernel {
             for trans_b in [false, true] {
                 for b_dtype in weight_types {
                     for epilogue in [false, true] {
-                        for kind in [
-                            MatmulKind::Tiled,
-                            MatmulKind::Skinny,
-                            MatmulKind::Broadcast { tall: false },
-                            MatmulKind::Broadcast { tall: true },
-                        ] {
+                        let broadcast =
+                            [(false, false), (true, false), (false, true), (true, true)]
+                                .map(|(tall, vector_b)| MatmulKind::Broadcast { tall, vector_b });
+                        for kind in [MatmulKind::Tiled, MatmulKind::Skinny]
+                            .into_iter()
+                            .chain(broadcast)
+                        {
                             let unused = match kind {
                                 MatmulKind::Tiled => false,
                                 MatmulKind::Skinny => trans_a,
-                                MatmulKind::Broadcast { .. } => trans_a && trans_b,
+                                MatmulKind::Broadcast { vector_b, .. } => {
+                                    trans_a && trans_b
+                                        || vector_b && b_dtype != DType::F32 && trans_b
+                                }
                             };
                             if !unused {
                                 v.push(Kernel::Matmul {
@@ -452,6 +477,60 @@ fn pair_loader(b_dtype: DType) -> &'static str {
     }
 }
 
+/// `load_b_pair` reading B in vector words, for [`broadcast_vector_b`] shapes.
+fn vector_pair_loader(b_dtype: DType, trans_b: bool) -> String {
+    match (b_dtype, trans_b) {
+        (DType::F32, false) => "alias BWord = vec4<f32>;
+// b[k*N + n], N % 4 == 0: a row's 8 columns are two whole vec4s.
+fn load_b_pair(bi: u32, sk: u32, sn: u32) -> BPair {
+    let w = bi >> 2u;
+    let v = (bi + sk) >> 2u;
+    return BPair(b[w], b[w + 1u], b[v], b[v + 1u]);
+}
+"
+        .to_string(),
+        (DType::F32, true) => "alias BWord = vec2<f32>;
+// b[n*K + k], K even: one vec2 holds k and k+1 of a column.
+fn load_b_pair(bi: u32, sk: u32, sn: u32) -> BPair {
+    let w = bi >> 1u;
+    let s = sn >> 1u;
+    let c0 = b[w];
+    let c1 = b[w + s];
+    let c2 = b[w + 2u * s];
+    let c3 = b[w + 3u * s];
+    let c4 = b[w + 4u * s];
+    let c5 = b[w + 5u * s];
+    let c6 = b[w + 6u * s];
+    let c7 = b[w + 7u * s];
+    return BPair(
+        vec4<f32>(c0.x, c1.x, c2.x, c3.x),
+        vec4<f32>(c4.x, c5.x, c6.x, c7.x),
+        vec4<f32>(c0.y, c1.y, c2.y, c3.y),
+        vec4<f32>(c4.y, c5.y, c6.y, c7.y),
+    );
+}
+"
+        .to_string(),
+        (DType::BF16 | DType::F16, false) => format!(
+            "alias BWord = vec4<u32>;
+{}// b[k*N + n], N % 8 == 0: a row's 8 columns are one vec4 of 16-bit pairs.
+fn load_b_pair(bi: u32, sk: u32, sn: u32) -> BPair {{
+    let r0 = b[bi >> 3u];
+    let r1 = b[(bi + sk) >> 3u];
+    return BPair(
+        vec4<f32>(unpack_pair(r0.x), unpack_pair(r0.y)),
+        vec4<f32>(unpack_pair(r0.z), unpack_pair(r0.w)),
+        vec4<f32>(unpack_pair(r1.x), unpack_pair(r1.y)),
+        vec4<f32>(unpack_pair(r1.z), unpack_pair(r1.w)),
+    );
+}}
+",
+            unpack_pair_fn(b_dtype)
+        ),
+        _ => unreachable!("no vector loader for {b_dtype:?} with trans_b = {trans_b}"),
+    }
+}
+
 const PACKED_PAIR_LOADER: &str = "fn load_b_pair(bi: u32, sk: u32, sn: u32) -> BPair {
     if (TRANS_B) {
         // b[n*K + k]: one word holds k and k+1 of a column.
@@ -536,18 +615,34 @@ fn weight_loader(word: &str, fun: &str, array: &str, dtype: DType) -> String {
         }
         DType::BF16 => format!(
             "alias {word} = u32;\nfn {fun}(i: u32) -> f32 {{\n    let v = {array}[i >> 1u];\n    \
-             return bitcast<f32>(select(v << 16u, v & 0xffff0000u, (i & 1u) == 1u));\n}}\n\
-             fn unpack_pair(v: u32) -> vec2<f32> {{\n    \
-             return vec2<f32>(bitcast<f32>(v << 16u), bitcast<f32>(v & 0xffff0000u));\n}}\n"
+             return bitcast<f32>(select(v << 16u, v & 0xffff0000u, (i & 1u) == 1u));\n}}\n{}",
+            unpack_pair_fn(dtype)
         ),
         // Decoded with integer ops: unpack2x16float needs a capability some GL drivers lack.
         DType::F16 => format!(
             "alias {word} = u32;\nfn {fun}(i: u32) -> f32 {{\n    \
-             return f16_to_f32(({array}[i >> 1u] >> ((i & 1u) * 16u)) & 0xffffu);\n}}\n\
-             fn unpack_pair(v: u32) -> vec2<f32> {{\n    \
-             return vec2<f32>(f16_to_f32(v & 0xffffu), f16_to_f32(v >> 16u));\n}}\n{F16_DECODE}"
+             return f16_to_f32(({array}[i >> 1u] >> ((i & 1u) * 16u)) & 0xffffu);\n}}\n{}",
+            unpack_pair_fn(dtype)
         ),
         DType::I32 => unreachable!("integer tensors are never weight operands"),
+    }
+}
+
+/// `unpack_pair(word)`: the two 16-bit values of a word, low half first.
+fn unpack_pair_fn(dtype: DType) -> String {
+    match dtype {
+        DType::BF16 => "fn unpack_pair(v: u32) -> vec2<f32> {
+    return vec2<f32>(bitcast<f32>(v << 16u), bitcast<f32>(v & 0xffff0000u));
+}
+"
+        .to_string(),
+        DType::F16 => format!(
+            "fn unpack_pair(v: u32) -> vec2<f32> {{
+    return vec2<f32>(f16_to_f32(v & 0xffffu), f16_to_f32(v >> 16u));
+}}
+{F16_DECODE}"
+        ),
+        _ => unreachable!("only 16-bit words hold pairs"),
     }
 }
 

@@ -31,7 +31,9 @@ fn matmul_layouts_and_sizes(gpu: &Gpu) {
     let mut rng = Rng::new(1);
     for (t, ta, tb) in layouts() {
         for &m in &SIZES {
-            for &k in &[1usize, 7, 65, 257] {
+            // Odd and even K, N a multiple of 4 or not: the broadcast kernel reads
+            // B in vector words when the sizes allow it.
+            for &k in &[1usize, 7, 64, 257] {
                 for &n in &[1usize, 8, 33, 70, 130, 300] {
                     let a = random(&mut rng, m * k);
                     let b = random(&mut rng, k * n);
@@ -64,8 +66,11 @@ fn matmul_batched_and_shared_weight_match_f64() {
 
 fn matmul_batched(gpu: &Gpu) {
     let mut rng = Rng::new(2);
-    let (batch, m, k, n) = (3, 17, 40, 9);
-    for (t, ta, tb) in layouts() {
+    // The second shape lets the broadcast kernel read B in vector words.
+    for (t, ta, tb, (batch, m, k, n)) in layouts()
+        .into_iter()
+        .flat_map(|(t, ta, tb)| [(t, ta, tb, (3, 17, 40, 9)), (t, ta, tb, (2, 19, 33, 12))])
+    {
         let a = random(&mut rng, batch * m * k);
         let b = random(&mut rng, batch * k * n);
         let a_shape = if ta { [batch, k, m] } else { [batch, m, k] };
@@ -89,7 +94,7 @@ fn matmul_batched(gpu: &Gpu) {
                 tb,
             );
             assert_close(
-                &format!("{t:?} batch {i}"),
+                &format!("{t:?} {batch}x{m}x{k}x{n} batch {i}"),
                 &got[i * m * n..(i + 1) * m * n],
                 &want,
                 1e-5,
@@ -98,6 +103,7 @@ fn matmul_batched(gpu: &Gpu) {
         }
     }
     // [batch, tokens, in] x W[out, in]ᵀ: the weight is shared by every batch.
+    let (k, n) = (40, 9);
     let x = random(&mut rng, 2 * 5 * k);
     let w = random(&mut rng, n * k);
     let y = ops::matmul_ex(
@@ -132,6 +138,7 @@ fn matmul_16_bit(gpu: &Gpu) {
                 (17, 30, 9),
                 (5, 66, 260),
                 (3, 7, 258),
+                (6, 31, 264),
             ] {
                 let a = random(&mut rng, m * k);
                 let b = random(&mut rng, k * n);

@@ -5,7 +5,7 @@ use super::launch;
 use crate::autograd::record;
 use crate::error::{arg_err, shape_err, Result};
 use crate::gpu::MatmulKernels;
-use crate::shaders::{broadcast_lanes, Kernel, MatmulKind};
+use crate::shaders::{broadcast_lanes, broadcast_vector_b, Kernel, MatmulKind};
 use crate::tensor::{DType, Tensor};
 
 /// Which operands are transposed: `NT` is `A·Bᵀ`, the layout of `x·Wᵀ` with a
@@ -136,7 +136,10 @@ fn choose_kind(family: MatmulKernels, p: &Plan, ta: bool, tb: bool, b_dtype: DTy
     let (cols, rows) = broadcast_block(tall);
     let fits_grid = p.m.div_ceil(rows).max(p.n.div_ceil(cols)) <= u16::MAX as usize;
     if family == MatmulKernels::Broadcast && !(ta && tb) && p.n >= 8 && words_align && fits_grid {
-        return MatmulKind::Broadcast { tall };
+        return MatmulKind::Broadcast {
+            tall,
+            vector_b: broadcast_vector_b(b_dtype, tb, p.k, p.n),
+        };
     }
     // Few rows of A: the tiled kernel would mostly compute padding.
     if !ta && p.m <= SKINNY_MAX_ROWS {
@@ -219,7 +222,7 @@ pub(crate) fn matmul_epilogue(
             p.m.div_ceil(64) as u32,
             p.batch as u32,
         ],
-        MatmulKind::Broadcast { tall } => {
+        MatmulKind::Broadcast { tall, .. } => {
             let (cols, rows) = broadcast_block(tall);
             [
                 p.n.div_ceil(cols) as u32,
