@@ -14,7 +14,7 @@
 
 use std::time::Instant;
 
-use dora_wgpu::bench::{median, merged_forward_times, train_throughputs, TrainShape};
+use dora_wgpu::bench::{median, merged_forward_times, paired_ratio, train_throughputs, TrainShape};
 use dora_wgpu::nn::{AdapterOptions, DoraLinear, DoraPath, Linear, LoraLinear, Rng};
 use dora_wgpu::ops::{self, Transpose};
 use dora_wgpu::train::Method;
@@ -261,7 +261,7 @@ fn run() -> dora_wgpu::Result<()> {
         }
         let ratios = |a: &dora_wgpu::bench::TrainBench, b: &dora_wgpu::bench::TrainBench| {
             (
-                a.step_s / b.step_s,
+                paired_ratio(&a.step_times_s, &b.step_times_s),
                 a.peak_gpu_bytes as f64 / b.peak_gpu_bytes as f64,
             )
         };
@@ -279,18 +279,15 @@ fn run() -> dora_wgpu::Result<()> {
     // Merging DoRA into the weights: inference must cost what the base model costs.
     let fwd_model = user_model.clone().unwrap_or(default_dir.clone());
     let (fb, fs) = if quick { (1, 32) } else { (batch, seq) };
-    // A real model's forward takes seconds on a CPU device: fewer repeats there.
-    let fwd_repeats = if user_model.is_some() { 3 } else { repeats };
-    let (base_t, merged_t, unmerged_t) =
-        merged_forward_times(&gpu, &fwd_model, fb, fs, fwd_repeats)?;
+    let fwd = merged_forward_times(&gpu, &fwd_model, fb, fs, repeats)?;
     println!(
         "\nforward {fb} × {fs} on {}: base {:.1} ms, DoRA merged {:.1} ms ({:.3}×), unmerged {:.1} ms ({:.3}×)",
         fwd_model.display(),
-        base_t * 1e3,
-        merged_t * 1e3,
-        merged_t / base_t,
-        unmerged_t * 1e3,
-        unmerged_t / base_t
+        fwd.base_s * 1e3,
+        fwd.merged_s * 1e3,
+        fwd.merged_ratio,
+        fwd.unmerged_s * 1e3,
+        fwd.unmerged_ratio
     );
 
     let mut kernel_profile = Vec::new();
@@ -344,9 +341,9 @@ fn run() -> dora_wgpu::Result<()> {
         "dora_factored_direct_time_ratio": dora_t / direct_t,
         "train": train,
         "train_ratios": train_ratios,
-        "merged_base_forward_ratio": merged_t / base_t,
-        "unmerged_base_forward_ratio": unmerged_t / base_t,
-        "forward_ms": {"base": base_t * 1e3, "merged": merged_t * 1e3, "unmerged": unmerged_t * 1e3},
+        "merged_base_forward_ratio": fwd.merged_ratio,
+        "unmerged_base_forward_ratio": fwd.unmerged_ratio,
+        "forward_ms": {"base": fwd.base_s * 1e3, "merged": fwd.merged_s * 1e3, "unmerged": fwd.unmerged_s * 1e3},
         "profile": kernel_profile,
         "profile_method": "wall-clock per dispatch (each submitted alone and waited for)",
     });
@@ -354,7 +351,7 @@ fn run() -> dora_wgpu::Result<()> {
         && matmuls
             .iter()
             .all(|m| m["gflops"].as_f64().is_some_and(f64::is_finite))
-        && [dora_t / lora_t, dora_t / direct_t, merged_t / base_t]
+        && [dora_t / lora_t, dora_t / direct_t, fwd.merged_ratio]
             .iter()
             .all(|r| r.is_finite() && *r > 0.0)
         && train

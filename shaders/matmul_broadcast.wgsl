@@ -11,11 +11,12 @@
 // The header's `load_b_pair` fetches those in as few loads as the layout
 // allows: 4 vec4 words (f32, B not transposed), 8 vec2 (f32 transposed), 8
 // u32 words of 16-bit pairs, or 2 vec4<u32> of them; else 16 scalars.
+//
 // The header sets the group's shape, LANES_X x LANES_Y invocations. A wide
-// group (16 x 1) shares its rows, so the 8 A values per k depend only on the
-// workgroup: the compiler loads each once and broadcasts it. A tall group
-// (1 x 16), for narrow outputs such as rank-r products, shares its columns
-// and broadcasts the B values instead.
+// group (LANES_X x 1) shares its rows, so the 8 A values per k depend only
+// on the workgroup: the compiler loads each once and broadcasts it. A tall
+// group (1 x LANES_Y), for narrow outputs such as rank-r products, shares its
+// columns and broadcasts the B values instead.
 
 struct Params {
     m: u32,
@@ -34,8 +35,7 @@ struct Params {
 @group(0) @binding(2) var<storage, read> b: array<BWord>;
 @group(0) @binding(3) var<storage, read_write> c: array<f32>;
 
-// 16 invocations: a wide group's 128 columns waste at most 10% on the
-// transformer widths we see (576 = 4.5 x 128) and divide most others.
+// One SIMD batch of the device (8 or 16 invocations), set by the header.
 const LANES: u32 = LANES_X * LANES_Y;
 
 // Rows k and k+1 of op(B), 8 columns each.

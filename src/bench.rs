@@ -43,6 +43,13 @@ pub fn median(mut times: Vec<f64>) -> f64 {
     times[times.len() / 2]
 }
 
+/// The median of the ratios a[i] / b[i] of timings taken side by side: on a
+/// shared host that drifts by minutes, a ratio of neighbours is steadier than a
+/// ratio of two medians.
+pub fn paired_ratio(a: &[f64], b: &[f64]) -> f64 {
+    median(a.iter().zip(b).map(|(x, y)| x / y).collect())
+}
+
 /// One fine-tuning configuration measured end to end.
 #[derive(Clone, Debug, serde::Serialize)]
 pub struct TrainBench {
@@ -54,6 +61,8 @@ pub struct TrainBench {
     pub grad_checkpoint: bool,
     /// Median over the timed steps.
     pub step_s: f64,
+    /// Every timed step, in order.
+    pub step_times_s: Vec<f64>,
     pub tokens_per_s: f64,
     /// Highest GPU memory held by live tensors during the steps (weights included).
     pub peak_gpu_bytes: u64,
@@ -160,7 +169,7 @@ pub fn train_throughputs(
     let mut results = Vec::with_capacity(runs.len());
     for (&(method, shape), (gpu, trainer, times)) in runs.iter().zip(trainers) {
         let config = trainer.model().config.clone();
-        let step_s = median(times);
+        let step_s = median(times.clone());
         results.push(TrainBench {
             model: model_name.to_string(),
             method: format!("{method:?}").to_lowercase(),
@@ -168,6 +177,7 @@ pub fn train_throughputs(
             seq_len: shape.seq,
             grad_checkpoint: shape.grad_checkpoint,
             step_s,
+            step_times_s: times,
             tokens_per_s: (shape.batch * shape.seq) as f64 / step_s,
             peak_gpu_bytes: gpu.memory_stats().peak_live_bytes,
             effective_gflops: effective_flops_per_step(&config, shape.batch, shape.seq)
@@ -178,17 +188,29 @@ pub fn train_throughputs(
     Ok(results)
 }
 
-/// Forward time (no gradients) of the base model against the same model with
-/// a DoRA adapter merged into its weights, and with it attached unmerged:
-/// medians over `repeats` interleaved runs on one random [batch, seq] batch.
-/// Returns (base, merged, unmerged) seconds.
+/// Forward times (no gradients) of a base model, the same model with a DoRA
+/// adapter merged into its weights, and with the adapter attached unmerged.
+#[derive(Clone, Debug)]
+pub struct ForwardTimes {
+    /// Medians, in seconds.
+    pub base_s: f64,
+    pub merged_s: f64,
+    pub unmerged_s: f64,
+    /// [`paired_ratio`]s against the base, run by run.
+    pub merged_ratio: f64,
+    pub unmerged_ratio: f64,
+}
+
+/// Times the forward of the base model, the merged one and the unmerged one
+/// on one random [batch, seq] batch, `repeats` rounds of all three; the order
+/// within a round alternates so neither runs always first.
 pub fn merged_forward_times(
     gpu: &Gpu,
     model_dir: &std::path::Path,
     batch: usize,
     seq: usize,
     repeats: usize,
-) -> Result<(f64, f64, f64)> {
+) -> Result<ForwardTimes> {
     use crate::nn::{AdapterOptions, Linear, Projection};
     let _g = crate::autograd::no_grad();
     let base = crate::nn::Llama::load(gpu, model_dir)?;
@@ -235,10 +257,22 @@ pub fn merged_forward_times(
         run(m)?; // pipelines
     }
     let (mut tb, mut tm, mut tu) = (Vec::new(), Vec::new(), Vec::new());
-    for _ in 0..repeats.max(1) {
-        tb.push(run(&base)?);
-        tm.push(run(&merged)?);
-        tu.push(run(&adapted)?);
+    for round in 0..repeats.max(1) {
+        if round % 2 == 0 {
+            tb.push(run(&base)?);
+            tm.push(run(&merged)?);
+            tu.push(run(&adapted)?);
+        } else {
+            tu.push(run(&adapted)?);
+            tm.push(run(&merged)?);
+            tb.push(run(&base)?);
+        }
     }
-    Ok((median(tb), median(tm), median(tu)))
+    Ok(ForwardTimes {
+        merged_ratio: paired_ratio(&tm, &tb),
+        unmerged_ratio: paired_ratio(&tu, &tb),
+        base_s: median(tb),
+        merged_s: median(tm),
+        unmerged_s: median(tu),
+    })
 }

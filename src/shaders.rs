@@ -78,21 +78,42 @@ pub enum MatmulKind {
     /// No tiles, for a few rows of A not transposed (matmul_skinny.wgsl).
     Skinny,
     /// Register tiles, no workgroup memory (matmul_broadcast.wgsl): CPU-emulated
-    /// devices. Wide groups (16 x 1 invocations) broadcast A; tall ones (1 x 16),
+    /// devices. Wide groups (lanes x 1 invocations) broadcast A; tall ones (1 x lanes),
     /// for narrow outputs, broadcast B. Needs N >= 8, and with a 16-bit B an even
     /// K (B transposed) or N (not), since it reads two neighbours per word.
     /// `vector_b` reads B in vector words (see [`broadcast_vector_b`]): fewer,
     /// wider loads, which a software device pays for per load, not per byte.
-    Broadcast { tall: bool, vector_b: bool },
+    /// `lanes` invocations make a group: the device's SIMD width (see
+    /// [`broadcast_lanes_for`]).
+    Broadcast {
+        tall: bool,
+        vector_b: bool,
+        lanes: u32,
+    },
 }
 
 /// Invocations of a broadcast-matmul workgroup along (columns, rows): wide
-/// groups are 16 x 1, tall ones 1 x 16. Each invocation computes 8 x 8 outputs.
-pub(crate) fn broadcast_lanes(tall: bool) -> (usize, usize) {
+/// groups are lanes x 1, tall ones 1 x lanes. Each invocation computes 8 x 8
+/// outputs.
+pub(crate) fn broadcast_lanes(tall: bool, lanes: u32) -> (usize, usize) {
+    let lanes = lanes as usize;
     if tall {
-        (1, 16)
+        (1, lanes)
     } else {
-        (16, 1)
+        (lanes, 1)
+    }
+}
+
+/// The broadcast matmul's group size on an adapter: its SIMD width when the
+/// driver states one (lavapipe: 8), within 8..=16, else 16. A group of one
+/// SIMD batch wastes the least on widths that are not a multiple of its
+/// columns (576 = 9 x 64 with 8 lanes, 4.5 x 128 with 16); a group narrower
+/// than the SIMD width would leave lanes idle.
+pub(crate) fn broadcast_lanes_for(info: &wgpu::AdapterInfo) -> u32 {
+    if info.subgroup_min_size == info.subgroup_max_size {
+        info.subgroup_max_size.clamp(8, 16).next_power_of_two()
+    } else {
+        16
     }
 }
 
@@ -283,8 +304,12 @@ impl Kernel {
                         "fn epilogue(v: f32, col: u32) -> f32 { return v; }\n"
                     },
                     match kind {
-                        MatmulKind::Broadcast { tall, vector_b } => {
-                            let (x, y) = broadcast_lanes(tall);
+                        MatmulKind::Broadcast {
+                            tall,
+                            vector_b,
+                            lanes,
+                        } => {
+                            let (x, y) = broadcast_lanes(tall, lanes);
                             format!(
                                 "const LANES_X: u32 = {x}u;\nconst LANES_Y: u32 = {y}u;\n{}",
                                 if vector_b { "" } else { pair_loader(b_dtype) }
@@ -350,9 +375,15 @@ impl Kernel {
             for trans_b in [false, true] {
                 for b_dtype in weight_types {
                     for epilogue in [false, true] {
-                        let broadcast =
-                            [(false, false), (true, false), (false, true), (true, true)]
-                                .map(|(tall, vector_b)| MatmulKind::Broadcast { tall, vector_b });
+                        let broadcast = [8, 16].into_iter().flat_map(|lanes| {
+                            [(false, false), (true, false), (false, true), (true, true)].map(
+                                |(tall, vector_b)| MatmulKind::Broadcast {
+                                    tall,
+                                    vector_b,
+                                    lanes,
+                                },
+                            )
+                        });
                         for kind in [MatmulKind::Tiled, MatmulKind::Skinny]
                             .into_iter()
                             .chain(broadcast)

@@ -94,6 +94,8 @@ pub(crate) struct GpuInner {
     pub batch: Mutex<Batch>,
     /// `Tiled` or `Broadcast`, never `Auto`.
     pub matmul_kernels: MatmulKernels,
+    /// Invocations per broadcast-matmul group ([`crate::shaders::broadcast_lanes_for`]).
+    pub broadcast_lanes: u32,
     /// The first uncaptured device error, reported at the next synchronisation.
     pub device_error: Arc<Mutex<Option<String>>>,
     /// Per-kernel wall-clock times while profiling is on (see [`Gpu::start_profiling`]).
@@ -194,6 +196,7 @@ impl Gpu {
         }
         let batch = Batch::new(&device, limits.min_uniform_buffer_offset_alignment);
         let matmul_kernels = matmul_kernels.resolve(&info);
+        let broadcast_lanes = crate::shaders::broadcast_lanes_for(&info);
         Ok(Gpu {
             inner: Arc::new(GpuInner {
                 device,
@@ -204,6 +207,7 @@ impl Gpu {
                 pool: Mutex::new(BufferPool::default()),
                 batch: Mutex::new(batch),
                 matmul_kernels,
+                broadcast_lanes,
                 device_error: Arc::new(Mutex::new(None)),
                 profile: Mutex::new(None),
             }),
@@ -223,6 +227,11 @@ impl Gpu {
     /// The matmul kernel family this context launches (`Tiled` or `Broadcast`).
     pub fn matmul_kernels(&self) -> MatmulKernels {
         self.inner.matmul_kernels
+    }
+
+    /// Invocations per broadcast-matmul group on this adapter.
+    pub(crate) fn broadcast_lanes(&self) -> u32 {
+        self.inner.broadcast_lanes
     }
 
     /// Full adapter info as wgpu reports it.

@@ -113,8 +113,8 @@ fn plan(a: &Tensor, b: &Tensor, t: Transpose) -> Result<Plan> {
 
 /// The broadcast kernel's output block per workgroup, (columns, rows): 8 x 8
 /// per invocation (matmul_broadcast.wgsl).
-fn broadcast_block(tall: bool) -> (usize, usize) {
-    let (x, y) = broadcast_lanes(tall);
+fn broadcast_block(tall: bool, lanes: u32) -> (usize, usize) {
+    let (x, y) = broadcast_lanes(tall, lanes);
     (8 * x, 8 * y)
 }
 
@@ -122,8 +122,15 @@ fn broadcast_block(tall: bool) -> (usize, usize) {
 /// leave most of its invocations idle.
 const BROADCAST_TALL_BELOW_COLS: usize = 256;
 
-/// The kernel for one product on a context using `family`.
-fn choose_kind(family: MatmulKernels, p: &Plan, ta: bool, tb: bool, b_dtype: DType) -> MatmulKind {
+/// The kernel for one product on a context using `family`, whose broadcast
+/// groups are `lanes` invocations.
+fn choose_kind(
+    (family, lanes): (MatmulKernels, u32),
+    p: &Plan,
+    ta: bool,
+    tb: bool,
+    b_dtype: DType,
+) -> MatmulKind {
     // The broadcast kernel clamps its 8 columns into [0, N) and reads 16-bit
     // B two neighbours per word; TT is never on a training path.
     let words_align = b_dtype == DType::F32
@@ -133,12 +140,13 @@ fn choose_kind(family: MatmulKernels, p: &Plan, ta: bool, tb: bool, b_dtype: DTy
             p.n.is_multiple_of(2)
         };
     let tall = p.n < BROADCAST_TALL_BELOW_COLS;
-    let (cols, rows) = broadcast_block(tall);
+    let (cols, rows) = broadcast_block(tall, lanes);
     let fits_grid = p.m.div_ceil(rows).max(p.n.div_ceil(cols)) <= u16::MAX as usize;
     if family == MatmulKernels::Broadcast && !(ta && tb) && p.n >= 8 && words_align && fits_grid {
         return MatmulKind::Broadcast {
             tall,
             vector_b: broadcast_vector_b(b_dtype, tb, p.k, p.n),
+            lanes,
         };
     }
     // Few rows of A: the tiled kernel would mostly compute padding.
@@ -207,7 +215,9 @@ pub(crate) fn matmul_epilogue(
         beta,
         has_bias: epilogue.as_ref().is_some_and(|e| e.bias.is_some()) as u32,
     };
-    let kind = choose_kind(a.gpu().matmul_kernels(), &p, ta, tb, b.dtype());
+    let gpu = a.gpu();
+    let family = (gpu.matmul_kernels(), gpu.broadcast_lanes());
+    let kind = choose_kind(family, &p, ta, tb, b.dtype());
     let kernel = Kernel::Matmul {
         trans_a: ta,
         trans_b: tb,
@@ -222,8 +232,8 @@ pub(crate) fn matmul_epilogue(
             p.m.div_ceil(64) as u32,
             p.batch as u32,
         ],
-        MatmulKind::Broadcast { tall, .. } => {
-            let (cols, rows) = broadcast_block(tall);
+        MatmulKind::Broadcast { tall, lanes, .. } => {
+            let (cols, rows) = broadcast_block(tall, lanes);
             [
                 p.n.div_ceil(cols) as u32,
                 p.m.div_ceil(rows) as u32,
