@@ -9,8 +9,9 @@
 //! synchronising wait; the first call of each shape (pipeline creation
 //! included) is reported apart. Training runs on the embedded default model
 //! and, with --model, on that one too (e.g. SmolLM2-135M at batch 4 × 128).
-//! --profile times every kernel of one DoRA training step (each dispatch
-//! submitted alone and waited for: wall-clock, submission included).
+//! --profile times every kernel of one DoRA training step, each dispatch
+//! submitted alone and waited for: GPU timestamps where the adapter has
+//! TIMESTAMP_QUERY, else wall-clock with the submission included.
 
 use std::time::Instant;
 
@@ -39,6 +40,15 @@ fn time(
         times.push(t.elapsed().as_secs_f64());
     }
     Ok((first, median(times)))
+}
+
+/// How `--profile` times a kernel on this adapter.
+fn profile_clock(gpu: &Gpu) -> &'static str {
+    if gpu.profiles_with_timestamps() {
+        "GPU timestamps per dispatch (each submitted alone)"
+    } else {
+        "wall-clock per dispatch (each submitted alone and waited for)"
+    }
 }
 
 fn random(rng: &mut Rng, n: usize) -> Vec<f32> {
@@ -308,9 +318,12 @@ fn run() -> dora_wgpu::Result<()> {
         trainer.train_step()?;
         let total = t.elapsed().as_secs_f64();
         let kernels = gpu.take_profile();
+        let in_kernels: f64 = kernels.iter().map(|k| k.seconds).sum();
         println!(
-            "\nprofile: one DoRA training step on {} ({pb} × {ps}), {total:.3} s with every dispatch waited for",
-            fwd_model.display()
+            "\nprofile: one DoRA training step on {} ({pb} × {ps}), {total:.3} s with every dispatch \
+             waited for, {in_kernels:.3} s of it in kernels ({})",
+            fwd_model.display(),
+            profile_clock(&gpu)
         );
         println!("{:>10} {:>6}  kernel", "ms", "calls");
         for k in kernels.iter().take(20) {
@@ -345,7 +358,7 @@ fn run() -> dora_wgpu::Result<()> {
         "unmerged_base_forward_ratio": fwd.unmerged_ratio,
         "forward_ms": {"base": fwd.base_s * 1e3, "merged": fwd.merged_s * 1e3, "unmerged": fwd.unmerged_s * 1e3},
         "profile": kernel_profile,
-        "profile_method": "wall-clock per dispatch (each submitted alone and waited for)",
+        "profile_method": profile_clock(&gpu),
     });
     let finite = peak.is_finite()
         && matmuls

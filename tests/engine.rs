@@ -71,6 +71,55 @@ fn two_contexts_live_side_by_side() {
 }
 
 #[test]
+fn profiling_times_each_kernel_with_gpu_timestamps_where_offered() {
+    // Its own context: profiling makes every dispatch on a context synchronous.
+    let gpu = Gpu::new().unwrap();
+    let offered = gpu
+        .device()
+        .features()
+        .contains(dora_wgpu::wgpu::Features::TIMESTAMP_QUERY);
+    assert_eq!(gpu.profiles_with_timestamps(), offered);
+    let mut rng = dora_wgpu::nn::Rng::new(4);
+    let n = 384;
+    let x = Tensor::from_f32(&gpu, &random(&mut rng, n * n), &[n, n]).unwrap();
+    let v = Tensor::from_f32(&gpu, &random(&mut rng, n), &[n]).unwrap();
+    ops::matmul(&x, &x).unwrap();
+    ops::add(&v, &v).unwrap();
+    gpu.synchronize().unwrap(); // pipelines compiled before timing
+
+    gpu.start_profiling().unwrap();
+    let started = std::time::Instant::now();
+    for _ in 0..3 {
+        ops::add(&v, &v).unwrap();
+    }
+    ops::matmul(&x, &x).unwrap();
+    let wall = started.elapsed().as_secs_f64();
+    let profile = gpu.take_profile();
+    let find = |name: &str| {
+        profile
+            .iter()
+            .find(|k| k.kernel.starts_with(name))
+            .unwrap_or_else(|| panic!("no {name} in {profile:?}"))
+    };
+    let (add, matmul) = (find("Binary(Add"), find("Matmul"));
+    assert_eq!(
+        (add.calls, matmul.calls, profile.len()),
+        (3, 1, 2),
+        "{profile:?}"
+    );
+    assert!(add.seconds > 0.0, "{profile:?}");
+    assert!(
+        add.seconds + matmul.seconds <= wall,
+        "{profile:?} within {wall} s"
+    );
+    // 113 MFLOP against three additions of 384 numbers.
+    assert!(matmul.seconds > add.seconds, "{profile:?}");
+    // Profiling stopped: dispatches are batched again and nothing is recorded.
+    ops::add(&v, &v).unwrap();
+    assert!(gpu.take_profile().is_empty());
+}
+
+#[test]
 fn context_wraps_an_applications_own_device() {
     // An application that already owns a device (say, a renderer) shares it.
     let instance =

@@ -98,12 +98,59 @@ pub(crate) struct GpuInner {
     pub broadcast_lanes: u32,
     /// The first uncaptured device error, reported at the next synchronisation.
     pub device_error: Arc<Mutex<Option<String>>>,
-    /// Per-kernel wall-clock times while profiling is on (see [`Gpu::start_profiling`]).
+    /// Per-kernel times while profiling is on (see [`Gpu::start_profiling`]).
     pub profile: Mutex<Option<std::collections::BTreeMap<String, KernelTime>>>,
+    /// Times a dispatch on the GPU itself, where the device has timestamp queries.
+    pub pass_timer: Option<PassTimer>,
 }
 
-/// Time spent in one kernel while profiling: each dispatch is submitted
-/// alone and waited for, so this is wall-clock including submission overhead.
+/// GPU-side timing of one dispatch at a time: a compute pass writes its
+/// start and end ticks into a two-entry query set, which is resolved into a
+/// buffer and read back.
+pub(crate) struct PassTimer {
+    pub query_set: wgpu::QuerySet,
+    pub resolved: wgpu::Buffer,
+    pub readback: wgpu::Buffer,
+    /// Nanoseconds per tick.
+    pub period_ns: f64,
+}
+
+impl PassTimer {
+    fn new(device: &wgpu::Device, queue: &wgpu::Queue) -> Option<PassTimer> {
+        if !device.features().contains(wgpu::Features::TIMESTAMP_QUERY) {
+            return None;
+        }
+        let buffer = |label, usage| {
+            device.create_buffer(&wgpu::BufferDescriptor {
+                label: Some(label),
+                size: 2 * 8,
+                usage,
+                mapped_at_creation: false,
+            })
+        };
+        Some(PassTimer {
+            query_set: device.create_query_set(&wgpu::QuerySetDescriptor {
+                label: Some("pass timer"),
+                ty: wgpu::QueryType::Timestamp,
+                count: 2,
+            }),
+            resolved: buffer(
+                "pass timer ticks",
+                wgpu::BufferUsages::QUERY_RESOLVE | wgpu::BufferUsages::COPY_SRC,
+            ),
+            readback: buffer(
+                "pass timer readback",
+                wgpu::BufferUsages::MAP_READ | wgpu::BufferUsages::COPY_DST,
+            ),
+            period_ns: queue.get_timestamp_period() as f64,
+        })
+    }
+}
+
+/// Time spent in one kernel while profiling. Each dispatch is submitted alone
+/// and waited for; its time is read from GPU timestamps where the device has
+/// them ([`Gpu::profiles_with_timestamps`]), else it is the wall-clock time
+/// of that submission, overhead included.
 #[derive(Clone, Debug, Default, PartialEq, serde::Serialize)]
 pub struct KernelTime {
     pub kernel: String,
@@ -135,7 +182,8 @@ impl Gpu {
         let limits = adapter.limits();
         let (device, queue) = pollster::block_on(adapter.request_device(&wgpu::DeviceDescriptor {
             label: Some("dora-wgpu"),
-            required_features: wgpu::Features::empty(),
+            // Timestamps only serve `--profile`; asked for wherever offered.
+            required_features: adapter.features() & wgpu::Features::TIMESTAMP_QUERY,
             required_limits: limits,
             experimental_features: wgpu::ExperimentalFeatures::disabled(),
             memory_hints: wgpu::MemoryHints::Performance,
@@ -197,6 +245,7 @@ impl Gpu {
         let batch = Batch::new(&device, limits.min_uniform_buffer_offset_alignment);
         let matmul_kernels = matmul_kernels.resolve(&info);
         let broadcast_lanes = crate::shaders::broadcast_lanes_for(&info);
+        let pass_timer = PassTimer::new(&device, &queue);
         Ok(Gpu {
             inner: Arc::new(GpuInner {
                 device,
@@ -210,6 +259,7 @@ impl Gpu {
                 broadcast_lanes,
                 device_error: Arc::new(Mutex::new(None)),
                 profile: Mutex::new(None),
+                pass_timer,
             }),
         })
     }
@@ -304,6 +354,12 @@ impl Gpu {
         let mut v: Vec<KernelTime> = map.into_values().collect();
         v.sort_by(|a, b| b.seconds.total_cmp(&a.seconds));
         v
+    }
+
+    /// Whether profiles time each dispatch with GPU timestamp queries (else
+    /// with the wall clock around its submission).
+    pub fn profiles_with_timestamps(&self) -> bool {
+        self.inner.pass_timer.is_some()
     }
 
     pub(crate) fn is_profiling(&self) -> bool {

@@ -200,25 +200,46 @@ impl Gpu {
         if workgroups.contains(&0) {
             return Ok(()); // empty tensor: nothing to run
         }
+        let timer = self.inner.pass_timer.as_ref().filter(|_| profiling);
         let encoder = batch.encoder(&self.inner.device);
         let mut pass = encoder.begin_compute_pass(&wgpu::ComputePassDescriptor {
             label: None,
-            timestamp_writes: None,
+            timestamp_writes: timer.map(|t| wgpu::ComputePassTimestampWrites {
+                query_set: &t.query_set,
+                beginning_of_pass_write_index: Some(0),
+                end_of_pass_write_index: Some(1),
+            }),
         });
         pass.set_pipeline(&pipeline.pipeline);
         pass.set_bind_group(0, &bind_group, &[offset]);
         pass.dispatch_workgroups(workgroups[0], workgroups[1], workgroups[2]);
         if profiling {
             drop(pass);
+            if let Some(t) = timer {
+                encoder.resolve_query_set(&t.query_set, 0..2, &t.resolved, 0);
+                encoder.copy_buffer_to_buffer(&t.resolved, 0, &t.readback, 0, 16);
+            }
             drop(batch);
             let started = std::time::Instant::now();
-            self.synchronize()?;
+            self.flush();
+            let seconds = match timer {
+                Some(t) => {
+                    let ticks = self.map_and_read(&t.readback, 16)?;
+                    let at =
+                        |i: usize| u64::from_le_bytes(ticks[8 * i..8 * i + 8].try_into().unwrap());
+                    at(1).saturating_sub(at(0)) as f64 * t.period_ns * 1e-9
+                }
+                None => {
+                    self.wait()?;
+                    started.elapsed().as_secs_f64()
+                }
+            };
             let key = if std::env::var_os("DORA_WGPU_PROFILE_GRID").is_some() {
                 format!("{} {workgroups:?}", kernel.label())
             } else {
                 kernel.label()
             };
-            self.record_kernel_time(&key, started.elapsed().as_secs_f64());
+            self.record_kernel_time(&key, seconds);
         }
         Ok(())
     }
@@ -244,6 +265,12 @@ impl Gpu {
             );
         }
         self.flush();
+        self.map_and_read(&staging, bytes)
+    }
+
+    /// Waits for the submitted work, then copies the first `bytes` bytes of a
+    /// MAP_READ buffer to the host and unmaps it again.
+    fn map_and_read(&self, staging: &wgpu::Buffer, bytes: u64) -> Result<Vec<u8>> {
         let (tx, rx) = std::sync::mpsc::channel();
         staging.map_async(wgpu::MapMode::Read, .., move |r| {
             let _ = tx.send(r);
