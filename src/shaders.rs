@@ -293,8 +293,8 @@ impl Kernel {
                 format!(
                     "const TRANS_A: bool = {trans_a};\nconst TRANS_B: bool = {trans_b};\n{}{}{}",
                     match kind {
-                        MatmulKind::Broadcast { vector_b: true, .. } => {
-                            vector_pair_loader(b_dtype, trans_b)
+                        MatmulKind::Broadcast { vector_b, .. } => {
+                            broadcast_b_loader(b_dtype, trans_b, vector_b)
                         }
                         _ => weight_loader("BWord", "load_b", "b", b_dtype),
                     },
@@ -304,16 +304,9 @@ impl Kernel {
                         "fn epilogue(v: f32, col: u32) -> f32 { return v; }\n"
                     },
                     match kind {
-                        MatmulKind::Broadcast {
-                            tall,
-                            vector_b,
-                            lanes,
-                        } => {
+                        MatmulKind::Broadcast { tall, lanes, .. } => {
                             let (x, y) = broadcast_lanes(tall, lanes);
-                            format!(
-                                "const LANES_X: u32 = {x}u;\nconst LANES_Y: u32 = {y}u;\n{}",
-                                if vector_b { "" } else { pair_loader(b_dtype) }
-                            )
+                            format!("const LANES_X: u32 = {x}u;\nconst LANES_Y: u32 = {y}u;\n")
                         }
                         _ => String::new(),
                     }
@@ -391,9 +384,11 @@ impl Kernel {
                             let unused = match kind {
                                 MatmulKind::Tiled => false,
                                 MatmulKind::Skinny => trans_a,
+                                // Sizes that meet every alignment: a vector
+                                // variant exists wherever a vector loader does.
                                 MatmulKind::Broadcast { vector_b, .. } => {
                                     trans_a && trans_b
-                                        || vector_b && b_dtype != DType::F32 && trans_b
+                                        || vector_b && !broadcast_vector_b(b_dtype, trans_b, 8, 8)
                                 }
                             };
                             if !unused {
@@ -485,64 +480,38 @@ fn epilogue(v: f32, col: u32) -> f32 {
 }
 ";
 
-/// `load_b_pair(bi, sk, sn)` for the broadcast matmul: rows k and k+1 of
-/// op(B), 8 columns from element `bi`, with element strides `sk` along k and
-/// `sn` along n. A 16-bit B is read a word (two neighbours) at a time, which
-/// needs `bi` even: the dispatcher checks K (B transposed) or N is even.
-fn pair_loader(b_dtype: DType) -> &'static str {
-    match b_dtype {
-        DType::F32 => {
-            "fn load_b_pair(bi: u32, sk: u32, sn: u32) -> BPair {
-    let j = bi + sk;
-    return BPair(
-        vec4<f32>(load_b(bi), load_b(bi + sn), load_b(bi + 2u * sn), load_b(bi + 3u * sn)),
-        vec4<f32>(load_b(bi + 4u * sn), load_b(bi + 5u * sn), load_b(bi + 6u * sn), load_b(bi + 7u * sn)),
-        vec4<f32>(load_b(j), load_b(j + sn), load_b(j + 2u * sn), load_b(j + 3u * sn)),
-        vec4<f32>(load_b(j + 4u * sn), load_b(j + 5u * sn), load_b(j + 6u * sn), load_b(j + 7u * sn)),
-    );
-}
-"
+/// The broadcast matmul's B: the `BWord` binding type and `load_b_pair(bi,
+/// sk, sn)`, which returns rows k and k+1 of op(B), 8 columns from element
+/// `bi`, with element strides `sk` along k and `sn` along n. 16-bit values are
+/// read a word (two neighbours) at a time, which needs `bi` even: the
+/// dispatcher checks K (B transposed) or N is even. `vector_b` reads wider
+/// words where [`broadcast_vector_b`] allows.
+fn broadcast_b_loader(b_dtype: DType, trans_b: bool, vector_b: bool) -> String {
+    let sixteen_bit = matches!(b_dtype, DType::BF16 | DType::F16);
+    match (b_dtype, trans_b, vector_b) {
+        // A transposed 16-bit B: one word holds k and k+1 of a column already.
+        (_, true, _) if sixteen_bit => {
+            weight_loader("BWord", "load_b", "b", b_dtype) + COLUMN_PAIR_LOADER
         }
-        DType::BF16 | DType::F16 => PACKED_PAIR_LOADER,
-        DType::I32 => unreachable!("integer tensors are never weight operands"),
-    }
-}
-
-/// `load_b_pair` reading B in vector words, for [`broadcast_vector_b`] shapes.
-fn vector_pair_loader(b_dtype: DType, trans_b: bool) -> String {
-    match (b_dtype, trans_b) {
-        (DType::F32, false) => "alias BWord = vec4<f32>;
-// b[k*N + n], N % 4 == 0: a row's 8 columns are two whole vec4s.
-fn load_b_pair(bi: u32, sk: u32, sn: u32) -> BPair {
-    let w = bi >> 2u;
-    let v = (bi + sk) >> 2u;
-    return BPair(b[w], b[w + 1u], b[v], b[v + 1u]);
-}
-"
-        .to_string(),
-        (DType::F32, true) => "alias BWord = vec2<f32>;
-// b[n*K + k], K even: one vec2 holds k and k+1 of a column.
-fn load_b_pair(bi: u32, sk: u32, sn: u32) -> BPair {
+        (DType::F32, true, true) => format!(
+            "alias BWord = vec2<f32>;\nfn unpack_pair(v: vec2<f32>) -> vec2<f32> {{ return v; }}\n{COLUMN_PAIR_LOADER}"
+        ),
+        (_, false, false) if sixteen_bit => format!(
+            "{}// b[k*N + n]: one word holds columns n and n+1.
+fn load_b_pair(bi: u32, sk: u32, sn: u32) -> BPair {{
     let w = bi >> 1u;
-    let s = sn >> 1u;
-    let c0 = b[w];
-    let c1 = b[w + s];
-    let c2 = b[w + 2u * s];
-    let c3 = b[w + 3u * s];
-    let c4 = b[w + 4u * s];
-    let c5 = b[w + 5u * s];
-    let c6 = b[w + 6u * s];
-    let c7 = b[w + 7u * s];
+    let v = (bi + sk) >> 1u;
     return BPair(
-        vec4<f32>(c0.x, c1.x, c2.x, c3.x),
-        vec4<f32>(c4.x, c5.x, c6.x, c7.x),
-        vec4<f32>(c0.y, c1.y, c2.y, c3.y),
-        vec4<f32>(c4.y, c5.y, c6.y, c7.y),
+        vec4<f32>(unpack_pair(b[w]), unpack_pair(b[w + 1u])),
+        vec4<f32>(unpack_pair(b[w + 2u]), unpack_pair(b[w + 3u])),
+        vec4<f32>(unpack_pair(b[v]), unpack_pair(b[v + 1u])),
+        vec4<f32>(unpack_pair(b[v + 2u]), unpack_pair(b[v + 3u])),
     );
-}
-"
-        .to_string(),
-        (DType::BF16 | DType::F16, false) => format!(
+}}
+",
+            weight_loader("BWord", "load_b", "b", b_dtype)
+        ),
+        (_, false, true) if sixteen_bit => format!(
             "alias BWord = vec4<u32>;
 {}// b[k*N + n], N % 8 == 0: a row's 8 columns are one vec4 of 16-bit pairs.
 fn load_b_pair(bi: u32, sk: u32, sn: u32) -> BPair {{
@@ -558,38 +527,49 @@ fn load_b_pair(bi: u32, sk: u32, sn: u32) -> BPair {{
 ",
             unpack_pair_fn(b_dtype)
         ),
-        _ => unreachable!("no vector loader for {b_dtype:?} with trans_b = {trans_b}"),
+        (DType::F32, false, true) => "alias BWord = vec4<f32>;
+// b[k*N + n], N % 4 == 0: a row's 8 columns are two whole vec4s.
+fn load_b_pair(bi: u32, sk: u32, sn: u32) -> BPair {
+    let w = bi >> 2u;
+    let v = (bi + sk) >> 2u;
+    return BPair(b[w], b[w + 1u], b[v], b[v + 1u]);
+}
+"
+        .to_string(),
+        (DType::F32, _, false) => weight_loader("BWord", "load_b", "b", b_dtype)
+            + "fn load_b_pair(bi: u32, sk: u32, sn: u32) -> BPair {
+    let j = bi + sk;
+    return BPair(
+        vec4<f32>(load_b(bi), load_b(bi + sn), load_b(bi + 2u * sn), load_b(bi + 3u * sn)),
+        vec4<f32>(load_b(bi + 4u * sn), load_b(bi + 5u * sn), load_b(bi + 6u * sn), load_b(bi + 7u * sn)),
+        vec4<f32>(load_b(j), load_b(j + sn), load_b(j + 2u * sn), load_b(j + 3u * sn)),
+        vec4<f32>(load_b(j + 4u * sn), load_b(j + 5u * sn), load_b(j + 6u * sn), load_b(j + 7u * sn)),
+    );
+}
+",
+        _ => unreachable!("integer tensors are never weight operands"),
     }
 }
 
-const PACKED_PAIR_LOADER: &str = "fn load_b_pair(bi: u32, sk: u32, sn: u32) -> BPair {
-    if (TRANS_B) {
-        // b[n*K + k]: one word holds k and k+1 of a column.
-        let w = bi >> 1u;
-        let s = sn >> 1u;
-        let c0 = unpack_pair(b[w]);
-        let c1 = unpack_pair(b[w + s]);
-        let c2 = unpack_pair(b[w + 2u * s]);
-        let c3 = unpack_pair(b[w + 3u * s]);
-        let c4 = unpack_pair(b[w + 4u * s]);
-        let c5 = unpack_pair(b[w + 5u * s]);
-        let c6 = unpack_pair(b[w + 6u * s]);
-        let c7 = unpack_pair(b[w + 7u * s]);
-        return BPair(
-            vec4<f32>(c0.x, c1.x, c2.x, c3.x),
-            vec4<f32>(c4.x, c5.x, c6.x, c7.x),
-            vec4<f32>(c0.y, c1.y, c2.y, c3.y),
-            vec4<f32>(c4.y, c5.y, c6.y, c7.y),
-        );
-    }
-    // b[k*N + n]: one word holds columns n and n+1.
+/// `load_b_pair` for a transposed B whose words hold k and k+1 of a column
+/// (`unpack_pair` opens one: two 16-bit values, or a `vec2<f32>` as it is).
+const COLUMN_PAIR_LOADER: &str = "// b[n*K + k], K even: one word holds k and k+1 of a column.
+fn load_b_pair(bi: u32, sk: u32, sn: u32) -> BPair {
     let w = bi >> 1u;
-    let v = (bi + sk) >> 1u;
+    let s = sn >> 1u;
+    let c0 = unpack_pair(b[w]);
+    let c1 = unpack_pair(b[w + s]);
+    let c2 = unpack_pair(b[w + 2u * s]);
+    let c3 = unpack_pair(b[w + 3u * s]);
+    let c4 = unpack_pair(b[w + 4u * s]);
+    let c5 = unpack_pair(b[w + 5u * s]);
+    let c6 = unpack_pair(b[w + 6u * s]);
+    let c7 = unpack_pair(b[w + 7u * s]);
     return BPair(
-        vec4<f32>(unpack_pair(b[w]), unpack_pair(b[w + 1u])),
-        vec4<f32>(unpack_pair(b[w + 2u]), unpack_pair(b[w + 3u])),
-        vec4<f32>(unpack_pair(b[v]), unpack_pair(b[v + 1u])),
-        vec4<f32>(unpack_pair(b[v + 2u]), unpack_pair(b[v + 3u])),
+        vec4<f32>(c0.x, c1.x, c2.x, c3.x),
+        vec4<f32>(c4.x, c5.x, c6.x, c7.x),
+        vec4<f32>(c0.y, c1.y, c2.y, c3.y),
+        vec4<f32>(c4.y, c5.y, c6.y, c7.y),
     );
 }
 ";

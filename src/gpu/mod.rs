@@ -220,17 +220,17 @@ impl Gpu {
                 encoder.copy_buffer_to_buffer(&t.resolved, 0, &t.readback, 0, 16);
             }
             drop(batch);
-            let started = std::time::Instant::now();
-            self.flush();
             let seconds = match timer {
                 Some(t) => {
+                    self.flush();
                     let ticks = self.map_and_read(&t.readback, 16)?;
                     let at =
                         |i: usize| u64::from_le_bytes(ticks[8 * i..8 * i + 8].try_into().unwrap());
                     at(1).saturating_sub(at(0)) as f64 * t.period_ns * 1e-9
                 }
                 None => {
-                    self.wait()?;
+                    let started = std::time::Instant::now();
+                    self.synchronize()?;
                     started.elapsed().as_secs_f64()
                 }
             };
