@@ -4,25 +4,9 @@
 // 16-bit weight: `load_b` (from the generated header) unpacks it.
 // `epilogue` (from the header) may then scale each output per column and add
 // a bias: C = col_scale[n] * C + bias[n] (the fused DoRA forward: m/||V||, bias).
+// The parameters `p` and operands `a`, `b`, `c` are declared in matmul_io.wgsl.
 // Tiling: a 16x16 workgroup computes a 64x64 tile of C, 4x4 outputs per
 // invocation, staging 64x16 slices of A and 16x64 slices of B in workgroup memory.
-
-struct Params {
-    m: u32,
-    n: u32,
-    k: u32,
-    stride_a: u32,
-    stride_b: u32,
-    stride_c: u32,
-    alpha: f32,
-    beta: f32,
-    has_bias: u32,
-}
-
-@group(0) @binding(0) var<uniform> p: Params;
-@group(0) @binding(1) var<storage, read> a: array<f32>;
-@group(0) @binding(2) var<storage, read> b: array<BWord>;
-@group(0) @binding(3) var<storage, read_write> c: array<f32>;
 
 const BM: u32 = 64u;
 const BN: u32 = 64u;

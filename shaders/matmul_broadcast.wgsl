@@ -1,6 +1,7 @@
 // C[b] = alpha * op(A[b]) * op(B[b]) + beta * C[b], for CPU-emulated devices
-// (lavapipe, llvmpipe, WARP, SwiftShader). Same operands, parameters and
-// epilogue as matmul.wgsl; the header also supplies `load_b_pair`.
+// (lavapipe, llvmpipe, WARP, SwiftShader). Same operands and parameters
+// (matmul_io.wgsl) and epilogue as matmul.wgsl; the header also supplies
+// `load_b_pair`.
 //
 // Why a second kernel: a software device runs each workgroup as a loop over
 // SIMD batches of invocations, so workgroup memory and barriers buy nothing
@@ -17,23 +18,6 @@
 // on the workgroup: the compiler loads each once and broadcasts it. A tall
 // group (1 x LANES_Y), for narrow outputs such as rank-r products, shares its
 // columns and broadcasts the B values instead.
-
-struct Params {
-    m: u32,
-    n: u32,
-    k: u32,
-    stride_a: u32,
-    stride_b: u32,
-    stride_c: u32,
-    alpha: f32,
-    beta: f32,
-    has_bias: u32,
-}
-
-@group(0) @binding(0) var<uniform> p: Params;
-@group(0) @binding(1) var<storage, read> a: array<f32>;
-@group(0) @binding(2) var<storage, read> b: array<BWord>;
-@group(0) @binding(3) var<storage, read_write> c: array<f32>;
 
 // One SIMD batch of the device (8 or 16 invocations), set by the header.
 const LANES: u32 = LANES_X * LANES_Y;

@@ -2,24 +2,8 @@
 // token-by-token generation and rank-r products, where the tiled kernel
 // would spend most of its 64-row tiles on padding. One invocation per output
 // column n computes up to four rows at a time, reading B once per four rows.
-// Same parameters, header (`load_b`, `epilogue`) and bindings as matmul.wgsl.
-
-struct Params {
-    m: u32,
-    n: u32,
-    k: u32,
-    stride_a: u32,
-    stride_b: u32,
-    stride_c: u32,
-    alpha: f32,
-    beta: f32,
-    has_bias: u32,
-}
-
-@group(0) @binding(0) var<uniform> p: Params;
-@group(0) @binding(1) var<storage, read> a: array<f32>;
-@group(0) @binding(2) var<storage, read> b: array<BWord>;
-@group(0) @binding(3) var<storage, read_write> c: array<f32>;
+// Same parameters and bindings (matmul_io.wgsl) and header (`load_b`,
+// `epilogue`) as matmul.wgsl.
 
 @compute @workgroup_size(256)
 fn main(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wid: vec3<u32>) {

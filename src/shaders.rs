@@ -8,6 +8,7 @@
 use crate::tensor::DType;
 
 const COMMON: &str = include_str!("../shaders/common.wgsl");
+const MATMUL_IO: &str = include_str!("../shaders/matmul_io.wgsl");
 const MATMUL: &str = include_str!("../shaders/matmul.wgsl");
 const MATMUL_SKINNY: &str = include_str!("../shaders/matmul_skinny.wgsl");
 const MATMUL_BROADCAST: &str = include_str!("../shaders/matmul_broadcast.wgsl");
@@ -291,7 +292,7 @@ impl Kernel {
                 kind,
             } => (
                 format!(
-                    "const TRANS_A: bool = {trans_a};\nconst TRANS_B: bool = {trans_b};\n{}{}{}",
+                    "const TRANS_A: bool = {trans_a};\nconst TRANS_B: bool = {trans_b};\n{MATMUL_IO}{}{}{}",
                     match kind {
                         MatmulKind::Broadcast { vector_b, .. } => {
                             broadcast_b_loader(b_dtype, trans_b, vector_b)

@@ -32,6 +32,7 @@ impl Transpose {
 /// Products with at most this many rows of A use the untiled kernel.
 const SKINNY_MAX_ROWS: usize = 8;
 
+/// The uniform every matmul kernel reads (`Params` in shaders/matmul_io.wgsl).
 #[repr(C)]
 #[derive(Clone, Copy, bytemuck::Pod, bytemuck::Zeroable)]
 struct Params {

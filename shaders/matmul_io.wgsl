@@ -1,0 +1,21 @@
+// The parameters and operands every matmul kernel shares (matmul.wgsl,
+// matmul_skinny.wgsl, matmul_broadcast.wgsl), prepended to each by
+// src/shaders.rs. Params mirrors `Params` in src/ops/matmul.rs; `BWord`, the
+// word B is read in, comes from the generated header.
+
+struct Params {
+    m: u32,
+    n: u32,
+    k: u32,
+    stride_a: u32,
+    stride_b: u32,
+    stride_c: u32,
+    alpha: f32,
+    beta: f32,
+    has_bias: u32,
+}
+
+@group(0) @binding(0) var<uniform> p: Params;
+@group(0) @binding(1) var<storage, read> a: array<f32>;
+@group(0) @binding(2) var<storage, read> b: array<BWord>;
+@group(0) @binding(3) var<storage, read_write> c: array<f32>;
