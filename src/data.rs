@@ -88,35 +88,92 @@ fn tokenize_chat(messages: &[ChatMessage], tokenizer: &Tokenizer) -> Result<Exam
     };
     let ids = encode(messages.len(), false)?;
     let mut scored = vec![false; ids.len()];
+    // The spans are only right if each partial render is a prefix of the
+    // whole one; templates that render a turn differently once later turns
+    // follow (e.g. ones that drop earlier reasoning) break that.
+    let unstable = |turn: usize, what: &str| {
+        Error::InvalidArgument(format!(
+            "message {turn} (assistant): the chat template renders {what} differently on its own than within the whole conversation, so the assistant's tokens cannot be located; use the prompt/completion format for this data"
+        ))
+    };
     for (i, m) in messages.iter().enumerate() {
         if m.role != "assistant" {
             continue;
         }
-        let start = if i == 0 { 0 } else { encode(i, true)?.len() };
-        let end = encode(i + 1, false)?.len().min(ids.len());
-        for s in scored.iter_mut().take(end).skip(start.max(1)) {
+        let start = if i == 0 {
+            0
+        } else {
+            let prefix = encode(i, true)?;
+            if !ids.starts_with(&prefix) {
+                return Err(unstable(i + 1, "the conversation before it"));
+            }
+            prefix.len()
+        };
+        let through = encode(i + 1, false)?;
+        if !ids.starts_with(&through) {
+            return Err(unstable(i + 1, "the conversation through it"));
+        }
+        for s in scored.iter_mut().take(through.len()).skip(start.max(1)) {
             *s = true;
         }
     }
     Ok(Example { ids, scored })
 }
 
+/// Why `ids` do not fit a model of `vocab_size` tokens, naming the token;
+/// None when they fit.
+fn out_of_vocabulary(ids: &[u32], tokenizer: &Tokenizer, vocab_size: usize) -> Option<String> {
+    let id = *ids.iter().find(|&&id| id as usize >= vocab_size)?;
+    Some(format!(
+        "token {:?} (id {id}) is outside the model's vocabulary (vocab_size {vocab_size}): the tokenizer has tokens the model has no embedding for",
+        tokenizer.id_to_token(id).unwrap_or_default()
+    ))
+}
+
+/// Refuses token ids the model has no embedding row for (e.g. special tokens
+/// that `tokenizer_config.json` adds past `vocab_size`), naming the token.
+pub fn check_vocabulary(ids: &[u32], tokenizer: &Tokenizer, vocab_size: usize) -> Result<()> {
+    match out_of_vocabulary(ids, tokenizer, vocab_size) {
+        Some(message) => Err(Error::InvalidArgument(message)),
+        None => Ok(()),
+    }
+}
+
+/// [`check_vocabulary`] over every example read from `path`, naming the example.
+pub fn check_examples_vocabulary(
+    path: &Path,
+    examples: &[Example],
+    tokenizer: &Tokenizer,
+    vocab_size: usize,
+) -> Result<()> {
+    for (i, ex) in examples.iter().enumerate() {
+        if let Some(message) = out_of_vocabulary(&ex.ids, tokenizer, vocab_size) {
+            return Err(Error::Format {
+                path: path.display().to_string(),
+                message: format!("example {}: {message}", i + 1),
+            });
+        }
+    }
+    Ok(())
+}
+
 /// Reads and tokenizes every non-empty line of a JSONL file. A bad line fails
 /// with the file name and its line number.
 pub fn read_jsonl(path: &Path, tokenizer: &Tokenizer) -> Result<Vec<Example>> {
-    let text = std::fs::read_to_string(path).map_err(|source| Error::Io {
+    let bytes = std::fs::read(path).map_err(|source| Error::Io {
         path: path.display().to_string(),
         source,
     })?;
     let mut out = Vec::new();
-    for (i, line) in text.lines().enumerate() {
-        if line.trim().is_empty() {
-            continue;
-        }
+    for (i, line) in bytes.split(|&b| b == b'\n').enumerate() {
         let fail = |message: String| Error::Format {
             path: format!("{}:{}", path.display(), i + 1),
             message,
         };
+        let line = std::str::from_utf8(line).map_err(|e| fail(format!("not valid UTF-8 ({e})")))?;
+        if line.trim().is_empty() {
+            continue;
+        }
         let value: Value =
             serde_json::from_str(line).map_err(|e| fail(format!("invalid JSON: {e}")))?;
         out.push(tokenize_line(&value, tokenizer).map_err(fail)?);

@@ -23,6 +23,8 @@ pub enum Error {
     Format { path: String, message: String },
     /// Training stopped: a non-finite loss or gradient.
     Training(String),
+    /// A result that should be a number is NaN or infinite (e.g. an evaluation loss).
+    NotFinite(String),
 }
 
 impl fmt::Display for Error {
@@ -35,6 +37,7 @@ impl fmt::Display for Error {
             Error::Io { path, source } => write!(f, "{path}: {source}"),
             Error::Format { path, message } => write!(f, "{path}: {message}"),
             Error::Training(m) => write!(f, "training stopped: {m}"),
+            Error::NotFinite(m) => write!(f, "{m}"),
         }
     }
 }
@@ -49,6 +52,25 @@ impl std::error::Error for Error {
 }
 
 pub type Result<T> = std::result::Result<T, Error>;
+
+/// One line for a panic (always a bug in this library, never the user's
+/// fault): its message and the source location a bug report needs.
+pub fn describe_panic(info: &std::panic::PanicHookInfo) -> String {
+    let payload = info.payload();
+    let message = payload
+        .downcast_ref::<&str>()
+        .map(|s| s.to_string())
+        .or_else(|| payload.downcast_ref::<String>().cloned())
+        .unwrap_or_default();
+    let at = info
+        .location()
+        .map(|l| format!(" at {}:{}:{}", l.file(), l.line(), l.column()))
+        .unwrap_or_default();
+    format!(
+        "internal error (a bug in dora-wgpu; please report it){at}: {}",
+        message.lines().next().unwrap_or("")
+    )
+}
 
 /// Shorthand for returning a shape error with a formatted message.
 macro_rules! shape_err {

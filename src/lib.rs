@@ -31,7 +31,7 @@ pub mod tokenizer;
 pub mod train;
 
 pub use autograd::{is_grad_enabled, no_grad, NoGradGuard};
-pub use error::{Error, Result};
+pub use error::{describe_panic, Error, Result};
 pub use gpu::{list_adapters, Gpu, GpuOptions, KernelTime, MatmulKernels, MemoryStats};
 pub use tensor::{DType, Tensor};
 pub use tokenizer::{ChatMessage, Tokenizer};

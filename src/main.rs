@@ -144,7 +144,10 @@ fn run(raw: Vec<String>) -> Result<()> {
             let gpu = Gpu::new()?;
             let model = load_model(&gpu, &args)?;
             let tokenizer = Tokenizer::from_dir(args.path("model")?)?;
-            let examples = dora_wgpu::data::read_jsonl(&args.path("data")?, &tokenizer)?;
+            let data = args.path("data")?;
+            let examples = dora_wgpu::data::read_jsonl(&data, &tokenizer)?;
+            let vocab = model.config.vocab_size;
+            dora_wgpu::data::check_examples_vocabulary(&data, &examples, &tokenizer, vocab)?;
             let report = tasks::evaluate(&model, &examples)?;
             if args.flag("json") {
                 println!(
@@ -252,24 +255,27 @@ fn run(raw: Vec<String>) -> Result<()> {
     }
 }
 
+/// The arguments after the program name; one that is not UTF-8 is an error
+/// naming it (`std::env::args` would panic).
+fn utf8_args() -> Result<Vec<String>> {
+    std::env::args_os()
+        .skip(1)
+        .map(|a| {
+            a.into_string()
+                .map_err(|a| Error::InvalidArgument(format!("argument {a:?} is not valid UTF-8")))
+        })
+        .collect()
+}
+
 fn main() {
     // Quiet unless asked (RUST_LOG=info): wgpu logs probing failures of backends it does not use.
     env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("off")).init();
-    // A bug must still end as one line, not a backtrace.
+    // A panic is a bug in dora-wgpu, never a user error: one line, with the
+    // source location a bug report needs.
     std::panic::set_hook(Box::new(|info| {
-        let msg = info
-            .payload()
-            .downcast_ref::<&str>()
-            .map(|s| s.to_string())
-            .or_else(|| info.payload().downcast_ref::<String>().cloned())
-            .unwrap_or_default();
-        eprintln!(
-            "error: internal error: {}",
-            msg.lines().next().unwrap_or("")
-        );
+        eprintln!("error: {}", dora_wgpu::describe_panic(info))
     }));
-    let raw: Vec<String> = std::env::args().skip(1).collect();
-    if let Err(e) = run(raw) {
+    if let Err(e) = utf8_args().and_then(run) {
         eprintln!("error: {e}");
         std::process::exit(1);
     }

@@ -10,6 +10,7 @@ use common::{fixture, temp_dir};
 
 use dora_wgpu::io::{
     read_safetensors, write_safetensors, AdapterConfig, AdapterWeights, HostTensor, ModuleAdapter,
+    TargetModules,
 };
 
 /// A copy of PEFT's fixture adapter with its tensor file replaced by `tensors`.
@@ -205,13 +206,23 @@ fn plain_lora_adapters_load_and_configs_round_trip() {
     let dir = temp_dir("roundtrip");
     peft.save(&dir).unwrap();
     assert_eq!(AdapterWeights::load(&dir).unwrap(), peft);
-    // target_modules may be a single string.
+    // target_modules may be a single string: a regex the whole path must match, as in PEFT.
     let one: AdapterConfig =
-        serde_json::from_str(r#"{"r": 2, "lora_alpha": 4, "target_modules": "q_proj"}"#).unwrap();
-    assert_eq!(one.target_modules, vec!["q_proj"]);
+        serde_json::from_str(r#"{"r": 2, "lora_alpha": 4, "target_modules": ".*\\.q_proj"}"#)
+            .unwrap();
+    assert_eq!(
+        one.target_modules,
+        TargetModules::Regex(r".*\.q_proj".into())
+    );
     assert!(
         one.targets("model.layers.3.self_attn.q_proj")
             && !one.targets("model.layers.3.self_attn.k_proj")
+    );
+    let bare: AdapterConfig =
+        serde_json::from_str(r#"{"r": 2, "lora_alpha": 4, "target_modules": "q_proj"}"#).unwrap();
+    assert!(
+        !bare.targets("model.layers.3.self_attn.q_proj"),
+        "a string is a full-match regex, not a suffix"
     );
     // Per-module overrides.
     let mut c = AdapterConfig::new(8, 16.0, true, &["q_proj"]);
@@ -236,20 +247,23 @@ fn an_interrupted_save_leaves_the_previous_adapter_loadable() {
     )
     .unwrap();
     assert_eq!(AdapterWeights::load(&dir).unwrap(), good);
-    // A write interrupted before its rename (here: the temporary file cannot be
-    // created) fails with an error, and the previous adapter still loads unchanged.
-    let tmp = dir.join(format!(
-        ".adapter_model.safetensors.tmp-{}",
-        std::process::id()
-    ));
-    std::fs::create_dir_all(&tmp).unwrap();
+    // A save that fails (here: a tensor whose bytes do not fill its shape)
+    // fails with an error naming the file, and the previous adapter still loads unchanged.
+    let mut broken = good.clone();
+    broken
+        .modules
+        .values_mut()
+        .next()
+        .unwrap()
+        .lora_b
+        .bytes
+        .pop();
+    let err = broken.save(&dir).unwrap_err().to_string();
+    assert!(err.contains("adapter_model.safetensors"), "{err}");
+    assert_eq!(AdapterWeights::load(&dir).unwrap(), good);
     let mut changed = good.clone();
     let m: &mut ModuleAdapter = changed.modules.values_mut().next().unwrap();
     m.lora_b = HostTensor::from_f32(&vec![1.0; m.lora_b.numel()], &m.lora_b.shape.clone());
-    let err = changed.save(&dir).unwrap_err().to_string();
-    assert!(err.contains("adapter_model.safetensors"), "{err}");
-    assert_eq!(AdapterWeights::load(&dir).unwrap(), good);
-    std::fs::remove_dir_all(&tmp).unwrap();
     changed.save(&dir).unwrap();
     assert_eq!(AdapterWeights::load(&dir).unwrap(), changed);
 }

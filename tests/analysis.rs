@@ -8,7 +8,6 @@ mod common;
 
 use std::collections::BTreeMap;
 use std::path::Path;
-use std::process::Command;
 
 use common::{fixture, gpu, random, round_bf16, temp_dir, to_f64};
 use dora_wgpu::io::{read_safetensors, AdapterWeights};
@@ -677,16 +676,7 @@ fn a_loss_curve_is_three_line_series() {
 // ------------------------------------------------------------ the analyze command
 
 fn run_in(dir: &Path, args: &[&str]) -> (bool, String, String) {
-    let out = Command::new(env!("CARGO_BIN_EXE_dora-wgpu"))
-        .args(args)
-        .current_dir(dir)
-        .output()
-        .unwrap();
-    (
-        out.status.success(),
-        String::from_utf8_lossy(&out.stdout).into(),
-        String::from_utf8_lossy(&out.stderr).into(),
-    )
+    common::run_cli_in(dir, args)
 }
 
 fn path_str(p: &Path) -> String {

@@ -6,8 +6,7 @@ mod common;
 
 use std::path::{Path, PathBuf};
 
-use common::temp_dir;
-use std::process::Command;
+use common::{cli_fails_with as fails_with, run_cli as run, temp_dir};
 
 use serde_json::Value;
 
@@ -24,31 +23,6 @@ fn reference() -> Value {
         &std::fs::read_to_string(fixtures().join("models/reference.json")).unwrap(),
     )
     .unwrap()
-}
-
-/// Runs the binary; returns (success, stdout, stderr).
-fn run(args: &[&str]) -> (bool, String, String) {
-    let out = Command::new(env!("CARGO_BIN_EXE_dora-wgpu"))
-        .args(args)
-        .output()
-        .unwrap();
-    (
-        out.status.success(),
-        String::from_utf8_lossy(&out.stdout).into(),
-        String::from_utf8_lossy(&out.stderr).into(),
-    )
-}
-
-/// Asserts a failure reported as one `error:` line that mentions every needle.
-fn fails_with(args: &[&str], needles: &[&str]) {
-    let (ok, _, err) = run(args);
-    assert!(!ok, "{args:?} should fail");
-    let lines: Vec<&str> = err.lines().collect();
-    assert_eq!(lines.len(), 1, "one line expected, got {err:?}");
-    assert!(lines[0].starts_with("error: "), "{err}");
-    for n in needles {
-        assert!(err.contains(n), "{err:?} should mention {n:?}");
-    }
 }
 
 #[test]
@@ -400,13 +374,7 @@ fn train_rejects_bad_options_with_one_line() {
         &["--resume", "no checkpoint"],
     );
     // A data file with a bad line: named with its line number.
-    let data = dir.join("data");
-    std::fs::create_dir_all(&data).unwrap();
-    std::fs::write(
-        data.join("train.jsonl"),
-        "{\"text\": \"fine\"}\n{\"txet\": \"typo\"}\n",
-    )
-    .unwrap();
+    let data = common::data_dir_with(&dir, "{\"text\": \"fine\"}\n{\"txet\": \"typo\"}\n");
     fails_with(
         &[
             "train",

@@ -7,14 +7,6 @@ use common::*;
 use dora_wgpu::ops::{self, Transpose};
 use dora_wgpu::{DType, Tensor};
 
-fn one_line_error<T: std::fmt::Debug>(r: dora_wgpu::Result<T>, needles: &[&str]) {
-    let msg = r.unwrap_err().to_string();
-    assert_eq!(msg.lines().count(), 1, "{msg}");
-    for n in needles {
-        assert!(msg.contains(n), "{msg:?} should mention {n:?}");
-    }
-}
-
 #[test]
 fn shape_mismatches_are_errors() {
     let gpu = gpu();

@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, OnceLock};
 
-use dora_wgpu::data::{read_jsonl, Example};
+use dora_wgpu::data::{check_examples_vocabulary, read_jsonl, Example};
 use dora_wgpu::nn::Llama;
 use dora_wgpu::tasks::{self, Sampling};
 use dora_wgpu::train::{checkpoint, Event, ProgressLine, Stop, TrainConfig, Trainer};
@@ -104,14 +104,6 @@ fn apply_options(args: &Args, mut c: TrainConfig) -> Result<TrainConfig> {
     Ok(c)
 }
 
-fn read_split(dir: &Path, name: &str, tokenizer: &Tokenizer) -> Result<Option<Vec<Example>>> {
-    let path = dir.join(name);
-    if !path.is_file() {
-        return Ok(None);
-    }
-    read_jsonl(&path, tokenizer).map(Some)
-}
-
 /// The first user message of the first chat line in `test.jsonl` or
 /// `valid.jsonl`, as a sample prompt.
 fn prompt_from_data(dir: &Path) -> Option<String> {
@@ -162,6 +154,24 @@ fn interrupt_flag() -> Arc<AtomicBool> {
     .clone()
 }
 
+/// Removes what a new run would otherwise append to or mix with: the old
+/// checkpoints and metrics (the adapter and plot are replaced atomically).
+fn remove_run_files(out_dir: &Path) -> Result<()> {
+    let checkpoints = out_dir.join(checkpoint::CHECKPOINTS_DIR);
+    let metrics = out_dir.join(dora_wgpu::train::METRICS_FILE);
+    let io_err = |path: &Path| {
+        let path = path.display().to_string();
+        move |source| Error::Io { path, source }
+    };
+    if checkpoints.exists() {
+        std::fs::remove_dir_all(&checkpoints).map_err(io_err(&checkpoints))?;
+    }
+    if metrics.exists() {
+        std::fs::remove_file(&metrics).map_err(io_err(&metrics))?;
+    }
+    Ok(())
+}
+
 pub fn run(raw: Vec<String>) -> Result<()> {
     let args = Args::parse(raw, FLAGS, OPTIONS)?;
     let demo = !args.values.contains_key("model") && !args.values.contains_key("data");
@@ -195,24 +205,39 @@ pub fn run(raw: Vec<String>) -> Result<()> {
         None => TrainConfig::default(),
     };
     let config = apply_options(&args, base)?;
-    if resume_from.is_none() && !checkpoint::list(&out_dir).is_empty() {
-        if demo || args.flag("overwrite") {
-            std::fs::remove_dir_all(out_dir.join(checkpoint::CHECKPOINTS_DIR)).ok();
-            std::fs::remove_file(out_dir.join(dora_wgpu::train::METRICS_FILE)).ok();
-        } else {
+    // Another run's files are replaced only when asked, and only once
+    // everything else has loaded (a bad option must not cost a run).
+    let replaced = if resume_from.is_none() {
+        let existing = checkpoint::existing_run_files(&out_dir);
+        if !existing.is_empty() && !args.flag("overwrite") {
             return Err(Error::InvalidArgument(format!(
-                "{} already holds checkpoints of a run; pass --resume to continue it or --overwrite to start again",
-                out_dir.display()
+                "{} already holds a run ({}); pass --resume to continue it, --overwrite to replace it, or another --adapter-path",
+                out_dir.display(),
+                existing.join(", ")
             )));
         }
-    }
+        existing
+    } else {
+        Vec::new()
+    };
 
     let gpu = Gpu::new()?;
     let tokenizer = Tokenizer::from_dir(&model_dir)?;
-    let train = read_jsonl(&data_dir.join("train.jsonl"), &tokenizer)?;
-    let valid = read_split(&data_dir, "valid.jsonl", &tokenizer)?.unwrap_or_default();
-    let test = read_split(&data_dir, "test.jsonl", &tokenizer)?;
     let model = Llama::load(&gpu, &model_dir)?;
+    let vocab = model.config.vocab_size;
+    // train.jsonl must exist; valid.jsonl and test.jsonl may not.
+    let read = |name: &str, required: bool| -> Result<Option<Vec<Example>>> {
+        let path = data_dir.join(name);
+        if !required && !path.is_file() {
+            return Ok(None);
+        }
+        let examples = read_jsonl(&path, &tokenizer)?;
+        check_examples_vocabulary(&path, &examples, &tokenizer, vocab)?;
+        Ok(Some(examples))
+    };
+    let train = read("train.jsonl", true)?.unwrap_or_default();
+    let valid = read("valid.jsonl", false)?.unwrap_or_default();
+    let test = read("test.jsonl", false)?;
     let mut trainer = Trainer::new(model, config.clone(), train, valid)?.with_output_dir(&out_dir);
     if let Some(dir) = &resume_from {
         trainer.resume(dir)?;
@@ -281,6 +306,15 @@ pub fn run(raw: Vec<String>) -> Result<()> {
     if let Some(p) = &prompt {
         println!("prompt: {p}");
         println!("before: {}", sample(trainer.model(), &tokenizer, p)?);
+    }
+
+    if !replaced.is_empty() {
+        println!(
+            "--overwrite: replacing {} in {}",
+            replaced.join(", "),
+            out_dir.display()
+        );
+        remove_run_files(&out_dir)?;
     }
 
     let interrupted = interrupt_flag();

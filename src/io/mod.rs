@@ -4,5 +4,30 @@ pub mod hf;
 mod peft;
 mod safetensors;
 
-pub use self::peft::{AdapterConfig, AdapterWeights, ModuleAdapter};
-pub use self::safetensors::{read_safetensors, write_atomically, write_safetensors, HostTensor};
+pub use self::peft::{
+    AdapterConfig, AdapterWeights, ModuleAdapter, TargetModules, CONFIG_FILE, WEIGHTS_FILE,
+};
+pub use self::safetensors::{
+    read_safetensors, read_safetensors_header, unique_suffix, write_atomically, write_safetensors,
+    HostTensor, TensorInfo,
+};
+
+/// Parses JSON text into `T`; an error names the field at fault
+/// (`field rope_theta: invalid type: string "big", expected f64 at line 3 column 22`).
+pub(crate) fn parse_json<T: serde::de::DeserializeOwned>(
+    text: &str,
+) -> std::result::Result<T, String> {
+    let mut de = serde_json::Deserializer::from_str(text);
+    let value = serde_path_to_error::deserialize(&mut de).map_err(|e| {
+        let path = e.path().to_string();
+        let inner = e.into_inner();
+        // Broken JSON has no field to blame; a wrong value does.
+        if path == "." || !inner.is_data() {
+            inner.to_string()
+        } else {
+            format!("field {path}: {inner}")
+        }
+    })?;
+    de.end().map_err(|e| e.to_string())?;
+    Ok(value)
+}

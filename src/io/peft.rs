@@ -32,8 +32,8 @@ pub struct AdapterConfig {
     pub use_dora: bool,
     #[serde(default)]
     pub use_rslora: bool,
-    #[serde(default, deserialize_with = "string_or_list")]
-    pub target_modules: Vec<String>,
+    #[serde(default, deserialize_with = "targets_or_null")]
+    pub target_modules: TargetModules,
     #[serde(default)]
     pub lora_dropout: f32,
     #[serde(default)]
@@ -61,27 +61,60 @@ fn default_bias() -> String {
     "none".into()
 }
 
-/// PEFT writes `target_modules` as a list, or as one string (a module name or regex).
-fn string_or_list<'de, D: serde::Deserializer<'de>>(
-    d: D,
-) -> std::result::Result<Vec<String>, D::Error> {
-    #[derive(Deserialize)]
-    #[serde(untagged)]
-    enum OneOrMany {
-        One(String),
-        Many(Vec<String>),
-        Null,
+/// PEFT's `target_modules`: a list of names, where a module matches a name
+/// equal to its path or that its path ends in (`.q_proj`); or one string, a
+/// regular expression the whole module path must match (`"all-linear"`:
+/// every linear layer but the output head).
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+#[serde(untagged)]
+pub enum TargetModules {
+    Names(Vec<String>),
+    Regex(String),
+}
+
+impl Default for TargetModules {
+    fn default() -> Self {
+        TargetModules::Names(Vec::new())
     }
-    Ok(match OneOrMany::deserialize(d)? {
-        OneOrMany::One(s) => vec![s],
-        OneOrMany::Many(v) => v,
-        OneOrMany::Null => Vec::new(),
-    })
+}
+
+/// `null` (PEFT's "not set") reads as an empty list.
+fn targets_or_null<'de, D: serde::Deserializer<'de>>(
+    d: D,
+) -> std::result::Result<TargetModules, D::Error> {
+    Ok(Option::<TargetModules>::deserialize(d)?.unwrap_or_default())
 }
 
 /// PEFT's pattern match: a key matches a module path equal to it or ending in `.key`.
 fn pattern_matches(key: &str, module: &str) -> bool {
     module == key || module.ends_with(&format!(".{key}"))
+}
+
+/// A regex anchored at both ends, as Python's `re.fullmatch` applies it.
+fn full_match(pattern: &str) -> std::result::Result<regex::Regex, regex::Error> {
+    regex::Regex::new(&format!("^(?:{pattern})$"))
+}
+
+/// The distinct last names of the model's modules (`q_proj, k_proj, …`).
+fn projection_names(model_linears: &BTreeMap<String, (usize, usize)>) -> String {
+    let mut names: Vec<&str> = Vec::new();
+    for m in model_linears.keys() {
+        let last = m.rsplit('.').next().unwrap_or(m);
+        if !names.contains(&last) {
+            names.push(last);
+        }
+    }
+    names.join(", ")
+}
+
+/// N of a `model.layers.N.…` module path.
+fn layer_index(module: &str) -> Option<u64> {
+    module
+        .strip_prefix("model.layers.")?
+        .split('.')
+        .next()?
+        .parse()
+        .ok()
 }
 
 impl AdapterConfig {
@@ -98,7 +131,9 @@ impl AdapterConfig {
             lora_alpha,
             use_dora,
             use_rslora: false,
-            target_modules: target_modules.iter().map(|s| s.to_string()).collect(),
+            target_modules: TargetModules::Names(
+                target_modules.iter().map(|s| s.to_string()).collect(),
+            ),
             lora_dropout: 0.0,
             fan_in_fan_out: false,
             bias: default_bias(),
@@ -131,11 +166,108 @@ impl AdapterConfig {
         crate::nn::lora_scaling(alpha, r, self.use_rslora)
     }
 
-    /// True when `module` is one this config adapts.
+    /// True when `module` is one this config adapts: `target_modules`, then
+    /// `layers_to_transform` (from [`AdapterConfig::other`]) as PEFT applies them.
+    /// A regex that does not compile matches nothing ([`AdapterWeights::check_fits`] reports it).
     pub fn targets(&self, module: &str) -> bool {
-        self.target_modules
-            .iter()
-            .any(|t| t == "all-linear" || pattern_matches(t, module))
+        let named = match &self.target_modules {
+            TargetModules::Names(names) => names.iter().any(|t| pattern_matches(t, module)),
+            TargetModules::Regex(r) if r == "all-linear" => true,
+            TargetModules::Regex(r) => full_match(r).is_ok_and(|re| re.is_match(module)),
+        };
+        named && self.layer_selected(module) && !self.excluded(module)
+    }
+
+    /// The settings that select modules, for error messages.
+    fn selection(&self) -> String {
+        let mut parts = vec![format!(
+            "target_modules {}",
+            serde_json::to_string(&self.target_modules).unwrap_or_default()
+        )];
+        for key in ["layers_to_transform", "exclude_modules"] {
+            match self.other.get(key) {
+                None | Some(serde_json::Value::Null) => {}
+                Some(v) => parts.push(format!("{key} {v}")),
+            }
+        }
+        parts.join(", ")
+    }
+
+    /// PEFT's `exclude_modules`, matched as `target_modules` is.
+    fn excluded(&self, module: &str) -> bool {
+        match self.other.get("exclude_modules") {
+            Some(serde_json::Value::String(r)) => full_match(r).is_ok_and(|re| re.is_match(module)),
+            Some(serde_json::Value::Array(names)) => names
+                .iter()
+                .filter_map(|n| n.as_str())
+                .any(|n| pattern_matches(n, module)),
+            _ => false,
+        }
+    }
+
+    /// PEFT's `layers_to_transform`: an index or a list of layer indices; a
+    /// module outside `model.layers.N` is then never selected.
+    fn layer_selected(&self, module: &str) -> bool {
+        let wanted: Vec<u64> = match self.other.get("layers_to_transform") {
+            None | Some(serde_json::Value::Null) => return true,
+            Some(serde_json::Value::Array(v)) => v.iter().filter_map(|x| x.as_u64()).collect(),
+            Some(v) => v.as_u64().into_iter().collect(),
+        };
+        layer_index(module).is_some_and(|i| wanted.contains(&i))
+    }
+
+    /// The checks on values that serde's types cannot express.
+    fn check_values(&self) -> std::result::Result<(), String> {
+        if self.r == 0 {
+            return Err("r must be at least 1".into());
+        }
+        if !self.lora_alpha.is_finite() {
+            return Err(format!(
+                "lora_alpha {} is not a finite number",
+                self.lora_alpha
+            ));
+        }
+        if let Some((k, _)) = self.rank_pattern.iter().find(|(_, &r)| r == 0) {
+            return Err(format!("rank_pattern[{k:?}] must be at least 1"));
+        }
+        if let Some((k, a)) = self.alpha_pattern.iter().find(|(_, a)| !a.is_finite()) {
+            return Err(format!("alpha_pattern[{k:?}] {a} is not a finite number"));
+        }
+        if !(0.0..1.0).contains(&self.lora_dropout) {
+            return Err(format!(
+                "lora_dropout {} is not in [0, 1)",
+                self.lora_dropout
+            ));
+        }
+        if let TargetModules::Regex(r) = &self.target_modules {
+            if r != "all-linear" {
+                full_match(r).map_err(|e| format!("target_modules regex {r:?}: {e}"))?;
+            }
+        }
+        match self.other.get("exclude_modules") {
+            None | Some(serde_json::Value::Null) => {}
+            Some(serde_json::Value::String(r)) => {
+                full_match(r).map_err(|e| format!("exclude_modules regex {r:?}: {e}"))?;
+            }
+            Some(serde_json::Value::Array(v)) if v.iter().all(|x| x.is_string()) => {}
+            Some(v) => {
+                return Err(format!(
+                    "exclude_modules {v} is not a regex or a list of names"
+                ))
+            }
+        }
+        match self.other.get("layers_to_transform") {
+            None | Some(serde_json::Value::Null) => {}
+            Some(v) if v.as_u64().is_some() => {}
+            Some(serde_json::Value::Array(items)) if items.iter().all(|x| x.as_u64().is_some()) => {
+            }
+            Some(v) => {
+                return Err(format!(
+                    "layers_to_transform {v} is not a layer index or a list of them"
+                ))
+            }
+        }
+        Ok(())
     }
 
     fn check_supported(&self, path: &Path) -> Result<()> {
@@ -160,10 +292,7 @@ impl AdapterConfig {
                 self.bias
             ));
         }
-        if self.r == 0 {
-            return fail("r must be at least 1".into());
-        }
-        Ok(())
+        self.check_values().or_else(fail)
     }
 }
 
@@ -194,10 +323,11 @@ impl AdapterWeights {
             path: config_path.display().to_string(),
             source,
         })?;
-        let config: AdapterConfig = serde_json::from_str(&text).map_err(|e| Error::Format {
-            path: config_path.display().to_string(),
-            message: format!("invalid adapter config: {e}"),
-        })?;
+        let config: AdapterConfig =
+            crate::io::parse_json(&text).map_err(|message| Error::Format {
+                path: config_path.display().to_string(),
+                message: format!("invalid adapter config: {message}"),
+            })?;
         config.check_supported(&config_path)?;
         let weights_path = dir.join(WEIGHTS_FILE);
         let tensors = read_safetensors(&weights_path)?;
@@ -274,6 +404,28 @@ impl AdapterWeights {
                     b.shape
                 )));
             }
+            let (config_r, _) = config.rank_and_alpha(&module);
+            if r != config_r {
+                return Err(err(format!(
+                    "{} is {:?} and {} is {:?} (rank {r}), but {CONFIG_FILE} gives {module} r = {config_r}",
+                    key(A_SUFFIX),
+                    a.shape,
+                    key(B_SUFFIX),
+                    b.shape
+                )));
+            }
+            for (suffix, t) in [
+                (A_SUFFIX, Some(&a)),
+                (B_SUFFIX, Some(&b)),
+                (M_SUFFIX, m.as_ref()),
+            ] {
+                if let Some(i) = t.and_then(HostTensor::first_non_finite) {
+                    return Err(err(format!(
+                        "tensor {} holds a non-finite value (NaN or infinity) at element {i}",
+                        key(suffix)
+                    )));
+                }
+            }
             if let Some(m) = &m {
                 if m.shape != [b.shape[0]] {
                     return Err(err(format!(
@@ -296,8 +448,50 @@ impl AdapterWeights {
         Ok(AdapterWeights { config, modules })
     }
 
-    /// Checks every module against the model's linear shapes, `[out, in]` by
-    /// module path; the error names the tensor and both shapes.
+    /// Checks the adapter against the model's adaptable linear layers, `[out,
+    /// in]` by module path, as PEFT decides what to adapt: the config's
+    /// `target_modules` (and `layers_to_transform`) select modules, each
+    /// selected module must have tensors and each tensor a selected module,
+    /// and every listed target must exist. Errors name the module or tensor.
+    pub fn check_fits(&self, model_linears: &BTreeMap<String, (usize, usize)>) -> Result<()> {
+        let c = &self.config;
+        if let TargetModules::Names(names) = &c.target_modules {
+            for name in names {
+                if !model_linears.keys().any(|m| pattern_matches(name, m)) {
+                    return Err(Error::Shape(format!(
+                        "adapter target_modules names {name:?}, which matches none of the model's adaptable modules ({})",
+                        projection_names(model_linears)
+                    )));
+                }
+            }
+        }
+        for module in self.modules.keys() {
+            if !model_linears.contains_key(module) {
+                return Err(Error::Shape(format!(
+                    "adapter module {module} does not exist in the model (is the adapter for another model?)"
+                )));
+            }
+            if !c.targets(module) {
+                return Err(Error::Shape(format!(
+                    "adapter holds tensors for {module}, which its config does not select ({})",
+                    c.selection()
+                )));
+            }
+        }
+        if let Some(module) = model_linears
+            .keys()
+            .find(|m| c.targets(m) && !self.modules.contains_key(*m))
+        {
+            return Err(Error::Shape(format!(
+                "adapter config selects {module} ({}), but the adapter holds no tensors for it",
+                c.selection()
+            )));
+        }
+        self.check_shapes(model_linears)
+    }
+
+    /// Checks every module's tensors against the model's linear shapes; the
+    /// error names the tensor and both shapes.
     pub fn check_shapes(&self, model_linears: &BTreeMap<String, (usize, usize)>) -> Result<()> {
         for (module, m) in &self.modules {
             let Some(&(out_f, in_f)) = model_linears.get(module) else {

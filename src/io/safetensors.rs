@@ -35,6 +35,28 @@ impl HostTensor {
         self.shape.iter().product()
     }
 
+    /// The index of the first NaN or infinity, if any (integers have none).
+    /// Reads the bits, so 16-bit tensors need no conversion.
+    pub fn first_non_finite(&self) -> Option<usize> {
+        let exponent_all_ones = |bits: u32, mask: u32| bits & mask == mask;
+        match self.dtype {
+            DType::F32 => self.bytes.chunks_exact(4).position(|b| {
+                exponent_all_ones(u32::from_le_bytes([b[0], b[1], b[2], b[3]]), 0x7f80_0000)
+            }),
+            DType::BF16 | DType::F16 => {
+                let mask = if self.dtype == DType::BF16 {
+                    0x7f80
+                } else {
+                    0x7c00
+                };
+                self.bytes
+                    .chunks_exact(2)
+                    .position(|b| exponent_all_ones(u16::from_le_bytes([b[0], b[1]]) as u32, mask))
+            }
+            DType::I32 => None,
+        }
+    }
+
     /// The values widened to f32.
     pub fn to_f32(&self) -> Vec<f32> {
         match self.dtype {
@@ -137,6 +159,55 @@ pub fn read_safetensors(path: &Path) -> Result<BTreeMap<String, HostTensor>> {
     Ok(out)
 }
 
+/// What a safetensors header says about one tensor.
+#[derive(Clone, Debug, PartialEq, serde::Deserialize)]
+pub struct TensorInfo {
+    pub dtype: String,
+    pub shape: Vec<usize>,
+}
+
+/// The tensors a safetensors file holds, read from its header alone (the
+/// first 8 + n bytes), so a model's config can be checked against its
+/// weights before anything large is read or allocated.
+pub fn read_safetensors_header(path: &Path) -> Result<BTreeMap<String, TensorInfo>> {
+    use std::io::Read;
+    // safetensors' own limit on the header; a larger length is a corrupt file.
+    const MAX_HEADER: u64 = 100_000_000;
+    let io_err = |source| Error::Io {
+        path: path.display().to_string(),
+        source,
+    };
+    let mut file = std::fs::File::open(path).map_err(io_err)?;
+    let file_len = file.metadata().map_err(io_err)?.len();
+    let mut len = [0u8; 8];
+    file.read_exact(&mut len).map_err(|_| {
+        format_err(
+            path,
+            "not a valid safetensors file (shorter than its 8-byte header length)".into(),
+        )
+    })?;
+    let n = u64::from_le_bytes(len);
+    if n > MAX_HEADER || n > file_len - 8 {
+        return Err(format_err(
+            path,
+            format!("not a valid safetensors file (header length {n} exceeds the file's {file_len} bytes or the 100 MB limit)"),
+        ));
+    }
+    let mut header = vec![0u8; n as usize];
+    file.read_exact(&mut header).map_err(io_err)?;
+    let mut entries: BTreeMap<String, serde_json::Value> = serde_json::from_slice(&header)
+        .map_err(|e| format_err(path, format!("not a valid safetensors file (header: {e})")))?;
+    entries.remove("__metadata__");
+    entries
+        .into_iter()
+        .map(|(name, v)| {
+            let info = serde_json::from_value(v)
+                .map_err(|e| format_err(path, format!("tensor {name} in the header: {e}")))?;
+            Ok((name, info))
+        })
+        .collect()
+}
+
 /// Writes tensors (sorted by name) and optional string metadata, atomically.
 pub fn write_safetensors(
     path: &Path,
@@ -162,6 +233,19 @@ pub fn write_safetensors(
     write_atomically(path, &bytes)
 }
 
+/// A suffix no other temporary of this or any other process has: the pid,
+/// a per-process counter and the clock (pids are reused across reboots and
+/// containers; two writes in one process must not share a name).
+pub fn unique_suffix() -> String {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static COUNTER: AtomicU64 = AtomicU64::new(0);
+    let n = COUNTER.fetch_add(1, Ordering::Relaxed);
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos());
+    format!("{}-{n}-{nanos:x}", std::process::id())
+}
+
 /// Writes `bytes` to `path` through a temporary file in the same folder,
 /// synced and then renamed over the target: readers see the old file or the
 /// new one, never a partial one.
@@ -174,9 +258,12 @@ pub fn write_atomically(path: &Path, bytes: &[u8]) -> Result<()> {
         .file_name()
         .ok_or_else(|| format_err(path, "not a file path".into()))?
         .to_string_lossy();
-    let tmp = path.with_file_name(format!(".{file_name}.tmp-{}", std::process::id()));
+    let tmp = path.with_file_name(format!(".{file_name}.tmp-{}", unique_suffix()));
     let result = (|| {
-        let mut f = std::fs::File::create(&tmp)?;
+        let mut f = std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .open(&tmp)?;
         f.write_all(bytes)?;
         f.sync_all()?;
         std::fs::rename(&tmp, path)

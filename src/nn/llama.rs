@@ -13,7 +13,7 @@ use super::lora::{AdapterOptions, LoraLinear};
 use crate::autograd::{checkpoint, no_grad};
 use crate::error::{arg_err, shape_err, Error, Result};
 use crate::gpu::Gpu;
-use crate::io::hf::{load_weights, ModelConfig};
+use crate::io::hf::{load_weights, weight_shapes, ModelConfig};
 use crate::io::{AdapterConfig, AdapterWeights, HostTensor};
 use crate::ops::{self, RopeTables, Transpose};
 use crate::tensor::{DType, Tensor};
@@ -181,6 +181,89 @@ fn decoder_layer(
     ops::add(&x, &project(6, &gated)?)
 }
 
+/// The `[out, in]` shapes of one decoder layer's seven projections.
+fn projection_shapes(c: &ModelConfig) -> [[usize; 2]; 7] {
+    let (q, kv) = (
+        c.num_attention_heads * c.head_dim,
+        c.num_key_value_heads * c.head_dim,
+    );
+    let (d, f) = (c.hidden_size, c.intermediate_size);
+    [[q, d], [kv, d], [kv, d], [d, q], [f, d], [f, d], [d, f]]
+}
+
+/// Checks `config.json` against the tensors the weight files hold, from
+/// their headers alone: the layer count, and every tensor the config implies
+/// by name and shape. Runs before anything large is read or allocated, so a
+/// config that does not fit its weights (`num_hidden_layers: 1000000000`, a
+/// huge `vocab_size`) is one error, not an allocation failure.
+pub fn check_weights_fit(c: &ModelConfig, dir: &Path) -> Result<()> {
+    let held = weight_shapes(dir)?;
+    let fail = |message: String| {
+        Err(Error::Format {
+            path: dir.join("config.json").display().to_string(),
+            message,
+        })
+    };
+    let layers_held = held
+        .keys()
+        .filter_map(|k| {
+            k.strip_prefix("model.layers.")?
+                .split('.')
+                .next()?
+                .parse::<usize>()
+                .ok()
+        })
+        .max()
+        .map_or(0, |last| last + 1);
+    if layers_held != c.num_hidden_layers {
+        return fail(format!(
+            "num_hidden_layers is {} but the weights hold {layers_held} layers",
+            c.num_hidden_layers
+        ));
+    }
+    let mut expected = vec![
+        (
+            "model.embed_tokens.weight".to_string(),
+            vec![c.vocab_size, c.hidden_size],
+        ),
+        ("model.norm.weight".to_string(), vec![c.hidden_size]),
+    ];
+    if !c.tie_word_embeddings {
+        expected.push(("lm_head.weight".into(), vec![c.vocab_size, c.hidden_size]));
+    }
+    for i in 0..c.num_hidden_layers {
+        let p = format!("model.layers.{i}");
+        for norm in ["input_layernorm", "post_attention_layernorm"] {
+            expected.push((format!("{p}.{norm}.weight"), vec![c.hidden_size]));
+        }
+        for ((parent, name), shape) in PROJECTIONS.iter().zip(projection_shapes(c)) {
+            expected.push((format!("{p}.{parent}.{name}.weight"), shape.to_vec()));
+        }
+    }
+    for (name, shape) in expected {
+        match held.get(&name) {
+            None if name == "lm_head.weight" => {
+                return fail(
+                    "tensor lm_head.weight is missing and tie_word_embeddings is false".into(),
+                )
+            }
+            None => {
+                return fail(format!(
+                    "implies tensor {name}, which the weights do not hold"
+                ))
+            }
+            Some(info) if info.shape != shape => {
+                return fail(format!(
+                    "implies {name} of shape {shape:?}, but the weights hold {:?}",
+                    info.shape
+                ))
+            }
+            Some(_) => {}
+        }
+    }
+    Ok(())
+}
+
 fn take(
     weights: &mut BTreeMap<String, HostTensor>,
     name: &str,
@@ -200,19 +283,30 @@ fn take(
             ),
         });
     }
+    check_finite(&t, name, dir)?;
     Ok(t)
+}
+
+/// A NaN or infinity in a weight makes every loss NaN: refuse it at load, naming the tensor.
+fn check_finite(t: &HostTensor, name: &str, dir: &Path) -> Result<()> {
+    match t.first_non_finite() {
+        Some(i) => Err(Error::Format {
+            path: dir.display().to_string(),
+            message: format!(
+                "tensor {name} holds a non-finite value (NaN or infinity) at element {i}"
+            ),
+        }),
+        None => Ok(()),
+    }
 }
 
 impl Llama {
     /// Loads `config.json` and the weights of a Hugging Face model directory.
     pub fn load(gpu: &Gpu, dir: &Path) -> Result<Llama> {
         let config = ModelConfig::load(dir)?;
+        check_weights_fit(&config, dir)?;
         let mut w = load_weights(dir)?;
         let c = &config;
-        let (h, kv) = (
-            c.num_attention_heads * c.head_dim,
-            c.num_key_value_heads * c.head_dim,
-        );
         let up = |t: HostTensor| t.to_gpu(gpu);
         let embed_tokens = up(take(
             &mut w,
@@ -223,17 +317,8 @@ impl Llama {
         let mut layers = Vec::with_capacity(c.num_hidden_layers);
         for i in 0..c.num_hidden_layers {
             let p = format!("model.layers.{i}");
-            let shapes = [
-                [h, c.hidden_size],
-                [kv, c.hidden_size],
-                [kv, c.hidden_size],
-                [c.hidden_size, h],
-                [c.intermediate_size, c.hidden_size],
-                [c.intermediate_size, c.hidden_size],
-                [c.hidden_size, c.intermediate_size],
-            ];
             let mut projections = Vec::with_capacity(7);
-            for ((parent, name), shape) in PROJECTIONS.iter().zip(shapes) {
+            for ((parent, name), shape) in PROJECTIONS.iter().zip(projection_shapes(c)) {
                 let module = format!("{p}.{parent}.{name}");
                 let weight = up(take(&mut w, &format!("{module}.weight"), &shape, dir)?)?;
                 // Biases exist where the checkpoint has them (Qwen2's q/k/v, attention_bias models).
@@ -279,6 +364,7 @@ impl Llama {
                         c.hidden_size
                     );
                 }
+                check_finite(&t, "lm_head.weight", dir)?;
                 Some(up(t)?)
             }
             None if !c.tie_word_embeddings => {
@@ -303,6 +389,19 @@ impl Llama {
         })
     }
 
+    /// Refuses a token id the embedding has no row for (the GPU would read
+    /// zeros and score it as if it were a real token); `what` names the ids.
+    pub fn check_token_ids(&self, what: &str, ids: &[u32]) -> Result<()> {
+        let vocab = self.config.vocab_size;
+        match ids.iter().position(|&id| id as usize >= vocab) {
+            Some(p) => arg_err!(
+                "{what}: token id {} at position {p} is outside the model's vocabulary (vocab_size {vocab})",
+                ids[p]
+            ),
+            None => Ok(()),
+        }
+    }
+
     /// `[out, in]` of every adaptable projection, by module path.
     pub fn linear_shapes(&self) -> BTreeMap<String, (usize, usize)> {
         let mut out = BTreeMap::new();
@@ -321,7 +420,7 @@ impl Llama {
     /// Puts a PEFT adapter's LoRA or DoRA layers on the modules it names.
     /// Fails, naming the tensor and both shapes, if it was made for another model.
     pub fn attach_adapter(&mut self, adapter: &AdapterWeights) -> Result<()> {
-        adapter.check_shapes(&self.linear_shapes())?;
+        adapter.check_fits(&self.linear_shapes())?;
         let cfg = &adapter.config;
         for (i, layer) in self.layers.iter_mut().enumerate() {
             for ((parent, name), slot) in PROJECTIONS.iter().zip(layer.projections.iter_mut()) {

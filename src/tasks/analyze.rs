@@ -116,6 +116,7 @@ pub fn analyze_adapters(
         arg_err!("the analysis needs at least one adapter directory");
     }
     let config = ModelConfig::load(base_dir)?;
+    crate::nn::check_weights_fit(&config, base_dir)?;
     let mut weights = load_weights(base_dir)?;
     let modules = projection_shapes(&config, &weights, base_dir)?;
     let shapes: BTreeMap<String, (usize, usize)> = modules.iter().cloned().collect();
@@ -123,7 +124,7 @@ pub fn analyze_adapters(
     let mut adapters = Vec::with_capacity(adapter_dirs.len());
     for dir in adapter_dirs {
         let adapter = AdapterWeights::load(dir)?;
-        adapter.check_shapes(&shapes).map_err(|e| match e {
+        adapter.check_fits(&shapes).map_err(|e| match e {
             // Name the adapter too: several may be analysed at once.
             Error::Shape(message) => Error::Format {
                 path: dir.display().to_string(),
@@ -165,6 +166,7 @@ pub fn analyze_adapters(
 /// its base in `base_dir`: every projection of every layer, method "FT".
 pub fn analyze_tuned(gpu: &Gpu, base_dir: &Path, tuned_dir: &Path) -> Result<Vec<Record>> {
     let config = ModelConfig::load(base_dir)?;
+    crate::nn::check_weights_fit(&config, base_dir)?;
     let mut base = load_weights(base_dir)?;
     let modules = projection_shapes(&config, &base, base_dir)?;
     let mut tuned = load_weights(tuned_dir)?;

@@ -2,7 +2,7 @@
 
 use crate::autograd::no_grad;
 use crate::data::Example;
-use crate::error::Result;
+use crate::error::{arg_err, Error, Result};
 use crate::nn::Llama;
 use crate::ops;
 use crate::tensor::Tensor;
@@ -26,7 +26,8 @@ pub fn evaluate(model: &Llama, examples: &[Example]) -> Result<EvalReport> {
     let _g = no_grad();
     let gpu = model.embed_tokens.gpu();
     let (mut total, mut tokens) = (0.0, 0);
-    for ex in examples {
+    for (i, ex) in examples.iter().enumerate() {
+        model.check_token_ids(&format!("example {}", i + 1), &ex.ids)?;
         if ex.ids.len() < 2 || ex.scored_count() == 0 {
             continue;
         }
@@ -41,11 +42,17 @@ pub fn evaluate(model: &Llama, examples: &[Example]) -> Result<EvalReport> {
         total += nll;
         tokens += count;
     }
-    let loss = if tokens == 0 {
-        f64::NAN
-    } else {
-        total / tokens as f64
-    };
+    if tokens == 0 {
+        arg_err!(
+            "no example has a token to score (each needs at least two tokens and a scored one)"
+        );
+    }
+    let loss = total / tokens as f64;
+    if !loss.is_finite() {
+        return Err(Error::NotFinite(format!(
+            "the evaluation loss is not finite ({loss}) over {tokens} tokens: the model or adapter produces NaN or infinite logits"
+        )));
+    }
     Ok(EvalReport {
         loss,
         ppl: loss.exp(),

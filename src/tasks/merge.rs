@@ -1,12 +1,12 @@
 //! `merge`: folds an adapter into its base model and writes a complete
 //! Hugging Face directory that loads as an ordinary model.
 
-use std::path::Path;
+use std::path::{Component, Path, PathBuf};
 
 use crate::error::{Error, Result};
 use crate::gpu::Gpu;
 use crate::io::hf::load_weights;
-use crate::io::{write_safetensors, AdapterWeights, HostTensor};
+use crate::io::{unique_suffix, write_safetensors, AdapterWeights, HostTensor};
 use crate::nn::Llama;
 
 /// Files copied unchanged from the base model directory when present.
@@ -22,12 +22,28 @@ const COPIED: [&str; 7] = [
 
 /// Writes `out_dir` with the merged weights (in the base dtype) in one
 /// `model.safetensors`, plus the base directory's config and tokenizer files.
+/// `out_dir` must be new (or empty) and must not be or contain the model or
+/// adapter directory; it is written under a temporary name and renamed into
+/// place, so a failed merge leaves nothing half-written.
 pub fn merge_model(gpu: &Gpu, model_dir: &Path, adapter_dir: &Path, out_dir: &Path) -> Result<()> {
-    if out_dir == model_dir {
-        return Err(Error::InvalidArgument(format!(
-            "--out {} is the base model directory; choose another",
-            out_dir.display()
-        )));
+    let out = resolve(out_dir)?;
+    for (what, dir) in [("base model", model_dir), ("adapter", adapter_dir)] {
+        if resolve(dir)?.starts_with(&out) {
+            return Err(Error::InvalidArgument(format!(
+                "--out {} is or contains the {what} directory {}; choose a new directory",
+                out_dir.display(),
+                dir.display()
+            )));
+        }
+    }
+    if out_dir.exists() {
+        let empty = std::fs::read_dir(out_dir).is_ok_and(|mut d| d.next().is_none());
+        if !empty {
+            return Err(Error::InvalidArgument(format!(
+                "--out {} already exists and is not an empty directory; choose a new one",
+                out_dir.display()
+            )));
+        }
     }
     let mut model = Llama::load(gpu, model_dir)?;
     model.attach_adapter(&AdapterWeights::load(adapter_dir)?)?;
@@ -35,20 +51,69 @@ pub fn merge_model(gpu: &Gpu, model_dir: &Path, adapter_dir: &Path, out_dir: &Pa
     for (name, merged) in model.merged_weights()? {
         weights.insert(name, HostTensor::from_gpu(&merged)?);
     }
-    std::fs::create_dir_all(out_dir).map_err(|source| Error::Io {
-        path: out_dir.display().to_string(),
-        source,
-    })?;
+
+    let name = out.file_name().unwrap_or_default().to_string_lossy();
+    let temp = out.with_file_name(format!(".{name}.tmp-{}", unique_suffix()));
+    let written = write_merged(model_dir, &temp, &weights).and_then(|()| {
+        // An empty `out_dir` gives way to the finished one (remove_dir only removes empty ones).
+        if out.is_dir() {
+            std::fs::remove_dir(&out).map_err(io_err(&out))?;
+        }
+        std::fs::rename(&temp, &out).map_err(io_err(&out))
+    });
+    if written.is_err() {
+        let _ = std::fs::remove_dir_all(&temp);
+    }
+    written
+}
+
+fn write_merged(
+    model_dir: &Path,
+    dir: &Path,
+    weights: &std::collections::BTreeMap<String, HostTensor>,
+) -> Result<()> {
+    std::fs::create_dir_all(dir).map_err(io_err(dir))?;
     let metadata = std::collections::HashMap::from([("format".to_string(), "pt".to_string())]);
-    write_safetensors(&out_dir.join("model.safetensors"), &weights, Some(metadata))?;
+    write_safetensors(&dir.join("model.safetensors"), weights, Some(metadata))?;
     for name in COPIED {
         let src = model_dir.join(name);
         if src.exists() {
-            std::fs::copy(&src, out_dir.join(name)).map_err(|source| Error::Io {
-                path: src.display().to_string(),
-                source,
-            })?;
+            std::fs::copy(&src, dir.join(name)).map_err(io_err(&src))?;
         }
     }
     Ok(())
+}
+
+fn io_err(path: &Path) -> impl Fn(std::io::Error) -> Error + '_ {
+    move |source| Error::Io {
+        path: path.display().to_string(),
+        source,
+    }
+}
+
+/// The absolute path `path` names, with symbolic links and `..` resolved, for
+/// paths that do not exist yet too: the nearest existing ancestor is
+/// canonicalized and the rest appended (textual comparison misses `./m` = `m`).
+fn resolve(path: &Path) -> Result<PathBuf> {
+    let absolute = std::path::absolute(path).map_err(io_err(path))?;
+    let mut existing = absolute.as_path();
+    let mut rest = Vec::new();
+    while !existing.exists() {
+        let Some(parent) = existing.parent() else {
+            break;
+        };
+        rest.extend(existing.components().next_back());
+        existing = parent;
+    }
+    let mut resolved = existing.canonicalize().map_err(io_err(existing))?;
+    for c in rest.into_iter().rev() {
+        match c {
+            Component::ParentDir => {
+                resolved.pop();
+            }
+            Component::Normal(n) => resolved.push(n),
+            _ => {}
+        }
+    }
+    Ok(resolved)
 }

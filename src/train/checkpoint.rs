@@ -13,7 +13,8 @@ use serde::{Deserialize, Serialize};
 use super::TrainConfig;
 use crate::error::{Error, Result};
 use crate::io::{
-    read_safetensors, write_atomically, write_safetensors, AdapterWeights, HostTensor,
+    read_safetensors, unique_suffix, write_atomically, write_safetensors, AdapterWeights,
+    HostTensor,
 };
 use crate::tensor::Tensor;
 
@@ -88,8 +89,9 @@ pub fn stage(
     std::fs::create_dir_all(&root).map_err(io_err(&root))?;
     remove_stale_temporaries(&root);
     let name = step_dir_name(state.step);
-    let temp = root.join(format!("{TEMP_PREFIX}{name}-{}", std::process::id()));
-    std::fs::create_dir_all(&temp).map_err(io_err(&temp))?;
+    let temp = root.join(format!("{TEMP_PREFIX}{name}-{}", unique_suffix()));
+    // create_dir, not create_dir_all: the name is fresh, and an existing one must not be reused.
+    std::fs::create_dir(&temp).map_err(io_err(&temp))?;
     adapter.save(&temp)?;
     let mut tensors = BTreeMap::new();
     for (param, m, v) in moments {
@@ -114,6 +116,31 @@ fn remove_stale_temporaries(root: &Path) {
             let _ = std::fs::remove_dir_all(e.path());
         }
     }
+}
+
+/// The files and folders of a training run that exist in `adapter_dir`
+/// (checkpoints, metrics, the adapter, the loss plot): a new run must not
+/// start there unless told to replace them.
+pub fn existing_run_files(adapter_dir: &Path) -> Vec<String> {
+    let plot = |ext: &str| format!("{}.{ext}", super::LOSS_PLOT_STEM);
+    let checkpoints = adapter_dir.join(CHECKPOINTS_DIR);
+    let mut found = Vec::new();
+    if std::fs::read_dir(&checkpoints).is_ok_and(|mut d| d.next().is_some()) {
+        found.push(format!("{CHECKPOINTS_DIR}/"));
+    }
+    let files = [
+        super::METRICS_FILE.to_string(),
+        crate::io::CONFIG_FILE.to_string(),
+        crate::io::WEIGHTS_FILE.to_string(),
+        plot("png"),
+        plot("svg"),
+    ];
+    for name in files {
+        if adapter_dir.join(&name).exists() {
+            found.push(name);
+        }
+    }
+    found
 }
 
 /// Committed checkpoints under `adapter_dir`, oldest first, with their steps.

@@ -217,7 +217,7 @@ impl TrainConfig {
 
     /// The layers that get adapters, for a model with `total` layers.
     fn layer_range(&self, total: usize) -> std::ops::Range<usize> {
-        let n = self.num_layers.unwrap_or(total).min(total);
+        let n = self.num_layers.unwrap_or(total);
         total - n..total
     }
 }
@@ -319,7 +319,11 @@ impl Trainer {
         if !model.parameters().is_empty() {
             arg_err!("the model already carries adapters; use Trainer::with_adapter to continue training them");
         }
-        let layers = config.layer_range(model.layers.len());
+        let total = model.layers.len();
+        if let Some(n) = config.num_layers.filter(|&n| n > total) {
+            arg_err!("--num-layers {n} exceeds the model's {total} layers");
+        }
+        let layers = config.layer_range(total);
         model.add_adapters_to_layers(
             &config.adapter_options(),
             config.method == Method::Dora,
@@ -379,6 +383,11 @@ impl Trainer {
         train: Vec<Example>,
         valid: Vec<Example>,
     ) -> Result<Trainer> {
+        for (split, examples) in [("training", &train), ("validation", &valid)] {
+            for (i, ex) in examples.iter().enumerate() {
+                model.check_token_ids(&format!("{split} example {}", i + 1), &ex.ids)?;
+            }
+        }
         let (train, prepare_report) = prepare(train, config.max_seq_len);
         if train.is_empty() {
             arg_err!("no training example has a token to learn from (after truncation to --max-seq-len {})", config.max_seq_len);

@@ -253,3 +253,85 @@ pub fn temp_dir(name: &str) -> PathBuf {
     std::fs::create_dir_all(&dir).unwrap();
     dir
 }
+
+/// Runs the `dora-wgpu` binary; returns (success, stdout, stderr).
+pub fn run_cli<S: AsRef<std::ffi::OsStr>>(args: &[S]) -> (bool, String, String) {
+    run_cli_in(Path::new("."), args)
+}
+
+/// [`run_cli`] from the working directory `dir`.
+pub fn run_cli_in<S: AsRef<std::ffi::OsStr>>(dir: &Path, args: &[S]) -> (bool, String, String) {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_dora-wgpu"))
+        .args(args)
+        .current_dir(dir)
+        .output()
+        .unwrap();
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into(),
+        String::from_utf8_lossy(&out.stderr).into(),
+    )
+}
+
+/// Asserts the binary fails with one `error:` line that mentions every needle.
+pub fn cli_fails_with<S: AsRef<std::ffi::OsStr> + std::fmt::Debug>(args: &[S], needles: &[&str]) {
+    let (ok, _, err) = run_cli(args);
+    assert!(!ok, "{args:?} should fail");
+    let lines: Vec<&str> = err.lines().collect();
+    assert_eq!(lines.len(), 1, "one line expected, got {err:?}");
+    assert!(lines[0].starts_with("error: "), "{err}");
+    for n in needles {
+        assert!(err.contains(n), "{err:?} should mention {n:?}");
+    }
+}
+
+/// Asserts `r` is an error of one line that mentions every needle.
+pub fn one_line_error<T>(r: dora_wgpu::Result<T>, needles: &[&str]) {
+    let Err(e) = r else {
+        panic!("expected an error mentioning {needles:?}, got Ok")
+    };
+    let msg = e.to_string();
+    assert_eq!(msg.lines().count(), 1, "{msg}");
+    for n in needles {
+        assert!(msg.contains(n), "{msg:?} should mention {n:?}");
+    }
+}
+
+/// Copies the files of `src` (recursively) into a new directory `dst`.
+pub fn copy_dir(src: &Path, dst: &Path) {
+    std::fs::create_dir_all(dst).unwrap();
+    for e in std::fs::read_dir(src).unwrap() {
+        let e = e.unwrap();
+        let to = dst.join(e.file_name());
+        if e.file_type().unwrap().is_dir() {
+            copy_dir(&e.path(), &to);
+        } else {
+            std::fs::copy(e.path(), to).unwrap();
+        }
+    }
+}
+
+/// Every file under `dir` with its bytes, to prove a command left them alone.
+pub fn snapshot(dir: &Path) -> std::collections::BTreeMap<PathBuf, Vec<u8>> {
+    let mut out = std::collections::BTreeMap::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        for e in std::fs::read_dir(&d).unwrap() {
+            let p = e.unwrap().path();
+            if p.is_dir() {
+                stack.push(p);
+            } else {
+                out.insert(p.clone(), std::fs::read(&p).unwrap());
+            }
+        }
+    }
+    out
+}
+
+/// A data directory `root/data` whose `train.jsonl` holds `lines`.
+pub fn data_dir_with(root: &Path, lines: &str) -> PathBuf {
+    let data = root.join("data");
+    std::fs::create_dir_all(&data).unwrap();
+    std::fs::write(data.join("train.jsonl"), lines).unwrap();
+    data
+}
