@@ -4,11 +4,15 @@
 //!
 //!     cargo run --release --example bench -- [--json FILE] [--quick] [--profile]
 //!         [--model DIR] [--batch 4] [--seq 128] [--train-steps 3]
+//!         [--memory-steps 300] [--model-memory-steps 50]
 //!
 //! Times are medians of repeated runs after a warm-up, taken around a
 //! synchronising wait; the first call of each shape (pipeline creation
 //! included) is reported apart. Training runs on the embedded default model
 //! and, with --model, on that one too (e.g. SmolLM2-135M at batch 4 × 128).
+//! The memory runs train the embedded model 300 steps of varying length
+//! with dropout, and --model 50 steps with LoRA and with DoRA, reporting the
+//! pool's peak against its peak by step 10 and against the peak live bytes.
 //! --profile times every kernel of one DoRA training step, each dispatch
 //! submitted alone and waited for: GPU timestamps where the adapter has
 //! TIMESTAMP_QUERY, else wall-clock with the submission included.
@@ -286,6 +290,56 @@ fn run() -> dora_wgpu::Result<()> {
             "checkpointed_plain_memory_ratio": ckpt_mem}));
     }
 
+    // Memory over a long run whose lengths vary: the pool must stay flat.
+    let memory_steps = number("--memory-steps", if quick { 12 } else { 300 })?;
+    let model_steps = number("--model-memory-steps", if quick { 3 } else { 50 })?;
+    let mut memory_runs = Vec::new();
+    println!("\nGPU memory over runs of varying length (MiB; growth = peak / peak by step 10):");
+    println!(
+        "{:>16} {:>6} {:>6} {:>11} {:>8} {:>9} {:>9} {:>9} {:>7} {:>10}",
+        "model",
+        "method",
+        "steps",
+        "batch×len",
+        "dropout",
+        "by st.10",
+        "peak",
+        "live",
+        "growth",
+        "alloc/live"
+    );
+    let mut memory_cases = vec![(
+        models[0].clone(),
+        Method::Dora,
+        memory_steps,
+        4,
+        if quick { 64 } else { 256 },
+        0.05,
+    )];
+    for model in models.iter().skip(1) {
+        for method in [Method::Lora, Method::Dora] {
+            memory_cases.push((model.clone(), method, model_steps, batch, seq, 0.0));
+        }
+    }
+    for ((name, dir), method, steps, b, len, dropout) in memory_cases {
+        let r = dora_wgpu::bench::memory_over_run(&dir, &name, method, steps, b, len, dropout)?;
+        let mib = |x: u64| x as f64 / 1048576.0;
+        println!(
+            "{:>16} {:>6} {:>6} {:>11} {:>8} {:>9.1} {:>9.1} {:>9.1} {:>7.3} {:>10.3}",
+            r.model,
+            r.method,
+            r.steps,
+            format!("{b}×{len}"),
+            r.dropout,
+            mib(r.peak_allocated_by_step_10),
+            mib(r.peak_allocated),
+            mib(r.peak_live),
+            r.growth_ratio,
+            r.allocated_live_ratio
+        );
+        memory_runs.push(r);
+    }
+
     // Merging DoRA into the weights: inference must cost what the base model costs.
     let fwd_model = user_model.clone().unwrap_or(default_dir.clone());
     let (fb, fs) = if quick { (1, 32) } else { (batch, seq) };
@@ -354,6 +408,7 @@ fn run() -> dora_wgpu::Result<()> {
         "dora_factored_direct_time_ratio": dora_t / direct_t,
         "train": train,
         "train_ratios": train_ratios,
+        "memory_runs": memory_runs,
         "merged_base_forward_ratio": fwd.merged_ratio,
         "unmerged_base_forward_ratio": fwd.unmerged_ratio,
         "forward_ms": {"base": fwd.base_s * 1e3, "merged": fwd.merged_s * 1e3, "unmerged": fwd.unmerged_s * 1e3},

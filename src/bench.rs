@@ -276,3 +276,88 @@ pub fn merged_forward_times(
         unmerged_s: median(tu),
     })
 }
+
+/// GPU memory over a long run of varying sequence lengths.
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct MemoryRun {
+    pub model: String,
+    pub method: String,
+    pub steps: usize,
+    pub batch: usize,
+    pub max_seq_len: usize,
+    pub dropout: f32,
+    /// Most bytes the pool held in steps 1–10, and over the whole run.
+    pub peak_allocated_by_step_10: u64,
+    pub peak_allocated: u64,
+    /// Most bytes tensors held at once over the whole run.
+    pub peak_live: u64,
+    /// The estimate the run was checked against before its first step.
+    pub estimate: u64,
+    /// `peak_allocated` / `peak_allocated_by_step_10` and / `peak_live`.
+    pub growth_ratio: f64,
+    pub allocated_live_ratio: f64,
+}
+
+/// Trains `steps` steps on random token sequences whose lengths vary from
+/// an eighth of `max_seq_len` to all of it, as real data does, and reports
+/// how the buffer pool's memory evolves.
+pub fn memory_over_run(
+    model_dir: &std::path::Path,
+    model_name: &str,
+    method: crate::train::Method,
+    steps: usize,
+    batch: usize,
+    max_seq_len: usize,
+    dropout: f32,
+) -> Result<MemoryRun> {
+    use crate::train::{TrainConfig, Trainer};
+    let gpu = Gpu::new()?;
+    let model = crate::nn::Llama::load(&gpu, model_dir)?;
+    let mut rng = crate::nn::Rng::new(21);
+    let vocab = model.config.vocab_size as u64;
+    let examples = (0..batch * 32)
+        .map(|_| {
+            let len = max_seq_len / 8 + rng.next_u64() as usize % (max_seq_len - max_seq_len / 8);
+            crate::data::Example {
+                ids: (0..len).map(|_| (rng.next_u64() % vocab) as u32).collect(),
+                scored: (0..len).map(|t| t > 0).collect(),
+            }
+        })
+        .collect();
+    let config = TrainConfig {
+        method,
+        iters: steps,
+        batch_size: batch,
+        max_seq_len,
+        dropout,
+        lr: 1e-4,
+        steps_per_eval: 0,
+        save_every: 0,
+        ..TrainConfig::default()
+    };
+    let mut trainer = Trainer::new(model, config, examples, Vec::new())?;
+    let estimate = trainer.memory_estimate().total();
+    let (mut by_10, mut allocated, mut live) = (0, 0, 0);
+    for step in 1..=steps {
+        let s = trainer.train_step()?;
+        allocated = allocated.max(s.peak_gpu_bytes);
+        live = live.max(s.peak_live_bytes);
+        if step <= 10 {
+            by_10 = allocated;
+        }
+    }
+    Ok(MemoryRun {
+        model: model_name.to_string(),
+        method: format!("{method:?}").to_lowercase(),
+        steps,
+        batch,
+        max_seq_len,
+        dropout,
+        peak_allocated_by_step_10: by_10,
+        peak_allocated: allocated,
+        peak_live: live,
+        estimate,
+        growth_ratio: allocated as f64 / by_10.max(1) as f64,
+        allocated_live_ratio: allocated as f64 / live.max(1) as f64,
+    })
+}

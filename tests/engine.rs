@@ -5,7 +5,8 @@
 mod common;
 
 use common::*;
-use dora_wgpu::{ops, DType, Gpu, GpuOptions, Tensor};
+use dora_wgpu::nn::Rng;
+use dora_wgpu::{ops, DType, Gpu, GpuOptions, PoolLimits, Tensor};
 
 #[test]
 fn context_reports_adapter_and_backend() {
@@ -285,4 +286,84 @@ fn chunked_lm_head_loss_never_holds_all_logits() {
         peak < all_logits / 4,
         "peak {peak} bytes vs {all_logits} for all logits"
     );
+}
+
+/// A pool with the default limits on its own context.
+fn pooled_gpu(limits: PoolLimits) -> Gpu {
+    Gpu::with_options(&GpuOptions {
+        memory: limits,
+        ..Default::default()
+    })
+    .unwrap()
+}
+
+#[test]
+fn the_pool_holds_what_a_step_needs_not_every_size_it_has_seen() {
+    let gpu = pooled_gpu(PoolLimits::default());
+    let mut rng = Rng::new(3);
+    let mut previous_peak = 0u64;
+    let (mut most_live, mut most_allocated) = (0u64, 0u64);
+    for step in 0..120 {
+        gpu.reset_peak_memory();
+        // A "step" of four activations whose sizes follow a random sequence length.
+        let len = 16 + rng.next_u64() as usize % 1000;
+        let acts: Vec<Tensor> = (1..=4)
+            .map(|k| Tensor::zeros(&gpu, &[len * 64 * k], DType::F32).unwrap())
+            .collect();
+        drop(acts);
+        gpu.flush();
+        let s = gpu.memory_stats();
+        let budget = 1.25 * previous_peak.max(s.peak_live_bytes) as f64;
+        assert!(
+            s.peak_allocated_bytes as f64 <= budget + 256.0,
+            "step {step}: {} bytes held for a working set of {}",
+            s.peak_allocated_bytes,
+            previous_peak.max(s.peak_live_bytes)
+        );
+        previous_peak = s.peak_live_bytes;
+        most_live = most_live.max(s.peak_live_bytes);
+        most_allocated = most_allocated.max(s.peak_allocated_bytes);
+    }
+    assert!(most_allocated as f64 <= 1.25 * most_live as f64 + 256.0);
+    // Trimming lets every idle buffer go.
+    gpu.trim_memory();
+    let s = gpu.memory_stats();
+    assert_eq!((s.pooled_bytes, s.allocated_bytes), (0, s.live_bytes));
+}
+
+#[test]
+fn a_pooled_buffer_serves_a_slightly_smaller_request() {
+    let gpu = pooled_gpu(PoolLimits::default());
+    let n = 100_000;
+    drop(Tensor::zeros(&gpu, &[n * 11 / 10], DType::F32).unwrap());
+    gpu.flush();
+    let held = gpu.memory_stats().allocated_bytes;
+    // Another size class, within a quarter of the free buffer: reused, nothing created.
+    let t = Tensor::zeros(&gpu, &[n], DType::F32).unwrap();
+    let s = gpu.memory_stats();
+    assert_eq!(s.allocated_bytes, held, "{s:?}");
+    assert!(t.to_vec_f32().unwrap().iter().all(|&v| v == 0.0));
+}
+
+#[test]
+fn a_memory_limit_is_a_clear_error_and_idle_buffers_give_way() {
+    let limit = 1 << 20;
+    let gpu = pooled_gpu(PoolLimits {
+        max_bytes: Some(limit),
+        ..Default::default()
+    });
+    let n = 150_000; // 600 kB
+    let a = Tensor::zeros(&gpu, &[n], DType::F32).unwrap();
+    let err = Tensor::zeros(&gpu, &[n], DType::F32)
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("GPU memory limit of 1.0 MB"), "{err}");
+    assert_eq!(err.lines().count(), 1);
+    // Once the first is freed its buffer is reused or let go: the limit holds.
+    drop(a);
+    gpu.flush();
+    let b = Tensor::zeros(&gpu, &[n / 2], DType::F32).unwrap();
+    let c = Tensor::zeros(&gpu, &[n], DType::F32).unwrap();
+    assert!(gpu.memory_stats().allocated_bytes <= limit);
+    drop((b, c));
 }

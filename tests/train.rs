@@ -475,3 +475,146 @@ fn cancelling_saves_a_checkpoint_and_run_reports_validation() {
     );
     std::fs::remove_dir_all(&dir).ok();
 }
+
+/// Memory stays flat over a long run with random lengths and dropout: the
+/// pool holds about one step's working set, not every size it has seen.
+#[test]
+fn gpu_memory_stays_flat_over_two_hundred_steps_of_random_lengths() {
+    let mut rng = dora_wgpu::nn::Rng::new(15);
+    let examples: Vec<Example> = (0..64)
+        .map(|_| {
+            let len = 4 + rng.next_u64() as usize % 44;
+            let ids = (0..len)
+                .map(|_| 3 + (rng.next_u64() % 381) as u32)
+                .collect();
+            let scored = (0..len).map(|t| t > 0).collect();
+            Example { ids, scored }
+        })
+        .collect();
+    let config = TrainConfig {
+        rank: 4,
+        alpha: 8.0,
+        dropout: 0.05,
+        iters: 200,
+        batch_size: 4,
+        max_seq_len: 48,
+        lr: 1e-3,
+        steps_per_eval: 0,
+        save_every: 0,
+        ..TrainConfig::default()
+    };
+    let mut t = Trainer::new(tiny_llama(), config, examples, Vec::new()).unwrap();
+    let steps: Vec<_> = (0..200).map(|_| t.train_step().unwrap()).collect();
+    let most = |s: &[dora_wgpu::train::StepStats], f: fn(&dora_wgpu::train::StepStats) -> u64| {
+        s.iter().map(f).max().unwrap() as f64
+    };
+    let allocated_by_10 = most(&steps[..10], |s| s.peak_gpu_bytes);
+    let allocated = most(&steps, |s| s.peak_gpu_bytes);
+    let live = most(&steps, |s| s.peak_live_bytes);
+    eprintln!(
+        "peak allocated: {:.2} MB by step 10, {:.2} MB by step 200; peak live {:.2} MB",
+        allocated_by_10 / 1e6,
+        allocated / 1e6,
+        live / 1e6
+    );
+    assert!(
+        allocated <= 1.25 * allocated_by_10,
+        "grew from {allocated_by_10} to {allocated}"
+    );
+    assert!(
+        allocated <= 1.3 * live,
+        "{allocated} allocated for {live} live"
+    );
+}
+
+/// The memory estimate a run is checked against before its first step is
+/// close to (and not below) what a step really holds, with and without
+/// gradient checkpointing and dropout.
+#[test]
+fn the_step_memory_estimate_matches_the_measured_peak() {
+    let mut rng = dora_wgpu::nn::Rng::new(5);
+    let mut ratios = Vec::new();
+    for (method, batch, seq, grad_checkpoint, dropout) in [
+        (Method::Dora, 4, 64, false, 0.0),
+        (Method::Dora, 2, 128, false, 0.0),
+        (Method::Dora, 2, 128, false, 0.05),
+        (Method::Dora, 4, 128, true, 0.0),
+        (Method::Dora, 4, 128, true, 0.05),
+        (Method::Dora, 1, 200, false, 0.0),
+        (Method::Lora, 2, 128, false, 0.0),
+        (Method::Lora, 2, 128, false, 0.05),
+    ] {
+        let examples: Vec<Example> = (0..batch)
+            .map(|_| Example {
+                ids: (0..seq)
+                    .map(|_| 3 + (rng.next_u64() % 381) as u32)
+                    .collect(),
+                scored: (0..seq).map(|t| t > 0).collect(),
+            })
+            .collect();
+        let config = TrainConfig {
+            method,
+            batch_size: batch,
+            max_seq_len: seq,
+            grad_checkpoint,
+            dropout,
+            iters: 2,
+            steps_per_eval: 0,
+            save_every: 0,
+            ..TrainConfig::default()
+        };
+        let mut t = Trainer::new(tiny_llama(), config, examples, Vec::new()).unwrap();
+        let estimate = t.memory_estimate().total() as f64;
+        let measured = (0..2)
+            .map(|_| t.train_step().unwrap().peak_live_bytes)
+            .max()
+            .unwrap() as f64;
+        let ratio = estimate / measured;
+        eprintln!("{method:?} batch {batch} × {seq}, checkpoint {grad_checkpoint}, dropout {dropout}: estimate {:.2} MB, measured {:.2} MB ({ratio:.2})", estimate / 1e6, measured / 1e6);
+        ratios.push(ratio);
+    }
+    assert!(
+        ratios.iter().all(|r| (1.0..1.6).contains(r)),
+        "estimate/measured: {ratios:?}"
+    );
+}
+
+/// A run whose step cannot fit the memory limit fails before its first step,
+/// in one line, with the estimate and settings that would fit.
+#[test]
+fn a_step_over_the_memory_limit_is_refused_naming_what_would_fit() {
+    let gpu = dora_wgpu::Gpu::new().unwrap();
+    let model = Llama::load(&gpu, &fixture("models/tiny-llama")).unwrap();
+    gpu.set_memory_limits(dora_wgpu::PoolLimits {
+        max_bytes: Some(12_000_000),
+        ..Default::default()
+    });
+    let mut rng = dora_wgpu::nn::Rng::new(6);
+    let examples: Vec<Example> = (0..4)
+        .map(|_| Example {
+            ids: (0..128)
+                .map(|_| 3 + (rng.next_u64() % 381) as u32)
+                .collect(),
+            scored: (0..128).map(|t| t > 0).collect(),
+        })
+        .collect();
+    let config = TrainConfig {
+        batch_size: 4,
+        max_seq_len: 128,
+        iters: 1,
+        ..TrainConfig::default()
+    };
+    let err = match Trainer::new(model, config, examples, Vec::new()) {
+        Ok(_) => panic!("a step over the limit must be refused"),
+        Err(e) => e.to_string(),
+    };
+    assert_eq!(err.lines().count(), 1, "{err}");
+    for needle in [
+        "batch 4 × 128 tokens needs about",
+        "the GPU memory limit is 12.0 MB",
+        "--batch-size 2 (with --grad-accum 2)",
+        "--max-seq-len 64",
+    ] {
+        assert!(err.contains(needle), "{err:?} should mention {needle:?}");
+    }
+}

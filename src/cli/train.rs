@@ -363,11 +363,12 @@ pub fn run(raw: Vec<String>) -> Result<()> {
         _ => String::new(),
     };
     println!(
-        "done: {} steps in {:.1} s ({:.0} tokens/s, peak GPU memory {:.1} MB){val}; adapter saved to {}",
+        "done: {} steps in {:.1} s ({:.0} tokens/s, peak GPU memory {:.1} MB allocated, {:.1} MB live){val}; adapter saved to {}",
         summary.losses.len(),
         summary.train_s,
         summary.tokens as f64 / summary.train_s.max(1e-9),
         summary.peak_gpu_bytes as f64 / 1e6,
+        summary.peak_live_bytes as f64 / 1e6,
         out_dir.display()
     );
     Ok(())

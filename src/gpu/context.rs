@@ -7,7 +7,7 @@ use std::sync::{Arc, Mutex};
 
 use super::batch::Batch;
 use super::pipeline::PipelineCache;
-use super::pool::{BufferPool, MemoryStats};
+use super::pool::{BufferPool, MemoryStats, PoolLimits};
 use crate::error::{Error, Result};
 
 /// Options for picking an adapter. `Default` honours wgpu's own environment
@@ -21,6 +21,8 @@ pub struct GpuOptions {
     pub adapter_name: Option<String>,
     pub power_preference: wgpu::PowerPreference,
     pub matmul_kernels: MatmulKernels,
+    /// How much memory the buffer pool may keep idle, and a hard cap on all of it.
+    pub memory: PoolLimits,
 }
 
 /// Which family of matrix-product kernels a context launches.
@@ -69,6 +71,7 @@ impl Default for GpuOptions {
             power_preference: wgpu::PowerPreference::from_env()
                 .unwrap_or(wgpu::PowerPreference::HighPerformance),
             matmul_kernels: MatmulKernels::Auto,
+            memory: PoolLimits::default(),
         }
     }
 }
@@ -191,6 +194,7 @@ impl Gpu {
         }))
         .map_err(|e| Error::NoAdapter(format!("{} ({:?}): {e}", info.name, info.backend)))?;
         let gpu = Gpu::with_device(device, queue, info, kernels)?;
+        gpu.set_memory_limits(options.memory);
         // Our own device: route uncaptured errors to the next sync instead of panicking.
         let slot = gpu.inner.device_error.clone();
         gpu.inner
@@ -315,6 +319,24 @@ impl Gpu {
     /// Frees pooled buffers that no tensor is using.
     pub fn release_unused_memory(&self) {
         self.inner.pool.lock().unwrap().release_free();
+    }
+
+    /// Lets go of every idle pooled buffer and restarts the working set the
+    /// pool's budget is measured against: call it where the sizes a program
+    /// needs change (before an evaluation, after a checkpoint).
+    pub fn trim_memory(&self) {
+        self.inner.pool.lock().unwrap().trim();
+    }
+
+    /// Replaces the buffer pool's limits (for a device the application owns,
+    /// or to change them between phases).
+    pub fn set_memory_limits(&self, limits: PoolLimits) {
+        self.inner.pool.lock().unwrap().set_limits(limits);
+    }
+
+    /// The buffer pool's limits.
+    pub fn memory_limits(&self) -> PoolLimits {
+        self.inner.pool.lock().unwrap().limits()
     }
 
     /// Number of compute pipelines compiled so far (each variant once).

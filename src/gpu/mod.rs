@@ -7,7 +7,7 @@ mod pipeline;
 mod pool;
 
 pub use context::{list_adapters, Gpu, GpuOptions, KernelTime, MatmulKernels};
-pub use pool::MemoryStats;
+pub use pool::{MemoryStats, PoolLimits};
 
 use crate::error::{Error, Result};
 use crate::shaders::Kernel;
@@ -69,11 +69,14 @@ impl Gpu {
                     .min(self.inner.limits.max_buffer_size)
             )));
         }
-        let pooled = self.inner.pool.lock().unwrap().take(class, host_write);
+        let mut pool = self.inner.pool.lock().unwrap();
+        let pooled = pool.take(class, host_write);
         let buffer = match pooled {
             Some(b) => b,
             None => {
                 let class = class.min(self.inner.limits.max_buffer_size);
+                pool.make_room(class).map_err(Error::Device)?;
+                drop(pool);
                 let b = self.inner.device.create_buffer(&wgpu::BufferDescriptor {
                     label: None,
                     size: class,

@@ -11,6 +11,7 @@
 
 mod batches;
 pub mod checkpoint;
+mod memory;
 mod progress;
 mod schedule;
 
@@ -24,6 +25,7 @@ use serde::{Deserialize, Serialize};
 
 pub use batches::{prepare, Batch, Batcher, PrepareReport};
 pub use checkpoint::{Checkpoint, TrainerState};
+pub use memory::{estimate_step_memory, format_bytes, MemoryEstimate, StepShape};
 pub use progress::ProgressLine;
 pub use schedule::{learning_rate, Schedule};
 
@@ -241,8 +243,12 @@ pub struct StepStats {
     pub train_s: f64,
     /// Estimated seconds to the last step.
     pub eta_s: f64,
-    /// Highest GPU memory held by the buffer pool so far (bytes).
+    /// Most bytes the GPU buffer pool held during this step (tensors' and idle).
     pub peak_gpu_bytes: u64,
+    /// Most bytes tensors held at once during this step.
+    pub peak_live_bytes: u64,
+    /// Bytes tensors hold after the step (weights, adapter, optimizer state).
+    pub live_bytes: u64,
 }
 
 /// Progress reported to the callback of [`Trainer::run`].
@@ -277,13 +283,18 @@ pub struct TrainSummary {
     pub losses: Vec<f32>,
     pub train_s: f64,
     pub tokens: usize,
+    /// Most bytes the GPU buffer pool held during any step of this run.
     pub peak_gpu_bytes: u64,
+    /// Most bytes tensors held at once during any step of this run.
+    pub peak_live_bytes: u64,
     pub checkpoint: Option<PathBuf>,
 }
 
 /// A fine-tuning run over one model, one training set and one validation set.
 pub struct Trainer {
     model: Llama,
+    /// What one step is estimated to hold on the GPU (checked against the limits).
+    memory: MemoryEstimate,
     config: TrainConfig,
     adapter_config: AdapterConfig,
     batcher: Batcher,
@@ -393,6 +404,9 @@ impl Trainer {
             arg_err!("no training example has a token to learn from (after truncation to --max-seq-len {})", config.max_seq_len);
         }
         let (valid, _) = prepare(valid, config.max_seq_len);
+        let longest = train.iter().map(|e| e.ids.len()).max().unwrap_or(1);
+        model.grad_checkpoint = config.grad_checkpoint;
+        let memory = check_step_memory(&model, &config, longest)?;
         let data_fingerprint = fingerprint(&train);
         let named = model.named_parameters();
         let param_names = named.iter().map(|(n, _)| n.clone()).collect();
@@ -401,8 +415,8 @@ impl Trainer {
             adamw_config(&config),
         )?;
         let batcher = Batcher::new(train, config.batch_size, config.shuffle, config.seed);
-        model.grad_checkpoint = config.grad_checkpoint;
         Ok(Trainer {
+            memory,
             model,
             config,
             adapter_config,
@@ -511,6 +525,12 @@ impl Trainer {
         self.step
     }
 
+    /// The GPU memory one step is estimated to need (checked when the
+    /// trainer was made against `GpuOptions::memory` and the adapter's limits).
+    pub fn memory_estimate(&self) -> MemoryEstimate {
+        self.memory
+    }
+
     /// Examples truncated or dropped while preparing the training data.
     pub fn prepare_report(&self) -> PrepareReport {
         self.prepare_report
@@ -547,6 +567,7 @@ impl Trainer {
             .unwrap_or(&self.model.embed_tokens)
             .clone();
         let gpu = head.gpu().clone();
+        gpu.reset_peak_memory();
         let chunk_rows = loss_chunk_rows(&self.model);
         let mut losses = Vec::with_capacity(c.grad_accum);
         let mut tokens = 0;
@@ -614,6 +635,7 @@ impl Trainer {
         self.run_tokens += tokens;
         self.run_train_s += secs;
         let per_step = self.run_train_s / self.run_steps as f64;
+        let memory = gpu.memory_stats();
         Ok(StepStats {
             step: self.step,
             iters: self.config.iters,
@@ -624,7 +646,9 @@ impl Trainer {
             tokens_per_s: self.run_tokens as f64 / self.run_train_s.max(1e-9),
             train_s: self.run_train_s,
             eta_s: per_step * self.config.iters.saturating_sub(self.step) as f64,
-            peak_gpu_bytes: gpu.memory_stats().peak_allocated_bytes,
+            peak_gpu_bytes: memory.peak_allocated_bytes,
+            peak_live_bytes: memory.peak_live_bytes,
+            live_bytes: memory.live_bytes,
         })
     }
 
@@ -684,6 +708,8 @@ impl Trainer {
         // The adapter at the top is what users load; each file is replaced atomically.
         adapter.save(&out)?;
         checkpoint::prune(&out, KEEP_CHECKPOINTS);
+        // The downloads for the checkpoint left staging-sized buffers behind.
+        self.model.embed_tokens.gpu().trim_memory();
         self.last_checkpoint = Some((self.step, dir.clone()));
         Ok(dir)
     }
@@ -705,6 +731,7 @@ impl Trainer {
             train_s: 0.0,
             tokens: 0,
             peak_gpu_bytes: 0,
+            peak_live_bytes: 0,
             checkpoint: None,
         };
         let mut metrics = self
@@ -726,7 +753,8 @@ impl Trainer {
             summary.losses.push(stats.loss);
             summary.train_s = stats.train_s;
             summary.tokens += stats.tokens;
-            summary.peak_gpu_bytes = stats.peak_gpu_bytes;
+            summary.peak_gpu_bytes = summary.peak_gpu_bytes.max(stats.peak_gpu_bytes);
+            summary.peak_live_bytes = summary.peak_live_bytes.max(stats.peak_live_bytes);
             if let Some(m) = metrics.as_mut() {
                 m.write(&serde_json::to_value(&stats).expect("plain numbers serialize"))?;
             }
@@ -856,7 +884,13 @@ impl Trainer {
         metrics: &mut Option<MetricsLog>,
         on_event: &mut dyn FnMut(Event) -> ControlFlow<()>,
     ) -> Result<bool> {
-        let Some((loss, tokens)) = self.validate()? else {
+        // Evaluation needs other buffer sizes than training: neither phase
+        // keeps the other's idle buffers.
+        let gpu = self.model.embed_tokens.gpu().clone();
+        gpu.trim_memory();
+        let validated = self.validate();
+        gpu.trim_memory();
+        let Some((loss, tokens)) = validated? else {
             return Ok(false);
         };
         summary.validation.push((self.step, loss));
@@ -878,6 +912,84 @@ impl Trainer {
 
 /// Rows per chunk of the LM-head loss, so a chunk's logits stay within
 /// [`LOSS_CHUNK_ELEMENTS`] (training and validation alike).
+/// Estimates a step's GPU memory for batches up to `longest` tokens and
+/// refuses, before any step runs, one that would exceed the context's memory
+/// limit or the adapter's largest buffer, naming settings that would fit.
+fn check_step_memory(model: &Llama, c: &TrainConfig, longest: usize) -> Result<MemoryEstimate> {
+    let gpu = model.embed_tokens.gpu();
+    let resident = gpu.memory_stats().live_bytes;
+    let trainable: usize = model.parameters().iter().map(|p| p.numel()).sum();
+    let estimate = |batch: usize, seq_len: usize, grad_checkpoint: bool| {
+        let shape = StepShape {
+            batch,
+            seq_len,
+            grad_checkpoint,
+            dropout: c.dropout > 0.0,
+            composed: c.method == Method::Lora,
+            loss_chunk_rows: loss_chunk_rows(model),
+        };
+        estimate_step_memory(&model.config, &shape, resident, trainable)
+    };
+    let limits = gpu.limits();
+    let per_buffer = limits
+        .max_buffer_size
+        .min(limits.max_storage_buffer_binding_size);
+    let total_limit = gpu.memory_limits().max_bytes.unwrap_or(u64::MAX);
+    let fits = |e: &MemoryEstimate| e.total() <= total_limit && e.largest_buffer <= per_buffer;
+    let seq = longest.min(c.max_seq_len);
+    let wanted = estimate(c.batch_size, seq, c.grad_checkpoint);
+    if fits(&wanted) {
+        return Ok(wanted);
+    }
+    // What would fit: checkpointing, then smaller batches, then shorter sequences.
+    let mut options = Vec::new();
+    if !c.grad_checkpoint && fits(&estimate(c.batch_size, seq, true)) {
+        options.push("--grad-checkpoint".to_string());
+    }
+    let mut batch = c.batch_size / 2;
+    while batch >= 1 && options.len() < 2 {
+        if fits(&estimate(batch, seq, c.grad_checkpoint)) {
+            options.push(format!(
+                "--batch-size {batch} (with --grad-accum {})",
+                c.grad_accum * c.batch_size / batch
+            ));
+            break;
+        }
+        batch /= 2;
+    }
+    let mut len = seq / 2;
+    while len >= 16 && options.len() < 3 {
+        if fits(&estimate(c.batch_size, len, c.grad_checkpoint)) {
+            options.push(format!("--max-seq-len {len}"));
+            break;
+        }
+        len /= 2;
+    }
+    let why = if wanted.largest_buffer > per_buffer {
+        format!(
+            "its largest buffer ({}) exceeds {}'s limit of {} per buffer",
+            format_bytes(wanted.largest_buffer),
+            gpu.adapter_name(),
+            format_bytes(per_buffer)
+        )
+    } else {
+        format!("the GPU memory limit is {}", format_bytes(total_limit))
+    };
+    let fit = if options.is_empty() {
+        "no smaller batch or sequence length fits either".to_string()
+    } else {
+        format!("would fit with {}", options.join(", or "))
+    };
+    arg_err!(
+        "a training step of batch {} × {seq} tokens needs about {} (weights {}, adapter and AdamW {}, activations {}) but {why}; it {fit}",
+        c.batch_size,
+        format_bytes(wanted.total()),
+        format_bytes(wanted.resident),
+        format_bytes(wanted.adapter_and_optimizer),
+        format_bytes(wanted.activations)
+    )
+}
+
 fn loss_chunk_rows(model: &Llama) -> usize {
     (LOSS_CHUNK_ELEMENTS / model.config.vocab_size).max(1)
 }

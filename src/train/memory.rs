@@ -1,0 +1,103 @@
+//! What a training step will hold on the GPU, estimated before the first
+//! step: so a run that cannot fit fails at once, in one line, with the
+//! options that would fit, instead of after minutes of loading or with a
+//! device error mid-step.
+
+use crate::io::hf::ModelConfig;
+
+/// Bytes one optimizer step needs, by kind.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct MemoryEstimate {
+    /// Frozen weights as loaded (their own dtypes), and everything else
+    /// already on the GPU when training starts.
+    pub resident: u64,
+    /// Adapter parameters, their gradients and AdamW's two moments (f32).
+    pub adapter_and_optimizer: u64,
+    /// Activations kept for backward at the peak of one micro-batch.
+    pub activations: u64,
+    /// The largest single buffer of the step (attention scores or a chunk of
+    /// LM-head logits), to check against the adapter's per-buffer limit.
+    pub largest_buffer: u64,
+}
+
+impl MemoryEstimate {
+    pub fn total(&self) -> u64 {
+        self.resident + self.adapter_and_optimizer + self.activations
+    }
+}
+
+/// The shape of one micro-batch and what it keeps.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct StepShape {
+    pub batch: usize,
+    pub seq_len: usize,
+    pub grad_checkpoint: bool,
+    pub dropout: bool,
+    /// Adapters built from separate recorded ops (LoRA) rather than DoRA's fused one.
+    pub composed: bool,
+    /// Rows of LM-head logits computed at once.
+    pub loss_chunk_rows: usize,
+}
+
+/// Estimates a step from the model's sizes: `resident` bytes already on the
+/// GPU (weights, adapters), `trainable` adapter parameters. The activation
+/// count follows what the decoder records for backward, per token and layer:
+/// the norms' inputs and outputs, the q/k/v/o products and their per-head
+/// copies, the attention probabilities (heads × keys per token), the MLP's
+/// four intermediate vectors, and a dropped-out copy of each adapted input
+/// when dropout is on. With gradient checkpointing only each layer's input
+/// is kept, plus one layer recomputed during backward.
+pub fn estimate_step_memory(
+    c: &ModelConfig,
+    shape: &StepShape,
+    resident: u64,
+    trainable: usize,
+) -> MemoryEstimate {
+    let f32_bytes = 4u64;
+    let (d, f) = (c.hidden_size as u64, c.intermediate_size as u64);
+    let dq = (c.num_attention_heads * c.head_dim) as u64;
+    let dkv = (c.num_key_value_heads * c.head_dim) as u64;
+    let (heads, t) = (c.num_attention_heads as u64, shape.seq_len as u64);
+    let tokens = (shape.batch * shape.seq_len) as u64;
+    // Widths of the seven projections' outputs and inputs, summed.
+    let outputs = dq + 2 * dkv + 2 * d + 2 * f;
+    let inputs = 5 * d + dq + f;
+    let mut per_token_layer = 7 * d + 6 * dq + 3 * dkv + 4 * f;
+    if shape.dropout {
+        // The dropout path is composed of recorded ops: the dropped input and
+        // about five output-wide intermediates per projection.
+        per_token_layer += 5 * outputs + inputs;
+    } else if shape.composed {
+        // LoRA's base and low-rank products, kept apart for backward.
+        per_token_layer += 2 * outputs;
+    }
+    // Probabilities kept for backward, plus the scores they came from while both exist.
+    let attention = 2 * heads * t * tokens;
+    let layer = (per_token_layer * tokens + attention) * f32_bytes;
+    let layers = c.num_hidden_layers as u64;
+    let kept = if shape.grad_checkpoint {
+        layers * d * tokens * f32_bytes + layer
+    } else {
+        layers * layer
+    };
+    // Backward holds one layer's gradients besides what forward kept.
+    let backward = layer;
+    let rows = (shape.loss_chunk_rows as u64).min(tokens);
+    // Logits, their softmax gradient and the final hidden states.
+    let head = 2 * rows * c.vocab_size as u64 * f32_bytes + 2 * tokens * d * f32_bytes;
+    MemoryEstimate {
+        resident,
+        adapter_and_optimizer: 4 * trainable as u64 * f32_bytes,
+        activations: kept + backward + head,
+        largest_buffer: (heads * t * tokens).max(rows * c.vocab_size as u64) * f32_bytes,
+    }
+}
+
+/// Bytes as a short human figure (MB under a GB, else GB).
+pub fn format_bytes(bytes: u64) -> String {
+    if bytes < 1_000_000_000 {
+        format!("{:.1} MB", bytes as f64 / 1e6)
+    } else {
+        format!("{:.2} GB", bytes as f64 / 1e9)
+    }
+}
