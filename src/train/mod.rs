@@ -11,7 +11,6 @@
 
 mod batches;
 pub mod checkpoint;
-mod progress;
 mod schedule;
 
 use std::ops::ControlFlow;
@@ -24,7 +23,6 @@ use serde::{Deserialize, Serialize};
 
 pub use batches::{prepare, Batch, Batcher, PrepareReport};
 pub use checkpoint::{Checkpoint, TrainerState};
-pub use progress::ProgressLine;
 pub use schedule::{learning_rate, Schedule};
 
 use crate::autograd::no_grad;

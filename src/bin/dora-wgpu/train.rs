@@ -2,45 +2,116 @@
 //! a progress line, validation lines, samples before and after, Ctrl-C → a
 //! checkpoint and a clean exit.
 
+use std::ffi::OsStr;
 use std::ops::ControlFlow;
 use std::path::{Path, PathBuf};
+use std::str::FromStr;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, OnceLock};
+
+use clap::builder::{PossibleValue, StringValueParser, TypedValueParser};
+use clap::Args;
+use serde::Serialize;
 
 use dora_wgpu::data::{check_examples_vocabulary, read_jsonl, Example};
 use dora_wgpu::nn::Llama;
 use dora_wgpu::tasks::{self, Sampling};
-use dora_wgpu::train::{checkpoint, Event, ProgressLine, Stop, TrainConfig, Trainer};
+use dora_wgpu::train::{checkpoint, Event, Method, Schedule, Stop, TrainConfig, Trainer};
 use dora_wgpu::{ChatMessage, Error, Gpu, Result, Tokenizer};
 
-use crate::Args;
+use crate::progress::ProgressLine;
 
-const FLAGS: &[&str] = &["rslora", "resume", "overwrite", "grad-checkpoint"];
-const OPTIONS: &[&str] = &[
-    "model",
-    "data",
-    "adapter-path",
-    "method",
-    "rank",
-    "alpha",
-    "dropout",
-    "targets",
-    "num-layers",
-    "iters",
-    "batch-size",
-    "grad-accum",
-    "max-seq-len",
-    "lr",
-    "lr-schedule",
-    "warmup",
-    "weight-decay",
-    "grad-clip",
-    "seed",
-    "steps-per-eval",
-    "val-batches",
-    "save-every",
-    "sample-prompt",
-];
+/// `dora-wgpu train`'s options. Those that set a [`TrainConfig`] field are
+/// `Option`s: one not given keeps the base config's value (the defaults, the
+/// demo's, or a resumed checkpoint's). Their help gets `[default: …]` from
+/// the configs themselves ([`document_defaults`]).
+#[derive(Args)]
+#[command(
+    after_help = "Options not given keep their default; with --resume, the checkpoint's setting."
+)]
+pub struct TrainArgs {
+    /// Hugging Face model directory (with --data) [default: the embedded demo model]
+    #[arg(long, value_name = "DIR", requires = "data")]
+    model: Option<PathBuf>,
+    /// Data directory: train.jsonl, optional valid.jsonl and test.jsonl (with --model) [default: the embedded demo data]
+    #[arg(long, value_name = "DIR", requires = "model")]
+    data: Option<PathBuf>,
+    /// Output directory: the PEFT adapter, metrics, loss plot and checkpoints [default: adapters; embedded demo: adapters/default]
+    #[arg(long, value_name = "DIR")]
+    adapter_path: Option<PathBuf>,
+    /// Adapter type
+    #[arg(long, value_name = "METHOD", value_parser = Choices(&[Method::Dora, Method::Lora]))]
+    method: Option<Method>,
+    /// Adapter rank r
+    #[arg(long, value_name = "N")]
+    rank: Option<usize>,
+    /// Adapter scale alpha (the update is scaled by alpha / r)
+    #[arg(long, value_name = "A")]
+    alpha: Option<f32>,
+    /// Dropout on the adapter's input
+    #[arg(long, value_name = "P")]
+    dropout: Option<f32>,
+    /// Scale by alpha / sqrt(r) instead of alpha / r
+    #[arg(long)]
+    rslora: bool,
+    /// Comma-separated projections to adapt: q_proj,k_proj,v_proj,o_proj,gate_proj,up_proj,down_proj
+    #[arg(long, value_name = "LIST")]
+    targets: Option<String>,
+    /// Adapt only the last N decoder layers
+    #[arg(long, value_name = "N")]
+    num_layers: Option<usize>,
+    /// Optimizer steps
+    #[arg(long, value_name = "N")]
+    iters: Option<usize>,
+    /// Examples per micro-batch
+    #[arg(long, value_name = "N")]
+    batch_size: Option<usize>,
+    /// Micro-batches per optimizer step
+    #[arg(long, value_name = "N")]
+    grad_accum: Option<usize>,
+    /// Longer examples are truncated to this many tokens
+    #[arg(long, value_name = "N")]
+    max_seq_len: Option<usize>,
+    /// Recompute each decoder layer during backward instead of keeping its activations
+    #[arg(long)]
+    grad_checkpoint: bool,
+    /// Peak learning rate (AdamW)
+    #[arg(long, value_name = "LR")]
+    lr: Option<f32>,
+    /// Learning-rate schedule after the warmup, as transformers'
+    #[arg(long, value_name = "SCHEDULE", value_parser = Choices(&[Schedule::Constant, Schedule::Cosine]))]
+    lr_schedule: Option<Schedule>,
+    /// Warmup steps (the rate rises linearly from 0)
+    #[arg(long, value_name = "N")]
+    warmup: Option<usize>,
+    /// AdamW weight decay
+    #[arg(long, value_name = "W")]
+    weight_decay: Option<f32>,
+    /// Maximum global gradient norm; 0 turns clipping off
+    #[arg(long, value_name = "G")]
+    grad_clip: Option<f32>,
+    /// Seed of the adapter initialisation, dropout and data order
+    #[arg(long, value_name = "S")]
+    seed: Option<u64>,
+    /// Validate every N steps (and before the first and after the last); 0 never
+    #[arg(long, value_name = "N")]
+    steps_per_eval: Option<usize>,
+    /// Validation batches per evaluation; 0 uses the whole validation set
+    #[arg(long, value_name = "N")]
+    val_batches: Option<usize>,
+    /// Checkpoint every N steps (and always at the end); 0 only at the end
+    #[arg(long, value_name = "N")]
+    save_every: Option<usize>,
+    /// Continue from the newest checkpoint under --adapter-path, with its settings
+    #[arg(long)]
+    resume: bool,
+    /// Replace another run's files in --adapter-path (a new run refuses to otherwise)
+    #[arg(long)]
+    overwrite: bool,
+    /// Print a greedy answer to this prompt before and after training [default: none; embedded demo: the first question of its test data]
+    #[arg(long, value_name = "TEXT", allow_hyphen_values = true)]
+    sample_prompt: Option<String>,
+}
 
 /// The embedded demo's settings: it must learn visibly within a few minutes
 /// on a 2-core software GPU (lavapipe), so a higher rate and fewer steps than
@@ -57,39 +128,151 @@ fn default_demo_config() -> TrainConfig {
     }
 }
 
-/// Applies the options given on the command line over `base`.
-fn apply_options(args: &Args, mut c: TrainConfig) -> Result<TrainConfig> {
-    macro_rules! set {
-        ($field:ident, $name:literal) => {
-            if args.values.contains_key($name) {
-                c.$field = args.optional($name, c.$field.clone())?;
-            }
-        };
+/// A value's name as serde (and so the checkpoints and `FromStr`) spells it.
+fn name_of<T: Serialize>(value: &T) -> String {
+    match serde_json::to_value(value) {
+        Ok(serde_json::Value::String(s)) => s,
+        _ => String::new(),
     }
-    set!(method, "method");
-    set!(rank, "rank");
-    set!(alpha, "alpha");
-    set!(dropout, "dropout");
-    set!(iters, "iters");
-    set!(batch_size, "batch-size");
-    set!(grad_accum, "grad-accum");
-    set!(max_seq_len, "max-seq-len");
-    set!(lr, "lr");
-    set!(schedule, "lr-schedule");
-    set!(warmup, "warmup");
-    set!(weight_decay, "weight-decay");
-    set!(grad_clip, "grad-clip");
-    set!(seed, "seed");
-    set!(steps_per_eval, "steps-per-eval");
-    set!(val_batches, "val-batches");
-    set!(save_every, "save-every");
-    if args.flag("rslora") {
+}
+
+/// Parses an enumerated option with the library's `FromStr` (its error is
+/// clap's reason) and lists the given variants, by their serde names, as the
+/// possible values in the help and the shell completions.
+#[derive(Clone)]
+struct Choices<T: 'static>(&'static [T]);
+
+impl<T> TypedValueParser for Choices<T>
+where
+    T: FromStr<Err = String> + Serialize + Clone + Send + Sync + 'static,
+{
+    type Value = T;
+
+    fn parse_ref(
+        &self,
+        cmd: &clap::Command,
+        arg: Option<&clap::Arg>,
+        value: &OsStr,
+    ) -> std::result::Result<T, clap::Error> {
+        StringValueParser::new()
+            .try_map(|s| s.parse::<T>())
+            .parse_ref(cmd, arg, value)
+    }
+
+    fn possible_values(&self) -> Option<Box<dyn Iterator<Item = PossibleValue> + '_>> {
+        Some(Box::new(
+            self.0.iter().map(|v| PossibleValue::new(name_of(v))),
+        ))
+    }
+}
+
+/// How a default reads in the help: `2e-4` rather than `0.0002`.
+trait Shown {
+    fn shown(&self) -> String;
+}
+impl Shown for usize {
+    fn shown(&self) -> String {
+        self.to_string()
+    }
+}
+impl Shown for u64 {
+    fn shown(&self) -> String {
+        self.to_string()
+    }
+}
+impl Shown for f32 {
+    fn shown(&self) -> String {
+        if *self != 0.0 && self.abs() < 1e-2 {
+            format!("{self:e}")
+        } else {
+            self.to_string()
+        }
+    }
+}
+impl Shown for Method {
+    fn shown(&self) -> String {
+        name_of(self)
+    }
+}
+impl Shown for Schedule {
+    fn shown(&self) -> String {
+        name_of(self)
+    }
+}
+
+/// The options that set one `TrainConfig` field each, as `option => field`:
+/// generates [`set_fields`] (applying those given) and [`field_default`]
+/// (a field's value for the help), so the two cannot disagree.
+macro_rules! config_fields {
+    ($($option:ident => $field:ident),* $(,)?) => {
+        fn set_fields(o: &TrainArgs, c: &mut TrainConfig) {
+            $(if let Some(v) = &o.$option {
+                c.$field = v.clone();
+            })*
+        }
+
+        /// `c`'s value for the option with clap id `id`, as the help shows it.
+        fn field_default(id: &str, c: &TrainConfig) -> Option<String> {
+            match id {
+                $(stringify!($option) => Some(c.$field.shown()),)*
+                "targets" if c.targets.is_empty() => Some("all seven projections".into()),
+                "targets" => Some(c.targets.join(",")),
+                "num_layers" => Some(c.num_layers.map_or("all layers".into(), |n| n.to_string())),
+                _ => None,
+            }
+        }
+    };
+}
+
+config_fields! {
+    method => method,
+    rank => rank,
+    alpha => alpha,
+    dropout => dropout,
+    iters => iters,
+    batch_size => batch_size,
+    grad_accum => grad_accum,
+    max_seq_len => max_seq_len,
+    lr => lr,
+    lr_schedule => schedule,
+    warmup => warmup,
+    weight_decay => weight_decay,
+    grad_clip => grad_clip,
+    seed => seed,
+    steps_per_eval => steps_per_eval,
+    val_batches => val_batches,
+    save_every => save_every,
+}
+
+/// Appends `[default: …]` to the help of every option that sets a config
+/// field, from `TrainConfig::default()`, and the embedded demo's value where
+/// it differs.
+pub fn document_defaults(cmd: clap::Command) -> clap::Command {
+    let (normal, demo) = (TrainConfig::default(), default_demo_config());
+    cmd.mut_args(|arg| {
+        let id = arg.get_id().as_str();
+        let Some(default) = field_default(id, &normal) else {
+            return arg;
+        };
+        let default = match field_default(id, &demo) {
+            Some(d) if d != default => format!("{default}; embedded demo: {d}"),
+            _ => default,
+        };
+        let help = arg.get_help().map(ToString::to_string).unwrap_or_default();
+        arg.help(format!("{help} [default: {default}]"))
+    })
+}
+
+/// Applies the options given on the command line over `base`.
+fn apply_options(o: &TrainArgs, mut c: TrainConfig) -> Result<TrainConfig> {
+    set_fields(o, &mut c);
+    if o.rslora {
         c.rslora = true;
     }
-    if args.flag("grad-checkpoint") {
+    if o.grad_checkpoint {
         c.grad_checkpoint = true;
     }
-    if let Some(t) = args.values.get("targets") {
+    if let Some(t) = &o.targets {
         c.targets = t
             .split(',')
             .map(str::trim)
@@ -97,8 +280,8 @@ fn apply_options(args: &Args, mut c: TrainConfig) -> Result<TrainConfig> {
             .map(String::from)
             .collect();
     }
-    if args.values.contains_key("num-layers") {
-        c.num_layers = Some(args.optional("num-layers", 0)?);
+    if let Some(n) = o.num_layers {
+        c.num_layers = Some(n);
     }
     c.validate()?;
     Ok(c)
@@ -172,23 +355,26 @@ fn remove_run_files(out_dir: &Path) -> Result<()> {
     Ok(())
 }
 
-pub fn run(raw: Vec<String>) -> Result<()> {
-    let args = Args::parse(raw, FLAGS, OPTIONS)?;
-    let demo = !args.values.contains_key("model") && !args.values.contains_key("data");
-    let (model_dir, data_dir) = if demo {
-        (
+pub fn run(args: TrainArgs) -> Result<()> {
+    let (model_dir, data_dir, demo) = match (&args.model, &args.data) {
+        (None, None) => (
             dora_wgpu::assets::default_model_dir()?,
             dora_wgpu::assets::default_data_dir()?,
-        )
-    } else {
-        (args.path("model")?, args.path("data")?)
+            true,
+        ),
+        (Some(model), Some(data)) => (model.clone(), data.clone(), false),
+        _ => {
+            return Err(Error::InvalidArgument(
+                "train needs both --model and --data, or neither (the embedded demo)".into(),
+            ))
+        }
     };
-    let out_dir = match args.values.get("adapter-path") {
-        Some(p) => PathBuf::from(p),
+    let out_dir = match &args.adapter_path {
+        Some(p) => p.clone(),
         None if demo => PathBuf::from("adapters/default"),
         None => PathBuf::from("adapters"),
     };
-    let resume_from = if args.flag("resume") {
+    let resume_from = if args.resume {
         Some(checkpoint::latest(&out_dir).ok_or_else(|| {
             Error::InvalidArgument(format!(
                 "--resume: no checkpoint under {}",
@@ -209,7 +395,7 @@ pub fn run(raw: Vec<String>) -> Result<()> {
     // everything else has loaded (a bad option must not cost a run).
     let replaced = if resume_from.is_none() {
         let existing = checkpoint::existing_run_files(&out_dir);
-        if !existing.is_empty() && !args.flag("overwrite") {
+        if !existing.is_empty() && !args.overwrite {
             return Err(Error::InvalidArgument(format!(
                 "{} already holds a run ({}); pass --resume to continue it, --overwrite to replace it, or another --adapter-path",
                 out_dir.display(),
@@ -299,9 +485,8 @@ pub fn run(raw: Vec<String>) -> Result<()> {
         );
     }
     let prompt = args
-        .values
-        .get("sample-prompt")
-        .cloned()
+        .sample_prompt
+        .clone()
         .or_else(|| demo.then(|| prompt_from_data(&data_dir)).flatten());
     if let Some(p) = &prompt {
         println!("prompt: {p}");
