@@ -389,3 +389,140 @@ fn train_rejects_bad_options_with_one_line() {
     );
     std::fs::remove_dir_all(&dir).ok();
 }
+
+#[test]
+fn help_lists_every_option_with_its_default() {
+    let (ok, out, err) = run(&["train", "--help"]);
+    assert!(ok, "{err}");
+    let line = |name: &str| -> String {
+        let found = out.lines().find(|l| l.trim_start().starts_with(name));
+        found.unwrap_or_else(|| panic!("no {name} in {out}")).into()
+    };
+    assert!(line("--rank ").contains("[default: 8]"), "{out}");
+    assert!(line("--alpha ").contains("[default: 16]"), "{out}");
+    assert!(
+        line("--iters ").contains("[default: 1000; embedded demo: 80]"),
+        "{out}"
+    );
+    assert!(line("--lr ").contains("[default: 2e-4"), "{out}");
+    // Enumerated values: the library's names, parsed with its FromStr.
+    assert!(
+        line("--method ").contains("[default: dora] [possible values: dora, lora]"),
+        "{out}"
+    );
+    assert!(
+        line("--lr-schedule ").contains("[possible values: constant, cosine]"),
+        "{out}"
+    );
+    for option in [
+        "--adapter-path",
+        "--resume",
+        "--overwrite",
+        "--grad-checkpoint",
+    ] {
+        line(option);
+    }
+
+    let (ok, out, err) = run(&["eval", "-h"]);
+    assert!(ok, "{err}");
+    for option in [
+        "--model <DIR>",
+        "--adapter <DIR>",
+        "--data <FILE>",
+        "--json",
+    ] {
+        assert!(out.contains(option), "{out}");
+    }
+    let (ok, out, err) = run(&["generate", "--help"]);
+    assert!(ok, "{err}");
+    assert!(out.contains("--max-tokens <N>"), "{out}");
+    assert!(out.contains("[default: 256]"), "{out}");
+    // The overview, with no subcommand too.
+    for args in [&["--help"][..], &[]] {
+        let (ok, out, err) = run(args);
+        assert!(ok, "{err}");
+        for command in [
+            "devices",
+            "eval",
+            "generate",
+            "merge",
+            "train",
+            "analyze",
+            "completions",
+        ] {
+            assert!(out.contains(command), "{out}");
+        }
+    }
+}
+
+#[test]
+fn version_and_completions() {
+    for flag in ["-V", "--version"] {
+        let (ok, out, err) = run(&[flag]);
+        assert!(ok, "{err}");
+        assert_eq!(
+            out.trim(),
+            format!("dora-wgpu {}", env!("CARGO_PKG_VERSION"))
+        );
+    }
+    for shell in ["bash", "zsh", "fish", "powershell", "elvish"] {
+        let (ok, out, err) = run(&["completions", shell]);
+        assert!(ok, "{shell}: {err}");
+        assert!(out.contains("dora-wgpu"), "{shell}: {out}");
+        assert!(
+            out.contains("lr-schedule"),
+            "{shell} completes train's options"
+        );
+    }
+    fails_with(&["completions", "tcsh"], &["tcsh", "bash"]);
+}
+
+#[test]
+fn clap_errors_are_one_line_with_the_reason() {
+    fails_with(
+        &["train", "--bogus"],
+        &["error: unexpected argument '--bogus' found; see 'dora-wgpu train --help'"],
+    );
+    fails_with(&["train", "--rnak", "4"], &["'--rnak'", "'--rank'"]);
+    fails_with(&["eval"], &["required", "--model <DIR>", "--data <FILE>"]);
+    fails_with(&["train", "--iters"], &["--iters", "value is required"]);
+    fails_with(&["train", "--iters=x"], &["--iters", "'x'"]);
+    fails_with(&["merg"], &["unknown command 'merg'", "'merge'"]);
+    // Negative numbers reach the config's range checks.
+    fails_with(&["train", "--alpha", "-1"], &["--alpha", "positive"]);
+}
+
+/// `--opt=value` and `--opt value` alike, enumerated values included, on the
+/// tiny model: the adapter written says so.
+#[test]
+fn train_takes_option_equals_value() {
+    let dir = temp_dir("cli-equals");
+    let data = common::data_dir_with(
+        &dir,
+        &std::fs::read_to_string(fixtures().join("data/eval.jsonl")).unwrap(),
+    );
+    let out = dir.join("adapter");
+    let (ok, stdout, stderr) = run(&[
+        "train",
+        "--model",
+        &model("tiny-llama"),
+        &format!("--data={}", data.display()),
+        "--rank=4",
+        "--method=lora",
+        "--lr-schedule",
+        "cosine",
+        "--iters",
+        "1",
+        "--steps-per-eval=0",
+        "--adapter-path",
+        &out.display().to_string(),
+    ]);
+    assert!(ok, "{stdout}\n{stderr}");
+    assert!(stdout.contains("done: 1 steps"), "{stdout}");
+    let config: Value =
+        serde_json::from_str(&std::fs::read_to_string(out.join("adapter_config.json")).unwrap())
+            .unwrap();
+    assert_eq!(config["r"], 4, "{config}");
+    assert_eq!(config["use_dora"], false, "{config}");
+    std::fs::remove_dir_all(&dir).ok();
+}

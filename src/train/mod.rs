@@ -12,7 +12,6 @@
 mod batches;
 pub mod checkpoint;
 mod memory;
-mod progress;
 mod schedule;
 
 use std::ops::ControlFlow;
@@ -26,7 +25,6 @@ use serde::{Deserialize, Serialize};
 pub use batches::{prepare, Batch, Batcher, PrepareReport};
 pub use checkpoint::{Checkpoint, TrainerState};
 pub use memory::{estimate_step_memory, format_bytes, MemoryEstimate, StepShape};
-pub use progress::ProgressLine;
 pub use schedule::{learning_rate, Schedule};
 
 use crate::autograd::no_grad;

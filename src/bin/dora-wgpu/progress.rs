@@ -1,9 +1,10 @@
 //! A one-line progress display for terminals: redrawn in place on a TTY,
-//! printed as plain lines at intervals when stderr is a file or a pipe.
+//! printed as plain lines at intervals when stderr is a file or a pipe
+//! (the binary's own: the library reports steps through `Trainer::run`'s callback).
 
 use std::io::{IsTerminal, Write};
 
-use super::StepStats;
+use dora_wgpu::train::StepStats;
 
 pub struct ProgressLine {
     tty: bool,
