@@ -384,3 +384,185 @@ fn dora_linear_gradients_match_finite_differences() {
         );
     }
 }
+
+#[test]
+fn dora_linear_with_dropout_gradients_match_finite_differences() {
+    // The fused dropout path (PEFT's semantics: the base sees x, the adapter
+    // and the (c − 1) correction see drop(x)), norm detached, with a bias.
+    let gpu = gpu();
+    let mut rng = Rng::new(19);
+    let (tokens, in_f, out_f, r, p, seed) = (5, 7, 6, 3, 0.3, 41);
+    let w = random(&mut rng, out_f * in_f);
+    let bias = random(&mut rng, out_f);
+    let x = random(&mut rng, tokens * in_f);
+    let base = dora_wgpu::nn::Linear::new(
+        Tensor::from_f32(gpu, &w, &[out_f, in_f]).unwrap(),
+        Some(Tensor::from_f32(gpu, &bias, &[out_f]).unwrap()),
+    )
+    .unwrap();
+    let options = dora_wgpu::nn::AdapterOptions {
+        rank: r,
+        alpha: 6.0,
+        dropout: p,
+        ..Default::default()
+    };
+    let layer = dora_wgpu::nn::DoraLinear::new(base, &options, 4).unwrap();
+    let b0 = random(&mut rng, out_f * r);
+    ops::add_assign(
+        &layer.lora_b,
+        &Tensor::from_f32(gpu, &b0, &[out_f, r]).unwrap(),
+        1.0,
+    )
+    .unwrap();
+    let a0 = layer.lora_a.to_vec_f32().unwrap();
+    let m0 = layer.magnitude.to_vec_f32().unwrap();
+    let s = layer.scale as f64;
+    // The mask the kernel draws for this seed: dropout of ones.
+    let ones = Tensor::from_f32(gpu, &vec![1.0; tokens * in_f], &[tokens, in_f]).unwrap();
+    let mask = to_f64(&ops::dropout(&ones, p, seed).unwrap().to_vec_f32().unwrap());
+    assert!(mask.contains(&0.0) && mask.iter().any(|&k| k > 1.0));
+
+    let xt = Tensor::param(gpu, &x, &[tokens, in_f]).unwrap();
+    let y = layer.forward_train(&xt, seed).unwrap();
+    let rr = random(&mut rng, y.numel());
+    ops::sum_all(&ops::mul(&y, &Tensor::from_f32(gpu, &rr, y.shape()).unwrap()).unwrap())
+        .unwrap()
+        .backward()
+        .unwrap();
+
+    let n_fixed = {
+        let ba = matmul_ref(&to_f64(&b0), &to_f64(&a0), out_f, r, in_f, false, false);
+        let v: Vec<f64> = w
+            .iter()
+            .zip(&ba)
+            .map(|(w, ba)| *w as f64 + s * ba)
+            .collect();
+        row_norm_ref(&v, out_f, in_f)
+    };
+    let forward = |x: &[f64], a: &[f64], b: &[f64], m: &[f64]| -> f64 {
+        let xd: Vec<f64> = x.iter().zip(&mask).map(|(x, k)| x * k).collect();
+        let base = matmul_ref(x, &to_f64(&w), tokens, in_f, out_f, false, true);
+        let base_d = matmul_ref(&xd, &to_f64(&w), tokens, in_f, out_f, false, true);
+        let xa = matmul_ref(&xd, a, tokens, in_f, r, false, true);
+        let lr = matmul_ref(&xa, b, tokens, r, out_f, false, true);
+        (0..tokens * out_f)
+            .map(|i| {
+                let o = i % out_f;
+                let c = m[o] / n_fixed[o];
+                let y = base[i] + bias[o] as f64 + (c - 1.0) * base_d[i] + c * s * lr[i];
+                y * rr[i] as f64
+            })
+            .sum()
+    };
+    let (x64, a64, b64, m64) = (to_f64(&x), to_f64(&a0), to_f64(&b0), to_f64(&m0));
+    let checks: [(&str, &Tensor, Vec<f64>); 4] = [
+        (
+            "x",
+            &xt,
+            numeric_grad(&|v| forward(v, &a64, &b64, &m64), &x64, 1e-6),
+        ),
+        (
+            "A",
+            &layer.lora_a,
+            numeric_grad(&|v| forward(&x64, v, &b64, &m64), &a64, 1e-6),
+        ),
+        (
+            "B",
+            &layer.lora_b,
+            numeric_grad(&|v| forward(&x64, &a64, v, &m64), &b64, 1e-6),
+        ),
+        (
+            "m",
+            &layer.magnitude,
+            numeric_grad(&|v| forward(&x64, &a64, &b64, v), &m64, 1e-6),
+        ),
+    ];
+    for (name, t, want) in checks {
+        assert_close(
+            &format!("DoRA with dropout d/d{name}"),
+            &t.grad().unwrap().to_vec_f32().unwrap(),
+            &want,
+            2e-3,
+            2e-4,
+        );
+    }
+}
+
+#[test]
+fn lora_linear_with_dropout_gradients_match_finite_differences() {
+    // The fused LoRA op: y = x·Wᵀ + bias + s·(drop(x)·Aᵀ)·Bᵀ.
+    let gpu = gpu();
+    let mut rng = Rng::new(23);
+    let (tokens, in_f, out_f, r, p, seed) = (5, 7, 6, 3, 0.3, 43);
+    let w = random(&mut rng, out_f * in_f);
+    let bias = random(&mut rng, out_f);
+    let x = random(&mut rng, tokens * in_f);
+    let base = dora_wgpu::nn::Linear::new(
+        Tensor::from_f32(gpu, &w, &[out_f, in_f]).unwrap(),
+        Some(Tensor::from_f32(gpu, &bias, &[out_f]).unwrap()),
+    )
+    .unwrap();
+    let options = dora_wgpu::nn::AdapterOptions {
+        rank: r,
+        alpha: 6.0,
+        dropout: p,
+        ..Default::default()
+    };
+    let layer = dora_wgpu::nn::LoraLinear::new(base, &options, 4).unwrap();
+    let b0 = random(&mut rng, out_f * r);
+    ops::add_assign(
+        &layer.lora_b,
+        &Tensor::from_f32(gpu, &b0, &[out_f, r]).unwrap(),
+        1.0,
+    )
+    .unwrap();
+    let a0 = layer.lora_a.to_vec_f32().unwrap();
+    let s = layer.scale as f64;
+    let ones = Tensor::from_f32(gpu, &vec![1.0; tokens * in_f], &[tokens, in_f]).unwrap();
+    let mask = to_f64(&ops::dropout(&ones, p, seed).unwrap().to_vec_f32().unwrap());
+
+    let xt = Tensor::param(gpu, &x, &[tokens, in_f]).unwrap();
+    let y = layer.forward_train(&xt, seed).unwrap();
+    let rr = random(&mut rng, y.numel());
+    ops::sum_all(&ops::mul(&y, &Tensor::from_f32(gpu, &rr, y.shape()).unwrap()).unwrap())
+        .unwrap()
+        .backward()
+        .unwrap();
+    let forward = |x: &[f64], a: &[f64], b: &[f64]| -> f64 {
+        let xd: Vec<f64> = x.iter().zip(&mask).map(|(x, k)| x * k).collect();
+        let base = matmul_ref(x, &to_f64(&w), tokens, in_f, out_f, false, true);
+        let xa = matmul_ref(&xd, a, tokens, in_f, r, false, true);
+        let lr = matmul_ref(&xa, b, tokens, r, out_f, false, true);
+        (0..tokens * out_f)
+            .map(|i| (base[i] + bias[i % out_f] as f64 + s * lr[i]) * rr[i] as f64)
+            .sum()
+    };
+    let (x64, a64, b64) = (to_f64(&x), to_f64(&a0), to_f64(&b0));
+    let checks: [(&str, &Tensor, Vec<f64>); 3] = [
+        (
+            "x",
+            &xt,
+            numeric_grad(&|v| forward(v, &a64, &b64), &x64, 1e-6),
+        ),
+        (
+            "A",
+            &layer.lora_a,
+            numeric_grad(&|v| forward(&x64, v, &b64), &a64, 1e-6),
+        ),
+        (
+            "B",
+            &layer.lora_b,
+            numeric_grad(&|v| forward(&x64, &a64, v), &b64, 1e-6),
+        ),
+    ];
+    for (name, t, want) in checks {
+        let got = t.grad().unwrap().to_vec_f32().unwrap();
+        assert_close(
+            &format!("LoRA with dropout d/d{name}"),
+            &got,
+            &want,
+            2e-3,
+            2e-4,
+        );
+    }
+}

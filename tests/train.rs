@@ -19,6 +19,13 @@ fn tiny_llama() -> Llama {
     Llama::load(gpu(), &fixture("models/tiny-llama")).unwrap()
 }
 
+/// The tiny model on a context of its own: memory figures of tests running
+/// side by side on a shared context would mix.
+fn own_tiny_llama() -> Llama {
+    let gpu = dora_wgpu::Gpu::new().unwrap();
+    Llama::load(&gpu, &fixture("models/tiny-llama")).unwrap()
+}
+
 fn examples(dir: &Path, file: &str) -> Vec<Example> {
     let tok = Tokenizer::from_dir(fixture("models/tiny-llama")).unwrap();
     read_jsonl(&dir.join(file), &tok).unwrap()
@@ -503,7 +510,7 @@ fn gpu_memory_stays_flat_over_two_hundred_steps_of_random_lengths() {
         save_every: 0,
         ..TrainConfig::default()
     };
-    let mut t = Trainer::new(tiny_llama(), config, examples, Vec::new()).unwrap();
+    let mut t = Trainer::new(own_tiny_llama(), config, examples, Vec::new()).unwrap();
     let steps: Vec<_> = (0..200).map(|_| t.train_step().unwrap()).collect();
     let most = |s: &[dora_wgpu::train::StepStats], f: fn(&dora_wgpu::train::StepStats) -> u64| {
         s.iter().map(f).max().unwrap() as f64
@@ -563,7 +570,7 @@ fn the_step_memory_estimate_matches_the_measured_peak() {
             save_every: 0,
             ..TrainConfig::default()
         };
-        let mut t = Trainer::new(tiny_llama(), config, examples, Vec::new()).unwrap();
+        let mut t = Trainer::new(own_tiny_llama(), config, examples, Vec::new()).unwrap();
         let estimate = t.memory_estimate().total() as f64;
         let measured = (0..2)
             .map(|_| t.train_step().unwrap().peak_live_bytes)
@@ -583,12 +590,14 @@ fn the_step_memory_estimate_matches_the_measured_peak() {
 /// in one line, with the estimate and settings that would fit.
 #[test]
 fn a_step_over_the_memory_limit_is_refused_naming_what_would_fit() {
-    let gpu = dora_wgpu::Gpu::new().unwrap();
-    let model = Llama::load(&gpu, &fixture("models/tiny-llama")).unwrap();
-    gpu.set_memory_limits(dora_wgpu::PoolLimits {
-        max_bytes: Some(12_000_000),
-        ..Default::default()
-    });
+    let model = own_tiny_llama();
+    model
+        .embed_tokens
+        .gpu()
+        .set_memory_limits(dora_wgpu::PoolLimits {
+            max_bytes: Some(12_000_000),
+            ..Default::default()
+        });
     let mut rng = dora_wgpu::nn::Rng::new(6);
     let examples: Vec<Example> = (0..4)
         .map(|_| Example {

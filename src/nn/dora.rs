@@ -195,9 +195,25 @@ impl DoraLinear {
     /// Training forward with PEFT's dropout semantics: the base path sees the
     /// undropped input, the adapter path and the (c − 1) correction the dropped one:
     ///   y = x·Wᵀ + b + (c − 1) ⊙ (drop(x)·Wᵀ) + c ⊙ s·(drop(x)·Aᵀ)·Bᵀ
+    /// The factored path with a detached norm runs it as one fused op; the
+    /// others compose recorded ops.
     pub fn forward_train(&self, x: &Tensor, dropout_seed: u32) -> Result<Tensor> {
         if self.dropout == 0.0 {
             return self.forward(x);
+        }
+        if let (DoraPath::Factored, false) = (self.path, self.norm_grad) {
+            // One recorded op that keeps x, its output and x_d·Aᵀ for backward.
+            let norm = self.weight_norm()?;
+            let fused = ops::FusedDora {
+                weight: &self.base.weight,
+                bias: self.base.bias.as_ref(),
+                lora_a: &self.lora_a,
+                lora_b: &self.lora_b,
+                magnitude: &self.magnitude,
+                norm: &norm,
+                scale: self.scale,
+            };
+            return ops::dora_linear_fused_dropout(x, &fused, self.dropout, dropout_seed);
         }
         let xd = ops::dropout(x, self.dropout, dropout_seed)?;
         let c = ops::div(&self.magnitude, &self.weight_norm()?)?;

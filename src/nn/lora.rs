@@ -132,19 +132,23 @@ impl LoraLinear {
 
     /// Evaluation forward (no dropout).
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        ops::add(
-            &self.base.forward(x)?,
-            &low_rank_term(x, &self.lora_a, &self.lora_b, self.scale)?,
-        )
+        ops::lora_linear_fused(x, &self.fused(), None)
     }
 
     /// Training forward: dropout (with this seed) on the adapter's input only.
     pub fn forward_train(&self, x: &Tensor, dropout_seed: u32) -> Result<Tensor> {
-        let xd = ops::dropout(x, self.dropout, dropout_seed)?;
-        ops::add(
-            &self.base.forward(x)?,
-            &low_rank_term(&xd, &self.lora_a, &self.lora_b, self.scale)?,
-        )
+        let dropout = (self.dropout > 0.0).then_some((self.dropout, dropout_seed));
+        ops::lora_linear_fused(x, &self.fused(), dropout)
+    }
+
+    fn fused(&self) -> ops::FusedLora<'_> {
+        ops::FusedLora {
+            weight: &self.base.weight,
+            bias: self.base.bias.as_ref(),
+            lora_a: &self.lora_a,
+            lora_b: &self.lora_b,
+            scale: self.scale,
+        }
     }
 
     pub fn parameters(&self) -> Vec<Tensor> {

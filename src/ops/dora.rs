@@ -246,3 +246,100 @@ pub(crate) fn dora_linear_fused(x: &Tensor, layer: &FusedDora) -> Result<Tensor>
         Ok(vec![dx, da, db, dm])
     }))
 }
+
+/// The fused DoRA forward with PEFT's dropout semantics (the base path sees
+/// `x`, the adapter path and the (c − 1) correction the dropped `x_d`),
+/// with c = m / norm held constant:
+///   z = c ⊙ (x_d·Wᵀ + s·(x_d·Aᵀ)·Bᵀ),   y = z + (x − x_d)·Wᵀ + bias
+/// (the same as x·Wᵀ + bias + (c − 1) ⊙ x_d·Wᵀ + c ⊙ s·(x_d·Aᵀ)·Bᵀ).
+/// Backward keeps only `x`, `z` and x_d·Aᵀ: the mask is regenerated from the
+/// seed. With h = g ⊙ c and M the scaled mask:
+///   dB = s·hᵀ·(x_d·Aᵀ), dA = s·(h·B)ᵀ·x_d, dm = Σ_t g ⊙ z / m,
+///   dx = g·W + M ⊙ ((h − g)·W + s·(h·B)·A).
+pub(crate) fn dora_linear_fused_dropout(
+    x: &Tensor,
+    layer: &FusedDora,
+    p: f32,
+    seed: u32,
+) -> Result<Tensor> {
+    use super::elementwise::{binary_raw, dropout_raw};
+    use super::matmul::{matmul_epilogue, matmul_raw, Epilogue, Transpose::*};
+    use crate::autograd::record;
+    use crate::shaders::{BinaryOp, Broadcast};
+
+    let FusedDora {
+        weight: w,
+        bias,
+        lora_a: a,
+        lora_b: b,
+        magnitude: m,
+        norm,
+        scale,
+    } = *layer;
+    let c = binary_raw(m, norm, BinaryOp::Div, Broadcast::None)?;
+    let xd = dropout_raw(x, p, seed)?;
+    let xa = matmul_raw(&xd, a, NT, 1.0, 0.0, None)?;
+    let z = matmul_raw(&xa, b, NT, scale, 0.0, None)?;
+    let scaled = Epilogue {
+        col_scale: &c,
+        bias: None,
+    };
+    matmul_epilogue(&xd, w, NT, 1.0, 1.0, Some(&z), Some(scaled))?;
+    let rest = binary_raw(x, &xd, BinaryOp::Sub, Broadcast::None)?;
+    drop(xd);
+    let y = super::elementwise::copy(&z)?;
+    matmul_raw(&rest, w, NT, 1.0, 1.0, Some(&y))?;
+    drop(rest);
+    let y = match bias {
+        Some(bias) => binary_raw(&y, bias, BinaryOp::Add, Broadcast::Row)?,
+        None => y,
+    };
+
+    let saved = (x.clone(), w.clone(), a.clone(), b.clone(), m.clone(), z);
+    Ok(record(
+        y,
+        "dora_linear_dropout",
+        &[x, a, b, m],
+        move |g, needs| {
+            let (x, w, a, b, m, z) = saved;
+            let flat = |t: &Tensor| super::reshape(t, &[t.numel() / t.last_dim(), t.last_dim()]);
+            let (h, gz) = backward_prep(g, &z, &c, None)?;
+            let hb = matmul_raw(&h, &b, NN, 1.0, 0.0, None)?;
+            let xd = dropout_raw(&x, p, seed)?;
+            let dx = if needs[0] {
+                // The dropped path's input gradient, masked, plus the undropped base path's.
+                let t = matmul_raw(
+                    &binary_raw(&h, g, BinaryOp::Sub, Broadcast::None)?,
+                    &w,
+                    NN,
+                    1.0,
+                    0.0,
+                    None,
+                )?;
+                matmul_raw(&hb, &a, NN, scale, 1.0, Some(&t))?;
+                let dx = dropout_raw(&t, p, seed)?;
+                matmul_raw(g, &w, NN, 1.0, 1.0, Some(&dx))?;
+                Some(dx)
+            } else {
+                None
+            };
+            let da = if needs[1] {
+                Some(matmul_raw(&flat(&hb)?, &flat(&xd)?, TN, scale, 0.0, None)?)
+            } else {
+                None
+            };
+            let db = if needs[2] {
+                let xa = matmul_raw(&xd, &a, NT, 1.0, 0.0, None)?;
+                Some(matmul_raw(&flat(&h)?, &flat(&xa)?, TN, scale, 0.0, None)?)
+            } else {
+                None
+            };
+            let dm = if needs[3] {
+                Some(binary_raw(&gz, &m, BinaryOp::Div, Broadcast::None)?)
+            } else {
+                None
+            };
+            Ok(vec![dx, da, db, dm])
+        },
+    ))
+}

@@ -360,7 +360,7 @@ pub fn dropout(x: &Tensor, p: f32, seed: u32) -> Result<Tensor> {
     }))
 }
 
-fn dropout_raw(x: &Tensor, p: f32, seed: u32) -> Result<Tensor> {
+pub(crate) fn dropout_raw(x: &Tensor, p: f32, seed: u32) -> Result<Tensor> {
     x.expect_f32("dropout", "input")?;
     let out = Tensor::empty(x.gpu(), x.shape(), DType::F32)?;
     let n = x.numel();

@@ -7,6 +7,7 @@ mod attention;
 pub(crate) mod dora;
 mod elementwise;
 mod embedding;
+mod lora;
 mod loss;
 mod matmul;
 mod norm;
@@ -18,12 +19,13 @@ mod softmax;
 
 pub use attention::{causal_attention, causal_softmax, merge_heads, split_heads};
 pub use dora::recompose;
-pub(crate) use dora::{dora_linear_fused, FusedDora};
+pub(crate) use dora::{dora_linear_fused, dora_linear_fused_dropout, FusedDora};
 pub use elementwise::{
     add, add_assign, cast, copy, div, dropout, exp, mul, scale, silu, sqrt, square, sub, to_f32,
     transpose,
 };
 pub use embedding::embedding;
+pub(crate) use lora::{lora_linear_fused, FusedLora};
 pub use loss::{cross_entropy, lm_head_cross_entropy, IGNORE_INDEX};
 pub(crate) use matmul::matmul_raw;
 pub use matmul::{matmul, matmul_ex, Transpose};

@@ -32,9 +32,6 @@ pub struct StepShape {
     pub batch: usize,
     pub seq_len: usize,
     pub grad_checkpoint: bool,
-    pub dropout: bool,
-    /// Adapters built from separate recorded ops (LoRA) rather than DoRA's fused one.
-    pub composed: bool,
     /// Rows of LM-head logits computed at once.
     pub loss_chunk_rows: usize,
 }
@@ -44,8 +41,7 @@ pub struct StepShape {
 /// count follows what the decoder records for backward, per token and layer:
 /// the norms' inputs and outputs, the q/k/v/o products and their per-head
 /// copies, the attention probabilities (heads × keys per token), the MLP's
-/// four intermediate vectors, and a dropped-out copy of each adapted input
-/// when dropout is on. With gradient checkpointing only each layer's input
+/// four intermediate vectors. With gradient checkpointing only each layer's input
 /// is kept, plus one layer recomputed during backward.
 pub fn estimate_step_memory(
     c: &ModelConfig,
@@ -59,18 +55,9 @@ pub fn estimate_step_memory(
     let dkv = (c.num_key_value_heads * c.head_dim) as u64;
     let (heads, t) = (c.num_attention_heads as u64, shape.seq_len as u64);
     let tokens = (shape.batch * shape.seq_len) as u64;
-    // Widths of the seven projections' outputs and inputs, summed.
-    let outputs = dq + 2 * dkv + 2 * d + 2 * f;
-    let inputs = 5 * d + dq + f;
-    let mut per_token_layer = 7 * d + 6 * dq + 3 * dkv + 4 * f;
-    if shape.dropout {
-        // The dropout path is composed of recorded ops: the dropped input and
-        // about five output-wide intermediates per projection.
-        per_token_layer += 5 * outputs + inputs;
-    } else if shape.composed {
-        // LoRA's base and low-rank products, kept apart for backward.
-        per_token_layer += 2 * outputs;
-    }
+    // LoRA and DoRA layers are single recorded ops that keep their input and
+    // output (and x·Aᵀ), with or without dropout: its mask is regenerated.
+    let per_token_layer = 7 * d + 6 * dq + 3 * dkv + 4 * f;
     // Probabilities kept for backward, plus the scores they came from while both exist.
     let attention = 2 * heads * t * tokens;
     let layer = (per_token_layer * tokens + attention) * f32_bytes;

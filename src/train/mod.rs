@@ -922,8 +922,6 @@ fn check_step_memory(model: &Llama, c: &TrainConfig, longest: usize) -> Result<M
             batch,
             seq_len,
             grad_checkpoint,
-            dropout: c.dropout > 0.0,
-            composed: c.method == Method::Lora,
             loss_chunk_rows: loss_chunk_rows(model),
         };
         estimate_step_memory(&model.config, &shape, resident, trainable)
