@@ -223,7 +223,8 @@ pub fn merged_forward_times(
         ..Default::default()
     };
     fresh.add_adapters(&options, true, &[], 3)?;
-    let config = crate::io::AdapterConfig::new(8, 16.0, true, &[]);
+    let all: Vec<&str> = crate::nn::PROJECTIONS.iter().map(|(_, n)| *n).collect();
+    let config = crate::io::AdapterConfig::new(8, 16.0, true, &all);
     let mut adapter = fresh.adapter_weights(config)?;
     drop(fresh);
     let mut rng = crate::nn::Rng::new(5);
