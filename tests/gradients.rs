@@ -294,6 +294,66 @@ fn frozen_tensors_get_no_gradient_and_no_grad_records_nothing() {
     assert!(loss.backward().is_err());
 }
 
+/// Moves a fresh adapter's B (zero) to random values, so every gradient is
+/// non-trivial; returns them.
+fn perturb_b(rng: &mut Rng, lora_b: &Tensor) -> Vec<f32> {
+    let b0 = random(rng, lora_b.numel());
+    let delta = Tensor::from_f32(gpu(), &b0, lora_b.shape()).unwrap();
+    ops::add_assign(lora_b, &delta, 1.0).unwrap();
+    b0
+}
+
+/// Runs backward of Σ y ⊙ R for a random R and returns R.
+fn backward_of_weighted_sum(rng: &mut Rng, y: &Tensor) -> Vec<f32> {
+    let rr = random(rng, y.numel());
+    let weights = Tensor::from_f32(gpu(), &rr, y.shape()).unwrap();
+    ops::sum_all(&ops::mul(y, &weights).unwrap())
+        .unwrap()
+        .backward()
+        .unwrap();
+    rr
+}
+
+/// ‖W + s·B·A‖ per row in f64, at the given A and B: the constant PEFT's
+/// detached norm is during backward. `dims` = [out, in, r].
+fn fixed_row_norm(w: &[f32], a: &[f32], b: &[f32], s: f64, dims: [usize; 3]) -> Vec<f64> {
+    let [out_f, in_f, r] = dims;
+    let ba = matmul_ref(&to_f64(b), &to_f64(a), out_f, r, in_f, false, false);
+    let v: Vec<f64> = w
+        .iter()
+        .zip(&ba)
+        .map(|(w, ba)| *w as f64 + s * ba)
+        .collect();
+    row_norm_ref(&v, out_f, in_f)
+}
+
+/// Each tensor's gradient against central differences of `forward` in the
+/// matching argument, all others held at `point`.
+fn check_against_finite_differences(
+    what: &str,
+    forward: &dyn Fn(&[Vec<f64>]) -> f64,
+    point: &[Vec<f64>],
+    tensors: &[(&str, &Tensor)],
+) {
+    for (i, (name, t)) in tensors.iter().enumerate() {
+        let along = |v: &[f64]| {
+            let mut args = point.to_vec();
+            args[i] = v.to_vec();
+            forward(&args)
+        };
+        let want = numeric_grad(&along, &point[i], 1e-6);
+        let got = t.grad().unwrap().to_vec_f32().unwrap();
+        assert_close(&format!("{what} d/d{name}"), &got, &want, 2e-3, 2e-4);
+    }
+}
+
+/// The scaled mask the dropout kernel draws for `seed` over `shape`.
+fn dropout_mask(shape: &[usize], p: f32, seed: u32) -> Vec<f64> {
+    let n = shape.iter().product();
+    let ones = Tensor::from_f32(gpu(), &vec![1.0; n], shape).unwrap();
+    to_f64(&ops::dropout(&ones, p, seed).unwrap().to_vec_f32().unwrap())
+}
+
 #[test]
 fn dora_linear_gradients_match_finite_differences() {
     // The DoRA layer as composed ops, with the row norm detached (paper §4.3).
@@ -310,36 +370,17 @@ fn dora_linear_gradients_match_finite_differences() {
         ..Default::default()
     };
     let layer = dora_wgpu::nn::DoraLinear::new(base, &options, 3).unwrap();
-    // Move away from the B = 0 start so every gradient is non-trivial.
-    let b0 = random(&mut rng, out_f * r);
-    ops::add_assign(
-        &layer.lora_b,
-        &Tensor::from_f32(gpu, &b0, &[out_f, r]).unwrap(),
-        1.0,
-    )
-    .unwrap();
+    let b0 = perturb_b(&mut rng, &layer.lora_b);
     let a0 = layer.lora_a.to_vec_f32().unwrap();
     let m0 = layer.magnitude.to_vec_f32().unwrap();
     let s = layer.scale as f64;
 
     let xt = Tensor::param(gpu, &x, &[tokens, in_f]).unwrap();
     let y = layer.forward(&xt).unwrap();
-    let rr = random(&mut rng, y.numel());
-    ops::sum_all(&ops::mul(&y, &Tensor::from_f32(gpu, &rr, y.shape()).unwrap()).unwrap())
-        .unwrap()
-        .backward()
-        .unwrap();
+    let rr = backward_of_weighted_sum(&mut rng, &y);
 
     // f64 reference with n computed from the *evaluation point's* A and B, held fixed.
-    let n_fixed = {
-        let ba = matmul_ref(&to_f64(&b0), &to_f64(&a0), out_f, r, in_f, false, false);
-        let v: Vec<f64> = w
-            .iter()
-            .zip(&ba)
-            .map(|(w, ba)| *w as f64 + s * ba)
-            .collect();
-        row_norm_ref(&v, out_f, in_f)
-    };
+    let n_fixed = fixed_row_norm(&w, &a0, &b0, s, [out_f, in_f, r]);
     let forward = |x: &[f64], a: &[f64], b: &[f64], m: &[f64]| -> f64 {
         let base = matmul_ref(x, &to_f64(&w), tokens, in_f, out_f, false, true);
         let xa = matmul_ref(x, a, tokens, in_f, r, false, true);
@@ -351,38 +392,19 @@ fn dora_linear_gradients_match_finite_differences() {
             })
             .sum()
     };
-    let (x64, a64, b64, m64) = (to_f64(&x), to_f64(&a0), to_f64(&b0), to_f64(&m0));
-    let checks: [(&str, &Tensor, Vec<f64>); 4] = [
-        (
-            "x",
-            &xt,
-            numeric_grad(&|v| forward(v, &a64, &b64, &m64), &x64, 1e-6),
-        ),
-        (
-            "A",
-            &layer.lora_a,
-            numeric_grad(&|v| forward(&x64, v, &b64, &m64), &a64, 1e-6),
-        ),
-        (
-            "B",
-            &layer.lora_b,
-            numeric_grad(&|v| forward(&x64, &a64, v, &m64), &b64, 1e-6),
-        ),
-        (
-            "m",
-            &layer.magnitude,
-            numeric_grad(&|v| forward(&x64, &a64, &b64, v), &m64, 1e-6),
-        ),
+    let point = [to_f64(&x), to_f64(&a0), to_f64(&b0), to_f64(&m0)];
+    let tensors = [
+        ("x", &xt),
+        ("A", &layer.lora_a),
+        ("B", &layer.lora_b),
+        ("m", &layer.magnitude),
     ];
-    for (name, t, want) in checks {
-        assert_close(
-            &format!("DoRA d/d{name}"),
-            &t.grad().unwrap().to_vec_f32().unwrap(),
-            &want,
-            2e-3,
-            2e-4,
-        );
-    }
+    check_against_finite_differences(
+        "DoRA",
+        &|v| forward(&v[0], &v[1], &v[2], &v[3]),
+        &point,
+        &tensors,
+    );
 }
 
 #[test]
@@ -407,38 +429,19 @@ fn dora_linear_with_dropout_gradients_match_finite_differences() {
         ..Default::default()
     };
     let layer = dora_wgpu::nn::DoraLinear::new(base, &options, 4).unwrap();
-    let b0 = random(&mut rng, out_f * r);
-    ops::add_assign(
-        &layer.lora_b,
-        &Tensor::from_f32(gpu, &b0, &[out_f, r]).unwrap(),
-        1.0,
-    )
-    .unwrap();
+    let b0 = perturb_b(&mut rng, &layer.lora_b);
     let a0 = layer.lora_a.to_vec_f32().unwrap();
     let m0 = layer.magnitude.to_vec_f32().unwrap();
     let s = layer.scale as f64;
     // The mask the kernel draws for this seed: dropout of ones.
-    let ones = Tensor::from_f32(gpu, &vec![1.0; tokens * in_f], &[tokens, in_f]).unwrap();
-    let mask = to_f64(&ops::dropout(&ones, p, seed).unwrap().to_vec_f32().unwrap());
+    let mask = dropout_mask(&[tokens, in_f], p, seed);
     assert!(mask.contains(&0.0) && mask.iter().any(|&k| k > 1.0));
 
     let xt = Tensor::param(gpu, &x, &[tokens, in_f]).unwrap();
     let y = layer.forward_train(&xt, seed).unwrap();
-    let rr = random(&mut rng, y.numel());
-    ops::sum_all(&ops::mul(&y, &Tensor::from_f32(gpu, &rr, y.shape()).unwrap()).unwrap())
-        .unwrap()
-        .backward()
-        .unwrap();
+    let rr = backward_of_weighted_sum(&mut rng, &y);
 
-    let n_fixed = {
-        let ba = matmul_ref(&to_f64(&b0), &to_f64(&a0), out_f, r, in_f, false, false);
-        let v: Vec<f64> = w
-            .iter()
-            .zip(&ba)
-            .map(|(w, ba)| *w as f64 + s * ba)
-            .collect();
-        row_norm_ref(&v, out_f, in_f)
-    };
+    let n_fixed = fixed_row_norm(&w, &a0, &b0, s, [out_f, in_f, r]);
     let forward = |x: &[f64], a: &[f64], b: &[f64], m: &[f64]| -> f64 {
         let xd: Vec<f64> = x.iter().zip(&mask).map(|(x, k)| x * k).collect();
         let base = matmul_ref(x, &to_f64(&w), tokens, in_f, out_f, false, true);
@@ -454,38 +457,19 @@ fn dora_linear_with_dropout_gradients_match_finite_differences() {
             })
             .sum()
     };
-    let (x64, a64, b64, m64) = (to_f64(&x), to_f64(&a0), to_f64(&b0), to_f64(&m0));
-    let checks: [(&str, &Tensor, Vec<f64>); 4] = [
-        (
-            "x",
-            &xt,
-            numeric_grad(&|v| forward(v, &a64, &b64, &m64), &x64, 1e-6),
-        ),
-        (
-            "A",
-            &layer.lora_a,
-            numeric_grad(&|v| forward(&x64, v, &b64, &m64), &a64, 1e-6),
-        ),
-        (
-            "B",
-            &layer.lora_b,
-            numeric_grad(&|v| forward(&x64, &a64, v, &m64), &b64, 1e-6),
-        ),
-        (
-            "m",
-            &layer.magnitude,
-            numeric_grad(&|v| forward(&x64, &a64, &b64, v), &m64, 1e-6),
-        ),
+    let point = [to_f64(&x), to_f64(&a0), to_f64(&b0), to_f64(&m0)];
+    let tensors = [
+        ("x", &xt),
+        ("A", &layer.lora_a),
+        ("B", &layer.lora_b),
+        ("m", &layer.magnitude),
     ];
-    for (name, t, want) in checks {
-        assert_close(
-            &format!("DoRA with dropout d/d{name}"),
-            &t.grad().unwrap().to_vec_f32().unwrap(),
-            &want,
-            2e-3,
-            2e-4,
-        );
-    }
+    check_against_finite_differences(
+        "DoRA with dropout",
+        &|v| forward(&v[0], &v[1], &v[2], &v[3]),
+        &point,
+        &tensors,
+    );
 }
 
 #[test]
@@ -509,25 +493,14 @@ fn lora_linear_with_dropout_gradients_match_finite_differences() {
         ..Default::default()
     };
     let layer = dora_wgpu::nn::LoraLinear::new(base, &options, 4).unwrap();
-    let b0 = random(&mut rng, out_f * r);
-    ops::add_assign(
-        &layer.lora_b,
-        &Tensor::from_f32(gpu, &b0, &[out_f, r]).unwrap(),
-        1.0,
-    )
-    .unwrap();
+    let b0 = perturb_b(&mut rng, &layer.lora_b);
     let a0 = layer.lora_a.to_vec_f32().unwrap();
     let s = layer.scale as f64;
-    let ones = Tensor::from_f32(gpu, &vec![1.0; tokens * in_f], &[tokens, in_f]).unwrap();
-    let mask = to_f64(&ops::dropout(&ones, p, seed).unwrap().to_vec_f32().unwrap());
+    let mask = dropout_mask(&[tokens, in_f], p, seed);
 
     let xt = Tensor::param(gpu, &x, &[tokens, in_f]).unwrap();
     let y = layer.forward_train(&xt, seed).unwrap();
-    let rr = random(&mut rng, y.numel());
-    ops::sum_all(&ops::mul(&y, &Tensor::from_f32(gpu, &rr, y.shape()).unwrap()).unwrap())
-        .unwrap()
-        .backward()
-        .unwrap();
+    let rr = backward_of_weighted_sum(&mut rng, &y);
     let forward = |x: &[f64], a: &[f64], b: &[f64]| -> f64 {
         let xd: Vec<f64> = x.iter().zip(&mask).map(|(x, k)| x * k).collect();
         let base = matmul_ref(x, &to_f64(&w), tokens, in_f, out_f, false, true);
@@ -537,32 +510,12 @@ fn lora_linear_with_dropout_gradients_match_finite_differences() {
             .map(|i| (base[i] + bias[i % out_f] as f64 + s * lr[i]) * rr[i] as f64)
             .sum()
     };
-    let (x64, a64, b64) = (to_f64(&x), to_f64(&a0), to_f64(&b0));
-    let checks: [(&str, &Tensor, Vec<f64>); 3] = [
-        (
-            "x",
-            &xt,
-            numeric_grad(&|v| forward(v, &a64, &b64), &x64, 1e-6),
-        ),
-        (
-            "A",
-            &layer.lora_a,
-            numeric_grad(&|v| forward(&x64, v, &b64), &a64, 1e-6),
-        ),
-        (
-            "B",
-            &layer.lora_b,
-            numeric_grad(&|v| forward(&x64, &a64, v), &b64, 1e-6),
-        ),
-    ];
-    for (name, t, want) in checks {
-        let got = t.grad().unwrap().to_vec_f32().unwrap();
-        assert_close(
-            &format!("LoRA with dropout d/d{name}"),
-            &got,
-            &want,
-            2e-3,
-            2e-4,
-        );
-    }
+    let point = [to_f64(&x), to_f64(&a0), to_f64(&b0)];
+    let tensors = [("x", &xt), ("A", &layer.lora_a), ("B", &layer.lora_b)];
+    check_against_finite_differences(
+        "LoRA with dropout",
+        &|v| forward(&v[0], &v[1], &v[2]),
+        &point,
+        &tensors,
+    );
 }

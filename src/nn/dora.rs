@@ -158,16 +158,7 @@ impl DoraLinear {
         match (self.path, self.norm_grad) {
             (DoraPath::Factored, false) => {
                 let norm = self.weight_norm()?;
-                let fused = ops::FusedDora {
-                    weight: &self.base.weight,
-                    bias: self.base.bias.as_ref(),
-                    lora_a: &self.lora_a,
-                    lora_b: &self.lora_b,
-                    magnitude: &self.magnitude,
-                    norm: &norm,
-                    scale: self.scale,
-                };
-                ops::dora_linear_fused(x, &fused)
+                ops::dora_linear_fused(x, &self.fused(&norm))
             }
             (DoraPath::Factored, true) => {
                 let z = ops::add(
@@ -204,16 +195,12 @@ impl DoraLinear {
         if let (DoraPath::Factored, false) = (self.path, self.norm_grad) {
             // One recorded op that keeps x, its output and x_d·Aᵀ for backward.
             let norm = self.weight_norm()?;
-            let fused = ops::FusedDora {
-                weight: &self.base.weight,
-                bias: self.base.bias.as_ref(),
-                lora_a: &self.lora_a,
-                lora_b: &self.lora_b,
-                magnitude: &self.magnitude,
-                norm: &norm,
-                scale: self.scale,
-            };
-            return ops::dora_linear_fused_dropout(x, &fused, self.dropout, dropout_seed);
+            return ops::dora_linear_fused_dropout(
+                x,
+                &self.fused(&norm),
+                self.dropout,
+                dropout_seed,
+            );
         }
         let xd = ops::dropout(x, self.dropout, dropout_seed)?;
         let c = ops::div(&self.magnitude, &self.weight_norm()?)?;
@@ -226,6 +213,19 @@ impl DoraLinear {
         // base + c ⊙ (drop·Wᵀ + s·lora) − drop·Wᵀ  ==  base + (c − 1) ⊙ drop·Wᵀ + c ⊙ s·lora
         let y = ops::sub(&ops::add(&base, &ops::mul(&adapted, &c)?)?, &base_dropped)?;
         self.add_bias(y)
+    }
+
+    /// The layer's tensors for the fused ops, with the (detached) row norms.
+    fn fused<'a>(&'a self, norm: &'a Tensor) -> ops::FusedDora<'a> {
+        ops::FusedDora {
+            weight: &self.base.weight,
+            bias: self.base.bias.as_ref(),
+            lora_a: &self.lora_a,
+            lora_b: &self.lora_b,
+            magnitude: &self.magnitude,
+            norm,
+            scale: self.scale,
+        }
     }
 
     fn add_bias(&self, y: Tensor) -> Result<Tensor> {

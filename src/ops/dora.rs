@@ -183,9 +183,26 @@ pub(crate) struct FusedDora<'a> {
     pub scale: f32,
 }
 
+/// (x·Aᵀ, c ⊙ (x·Wᵀ + s·(x·Aᵀ)·Bᵀ) + bias) in three dispatches: the rank-r
+/// products, then the base product accumulated on top with the column scale
+/// and bias in its epilogue.
+fn scaled_update(
+    x: &Tensor,
+    layer: &FusedDora,
+    c: &Tensor,
+    bias: Option<&Tensor>,
+) -> Result<(Tensor, Tensor)> {
+    use super::matmul::{matmul_epilogue, matmul_raw, Epilogue, Transpose::NT};
+    let xa = matmul_raw(x, layer.lora_a, NT, 1.0, 0.0, None)?;
+    let y = matmul_raw(&xa, layer.lora_b, NT, layer.scale, 0.0, None)?;
+    let epilogue = Epilogue { col_scale: c, bias };
+    matmul_epilogue(x, layer.weight, NT, 1.0, 1.0, Some(&y), Some(epilogue))?;
+    Ok((xa, y))
+}
+
 pub(crate) fn dora_linear_fused(x: &Tensor, layer: &FusedDora) -> Result<Tensor> {
     use super::elementwise::binary_raw;
-    use super::matmul::{matmul_epilogue, matmul_raw, Epilogue, Transpose::*};
+    use super::matmul::{matmul_raw, Transpose::*};
     use crate::autograd::record;
     use crate::shaders::{BinaryOp, Broadcast};
 
@@ -199,13 +216,7 @@ pub(crate) fn dora_linear_fused(x: &Tensor, layer: &FusedDora) -> Result<Tensor>
         scale,
     } = *layer;
     let c = binary_raw(m, norm, BinaryOp::Div, Broadcast::None)?;
-    let xa = matmul_raw(x, a, NT, 1.0, 0.0, None)?;
-    let y = matmul_raw(&xa, b, NT, scale, 0.0, None)?;
-    let epilogue = Epilogue {
-        col_scale: &c,
-        bias,
-    };
-    matmul_epilogue(x, w, NT, 1.0, 1.0, Some(&y), Some(epilogue))?;
+    let (xa, y) = scaled_update(x, layer, &c, bias)?;
 
     let saved = (
         x.clone(),
@@ -263,7 +274,7 @@ pub(crate) fn dora_linear_fused_dropout(
     seed: u32,
 ) -> Result<Tensor> {
     use super::elementwise::{binary_raw, dropout_raw};
-    use super::matmul::{matmul_epilogue, matmul_raw, Epilogue, Transpose::*};
+    use super::matmul::{matmul_raw, Transpose::*};
     use crate::autograd::record;
     use crate::shaders::{BinaryOp, Broadcast};
 
@@ -278,13 +289,7 @@ pub(crate) fn dora_linear_fused_dropout(
     } = *layer;
     let c = binary_raw(m, norm, BinaryOp::Div, Broadcast::None)?;
     let xd = dropout_raw(x, p, seed)?;
-    let xa = matmul_raw(&xd, a, NT, 1.0, 0.0, None)?;
-    let z = matmul_raw(&xa, b, NT, scale, 0.0, None)?;
-    let scaled = Epilogue {
-        col_scale: &c,
-        bias: None,
-    };
-    matmul_epilogue(&xd, w, NT, 1.0, 1.0, Some(&z), Some(scaled))?;
+    let (_, z) = scaled_update(&xd, layer, &c, None)?;
     let rest = binary_raw(x, &xd, BinaryOp::Sub, Broadcast::None)?;
     drop(xd);
     let y = super::elementwise::copy(&z)?;
