@@ -340,6 +340,38 @@ fn run() -> dora_wgpu::Result<()> {
         memory_runs.push(r);
     }
 
+    // Host memory while loading: the model through the memory map, against
+    // reading every tensor into memory as `load_weights` (and merge) still do.
+    let mut host_loads = Vec::new();
+    for (name, dir) in &models {
+        let mapped = dora_wgpu::bench::host_memory_while(
+            &format!("{name}: Llama::load (mapped)"),
+            dir,
+            || {
+                let model = dora_wgpu::nn::Llama::load(&gpu, dir)?;
+                gpu.synchronize()?;
+                Ok(model)
+            },
+        )?;
+        let read = dora_wgpu::bench::host_memory_while(
+            &format!("{name}: load_weights (read)"),
+            dir,
+            || dora_wgpu::io::hf::load_weights(dir),
+        )?;
+        // The loaded model and weights are dropped here; only the figures stay.
+        let reports = [mapped.map(|(r, _)| r), read.map(|(r, _)| r)];
+        for r in reports.into_iter().flatten() {
+            println!(
+                "host memory, {}: anonymous RSS +{:.1} MB at peak (largest tensor {:.1} MB, weight files {:.1} MB)",
+                r.what,
+                r.peak_anon_growth_bytes as f64 / 1e6,
+                r.largest_tensor_bytes as f64 / 1e6,
+                r.weight_file_bytes as f64 / 1e6
+            );
+            host_loads.push(r);
+        }
+    }
+
     // Merging DoRA into the weights: inference must cost what the base model costs.
     let fwd_model = user_model.clone().unwrap_or(default_dir.clone());
     let (fb, fs) = if quick { (1, 32) } else { (batch, seq) };
@@ -409,6 +441,7 @@ fn run() -> dora_wgpu::Result<()> {
         "train": train,
         "train_ratios": train_ratios,
         "memory_runs": memory_runs,
+        "host_loads": host_loads,
         "merged_base_forward_ratio": fwd.merged_ratio,
         "unmerged_base_forward_ratio": fwd.unmerged_ratio,
         "forward_ms": {"base": fwd.base_s * 1e3, "merged": fwd.merged_s * 1e3, "unmerged": fwd.unmerged_s * 1e3},

@@ -362,3 +362,69 @@ pub fn memory_over_run(
         allocated_live_ratio: allocated as f64 / live.max(1) as f64,
     })
 }
+
+/// Host memory a model load takes: the peak growth of the process's
+/// anonymous resident memory (Linux `RssAnon`, sampled every millisecond;
+/// mapped file pages are not anonymous) while `load` runs.
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct HostLoadMemory {
+    pub what: String,
+    pub peak_anon_growth_bytes: u64,
+    pub largest_tensor_bytes: u64,
+    pub weight_file_bytes: u64,
+}
+
+fn anon_rss_bytes() -> Option<u64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = status.lines().find(|l| l.starts_with("RssAnon:"))?;
+    let kb: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kb * 1024)
+}
+
+/// Runs `load` while sampling the anonymous RSS; None where the platform
+/// does not report it.
+pub fn host_memory_while<T>(
+    what: &str,
+    model_dir: &std::path::Path,
+    load: impl FnOnce() -> Result<T>,
+) -> Result<Option<(HostLoadMemory, T)>> {
+    use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+    let Some(before) = anon_rss_bytes() else {
+        return Ok(None);
+    };
+    let shapes = crate::io::hf::weight_shapes(model_dir)?;
+    let largest = shapes
+        .values()
+        .map(|t| t.shape.iter().product::<usize>() as u64 * if t.dtype == "F32" { 4 } else { 2 })
+        .max()
+        .unwrap_or(0);
+    let files: u64 = std::fs::read_dir(model_dir)
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter(|e| e.file_name().to_string_lossy().ends_with(".safetensors"))
+        .filter_map(|e| e.metadata().ok().map(|m| m.len()))
+        .sum();
+    let done = AtomicBool::new(false);
+    let peak = AtomicU64::new(before);
+    let value = std::thread::scope(|s| {
+        s.spawn(|| {
+            while !done.load(Ordering::Relaxed) {
+                if let Some(now) = anon_rss_bytes() {
+                    peak.fetch_max(now, Ordering::Relaxed);
+                }
+                std::thread::sleep(std::time::Duration::from_millis(1));
+            }
+        });
+        let value = load();
+        done.store(true, Ordering::Relaxed);
+        value
+    })?;
+    let report = HostLoadMemory {
+        what: what.to_string(),
+        peak_anon_growth_bytes: peak.load(Ordering::Relaxed).saturating_sub(before),
+        largest_tensor_bytes: largest,
+        weight_file_bytes: files,
+    };
+    Ok(Some((report, value)))
+}

@@ -93,6 +93,23 @@ impl Tensor {
         Ok(Tensor::from_parts(gpu, Arc::new(buf), shape, dtype, None))
     }
 
+    /// Uploads little-endian values of `dtype` as stored in a file (16-bit
+    /// types stay packed two per word).
+    pub fn from_le_bytes(gpu: &Gpu, bytes: &[u8], shape: &[usize], dtype: DType) -> Result<Tensor> {
+        let size = match dtype {
+            DType::F32 | DType::I32 => 4,
+            DType::BF16 | DType::F16 => 2,
+        };
+        if !bytes.len().is_multiple_of(size) {
+            shape_err!(
+                "{} bytes are not whole {} values",
+                bytes.len(),
+                dtype.name()
+            );
+        }
+        Tensor::upload(gpu, bytes, bytes.len() / size, shape, dtype)
+    }
+
     /// Uploads f32 values.
     pub fn from_f32(gpu: &Gpu, data: &[f32], shape: &[usize]) -> Result<Tensor> {
         Tensor::upload(

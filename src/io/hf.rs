@@ -6,7 +6,9 @@ use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
 
-use super::safetensors::{read_safetensors, read_safetensors_header, HostTensor, TensorInfo};
+use super::safetensors::{
+    read_safetensors, read_safetensors_header, HostTensor, MappedSafetensors, TensorInfo, TensorRef,
+};
 use crate::error::{Error, Result};
 
 /// What the Llama-family decoder needs from `config.json`.
@@ -226,7 +228,7 @@ impl WeightFiles {
     /// lists must be among them.
     fn read_all<T>(
         &self,
-        read: impl Fn(&Path) -> Result<BTreeMap<String, T>>,
+        mut read: impl FnMut(&Path) -> Result<BTreeMap<String, T>>,
     ) -> Result<BTreeMap<String, T>> {
         let mut all = BTreeMap::new();
         for file in &self.files {
@@ -256,4 +258,30 @@ pub fn weight_shapes(dir: &Path) -> Result<BTreeMap<String, TensorInfo>> {
 /// a `model.safetensors.index.json` names.
 pub fn load_weights(dir: &Path) -> Result<BTreeMap<String, HostTensor>> {
     WeightFiles::find(dir)?.read_all(read_safetensors)
+}
+
+/// A model directory's weight files mapped into memory, looked up by tensor
+/// name: a loader uploads each tensor from the page cache and never holds a
+/// copy of the whole file.
+pub struct MappedWeights {
+    files: Vec<MappedSafetensors>,
+    /// Which file holds each tensor.
+    by_name: BTreeMap<String, usize>,
+}
+
+impl MappedWeights {
+    pub fn open(dir: &Path) -> Result<MappedWeights> {
+        let mut files = Vec::new();
+        let by_name = WeightFiles::find(dir)?.read_all(|path| {
+            let file = MappedSafetensors::open(path)?;
+            let names = file.names().map(|n| (n.to_string(), files.len())).collect();
+            files.push(file);
+            Ok(names)
+        })?;
+        Ok(MappedWeights { files, by_name })
+    }
+
+    pub fn get(&self, name: &str) -> Option<TensorRef<'_>> {
+        self.files[*self.by_name.get(name)?].get(name)
+    }
 }

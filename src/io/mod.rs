@@ -8,8 +8,8 @@ pub use self::peft::{
     AdapterConfig, AdapterWeights, ModuleAdapter, TargetModules, CONFIG_FILE, WEIGHTS_FILE,
 };
 pub use self::safetensors::{
-    read_safetensors, read_safetensors_header, unique_suffix, write_atomically, write_safetensors,
-    HostTensor, TensorInfo,
+    first_non_finite, read_safetensors, read_safetensors_header, unique_suffix, write_atomically,
+    write_safetensors, HostTensor, MappedSafetensors, TensorInfo, TensorRef,
 };
 
 /// Parses JSON text into `T`; an error names the field at fault

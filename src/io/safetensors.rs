@@ -36,25 +36,8 @@ impl HostTensor {
     }
 
     /// The index of the first NaN or infinity, if any (integers have none).
-    /// Reads the bits, so 16-bit tensors need no conversion.
     pub fn first_non_finite(&self) -> Option<usize> {
-        let exponent_all_ones = |bits: u32, mask: u32| bits & mask == mask;
-        match self.dtype {
-            DType::F32 => self.bytes.chunks_exact(4).position(|b| {
-                exponent_all_ones(u32::from_le_bytes([b[0], b[1], b[2], b[3]]), 0x7f80_0000)
-            }),
-            DType::BF16 | DType::F16 => {
-                let mask = if self.dtype == DType::BF16 {
-                    0x7f80
-                } else {
-                    0x7c00
-                };
-                self.bytes
-                    .chunks_exact(2)
-                    .position(|b| exponent_all_ones(u16::from_le_bytes([b[0], b[1]]) as u32, mask))
-            }
-            DType::I32 => None,
-        }
+        first_non_finite(self.dtype, &self.bytes)
     }
 
     /// The values widened to f32.
@@ -116,6 +99,114 @@ impl HostTensor {
     }
 }
 
+/// The index of the first NaN or infinity among little-endian values of
+/// `dtype` (integers have none). Reads the bits: 16-bit values need no conversion.
+pub fn first_non_finite(dtype: DType, bytes: &[u8]) -> Option<usize> {
+    let exponent_all_ones = |bits: u32, mask: u32| bits & mask == mask;
+    match dtype {
+        DType::F32 => bytes.chunks_exact(4).position(|b| {
+            exponent_all_ones(u32::from_le_bytes([b[0], b[1], b[2], b[3]]), 0x7f80_0000)
+        }),
+        DType::BF16 | DType::F16 => {
+            let mask = if dtype == DType::BF16 { 0x7f80 } else { 0x7c00 };
+            bytes
+                .chunks_exact(2)
+                .position(|b| exponent_all_ones(u16::from_le_bytes([b[0], b[1]]) as u32, mask))
+        }
+        DType::I32 => None,
+    }
+}
+
+/// One tensor of a mapped file: its dtype, shape and bytes in the page cache.
+#[derive(Clone, Copy, Debug)]
+pub struct TensorRef<'a> {
+    pub dtype: DType,
+    pub shape: &'a [usize],
+    pub bytes: &'a [u8],
+}
+
+impl TensorRef<'_> {
+    /// Uploads in the stored dtype, straight from the mapped bytes.
+    pub fn to_gpu(&self, gpu: &Gpu) -> Result<Tensor> {
+        Tensor::from_le_bytes(gpu, self.bytes, self.shape, self.dtype)
+    }
+
+    pub fn first_non_finite(&self) -> Option<usize> {
+        first_non_finite(self.dtype, self.bytes)
+    }
+
+    /// An owned copy.
+    pub fn to_host(&self) -> HostTensor {
+        HostTensor {
+            dtype: self.dtype,
+            shape: self.shape.to_vec(),
+            bytes: self.bytes.to_vec(),
+        }
+    }
+}
+
+/// A safetensors file mapped into memory. Its tensors are read from the page
+/// cache as they are used, so loading a model holds about one tensor of host
+/// memory at a time instead of the whole file, copied once more per tensor.
+pub struct MappedSafetensors {
+    map: memmap2::Mmap,
+    tensors: BTreeMap<String, (DType, Vec<usize>, std::ops::Range<usize>)>,
+}
+
+impl MappedSafetensors {
+    /// Maps and validates `path` (header, offsets, dtypes), reading no tensor data.
+    pub fn open(path: &Path) -> Result<MappedSafetensors> {
+        let io_err = |source| Error::Io {
+            path: path.display().to_string(),
+            source,
+        };
+        let file = std::fs::File::open(path).map_err(io_err)?;
+        // Safety: the map is read-only and lives as long as this value. A file
+        // changed by another program while mapped gives wrong values (the same
+        // as reading it mid-write), which the shape and finiteness checks
+        // downstream cannot always catch; loaders map model files they do not write.
+        let map = unsafe { memmap2::Mmap::map(&file) }.map_err(io_err)?;
+        let st = SafeTensors::deserialize(&map)
+            .map_err(|e| format_err(path, format!("not a valid safetensors file ({e})")))?;
+        let base = map.as_ptr() as usize;
+        let mut tensors = BTreeMap::new();
+        for (name, view) in st.tensors() {
+            let dtype = stored_dtype(path, &name, view.dtype())?;
+            let start = view.data().as_ptr() as usize - base;
+            let range = start..start + view.data().len();
+            tensors.insert(name, (dtype, view.shape().to_vec(), range));
+        }
+        Ok(MappedSafetensors { map, tensors })
+    }
+
+    pub fn get(&self, name: &str) -> Option<TensorRef<'_>> {
+        let (dtype, shape, range) = self.tensors.get(name)?;
+        Some(TensorRef {
+            dtype: *dtype,
+            shape,
+            bytes: &self.map[range.clone()],
+        })
+    }
+
+    pub fn names(&self) -> impl Iterator<Item = &str> {
+        self.tensors.keys().map(String::as_str)
+    }
+}
+
+/// The library's dtype for a stored one, or an error naming the tensor.
+fn stored_dtype(path: &Path, name: &str, dtype: Dtype) -> Result<DType> {
+    match dtype {
+        Dtype::F32 => Ok(DType::F32),
+        Dtype::BF16 => Ok(DType::BF16),
+        Dtype::F16 => Ok(DType::F16),
+        Dtype::I32 => Ok(DType::I32),
+        other => Err(format_err(
+            path,
+            format!("tensor {name} has dtype {other:?}; expected F32, BF16 or F16"),
+        )),
+    }
+}
+
 fn format_err(path: &Path, message: String) -> Error {
     Error::Format {
         path: path.display().to_string(),
@@ -135,18 +226,7 @@ pub fn read_safetensors(path: &Path) -> Result<BTreeMap<String, HostTensor>> {
         .map_err(|e| format_err(path, format!("not a valid safetensors file ({e})")))?;
     let mut out = BTreeMap::new();
     for (name, view) in st.tensors() {
-        let dtype = match view.dtype() {
-            Dtype::F32 => DType::F32,
-            Dtype::BF16 => DType::BF16,
-            Dtype::F16 => DType::F16,
-            Dtype::I32 => DType::I32,
-            other => {
-                return Err(format_err(
-                    path,
-                    format!("tensor {name} has dtype {other:?}; expected F32, BF16 or F16"),
-                ))
-            }
-        };
+        let dtype = stored_dtype(path, &name, view.dtype())?;
         out.insert(
             name,
             HostTensor {

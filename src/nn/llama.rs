@@ -13,8 +13,8 @@ use super::lora::{AdapterOptions, LoraLinear};
 use crate::autograd::{checkpoint, no_grad};
 use crate::error::{arg_err, shape_err, Error, Result};
 use crate::gpu::Gpu;
-use crate::io::hf::{load_weights, weight_shapes, ModelConfig};
-use crate::io::{AdapterConfig, AdapterWeights, HostTensor};
+use crate::io::hf::{weight_shapes, MappedWeights, ModelConfig};
+use crate::io::{AdapterConfig, AdapterWeights, TensorRef};
 use crate::ops::{self, RopeTables, Transpose};
 use crate::tensor::{DType, Tensor};
 
@@ -264,13 +264,13 @@ pub fn check_weights_fit(c: &ModelConfig, dir: &Path) -> Result<()> {
     Ok(())
 }
 
-fn take(
-    weights: &mut BTreeMap<String, HostTensor>,
+fn take<'a>(
+    weights: &'a MappedWeights,
     name: &str,
     shape: &[usize],
     dir: &Path,
-) -> Result<HostTensor> {
-    let t = weights.remove(name).ok_or_else(|| Error::Format {
+) -> Result<TensorRef<'a>> {
+    let t = weights.get(name).ok_or_else(|| Error::Format {
         path: dir.display().to_string(),
         message: format!("tensor {name} is missing from the model weights"),
     })?;
@@ -288,7 +288,7 @@ fn take(
 }
 
 /// A NaN or infinity in a weight makes every loss NaN: refuse it at load, naming the tensor.
-fn check_finite(t: &HostTensor, name: &str, dir: &Path) -> Result<()> {
+fn check_finite(t: &TensorRef, name: &str, dir: &Path) -> Result<()> {
     match t.first_non_finite() {
         Some(i) => Err(Error::Format {
             path: dir.display().to_string(),
@@ -305,11 +305,11 @@ impl Llama {
     pub fn load(gpu: &Gpu, dir: &Path) -> Result<Llama> {
         let config = ModelConfig::load(dir)?;
         check_weights_fit(&config, dir)?;
-        let mut w = load_weights(dir)?;
+        let w = MappedWeights::open(dir)?;
         let c = &config;
-        let up = |t: HostTensor| t.to_gpu(gpu);
+        let up = |t: TensorRef| t.to_gpu(gpu);
         let embed_tokens = up(take(
-            &mut w,
+            &w,
             "model.embed_tokens.weight",
             &[c.vocab_size, c.hidden_size],
             dir,
@@ -320,9 +320,9 @@ impl Llama {
             let mut projections = Vec::with_capacity(7);
             for ((parent, name), shape) in PROJECTIONS.iter().zip(projection_shapes(c)) {
                 let module = format!("{p}.{parent}.{name}");
-                let weight = up(take(&mut w, &format!("{module}.weight"), &shape, dir)?)?;
+                let weight = up(take(&w, &format!("{module}.weight"), &shape, dir)?)?;
                 // Biases exist where the checkpoint has them (Qwen2's q/k/v, attention_bias models).
-                let bias = match w.remove(&format!("{module}.bias")) {
+                let bias = match w.get(&format!("{module}.bias")) {
                     Some(b) if b.shape != [shape[0]] => {
                         return Err(Error::Format {
                             path: dir.display().to_string(),
@@ -332,20 +332,23 @@ impl Llama {
                             ),
                         })
                     }
-                    Some(b) => Some(up(b)?),
+                    Some(b) => {
+                        check_finite(&b, &format!("{module}.bias"), dir)?;
+                        Some(up(b)?)
+                    }
                     None => None,
                 };
                 projections.push(Projection::Frozen(Linear::new(weight, bias)?));
             }
             layers.push(DecoderLayer {
                 input_norm: up(take(
-                    &mut w,
+                    &w,
                     &format!("{p}.input_layernorm.weight"),
                     &[c.hidden_size],
                     dir,
                 )?)?,
                 post_attention_norm: up(take(
-                    &mut w,
+                    &w,
                     &format!("{p}.post_attention_layernorm.weight"),
                     &[c.hidden_size],
                     dir,
@@ -353,8 +356,8 @@ impl Llama {
                 projections,
             });
         }
-        let final_norm = up(take(&mut w, "model.norm.weight", &[c.hidden_size], dir)?)?;
-        let lm_head = match w.remove("lm_head.weight") {
+        let final_norm = up(take(&w, "model.norm.weight", &[c.hidden_size], dir)?)?;
+        let lm_head = match w.get("lm_head.weight") {
             Some(t) if !c.tie_word_embeddings => {
                 if t.shape != [c.vocab_size, c.hidden_size] {
                     shape_err!(
