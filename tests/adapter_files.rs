@@ -267,3 +267,57 @@ fn an_interrupted_save_leaves_the_previous_adapter_loadable() {
     changed.save(&dir).unwrap();
     assert_eq!(AdapterWeights::load(&dir).unwrap(), changed);
 }
+
+#[test]
+fn streamed_safetensors_read_back_as_written() {
+    use dora_wgpu::io::{write_safetensors_streamed, TensorEntry};
+    use std::borrow::Cow;
+    let dir = temp_dir("streamed");
+    let path = dir.join("t.safetensors");
+    let bf16: Vec<u8> = [1.0f32, -2.5, 3.25]
+        .iter()
+        .flat_map(|&v| half::bf16::from_f32(v).to_le_bytes())
+        .collect();
+    let tensors: BTreeMap<String, HostTensor> = [
+        (
+            "a".to_string(),
+            HostTensor::from_f32(&[1.0, 2.0, 3.0, 4.0], &[2, 2]),
+        ),
+        (
+            "b".to_string(),
+            HostTensor {
+                dtype: dora_wgpu::DType::BF16,
+                shape: vec![3],
+                bytes: bf16,
+            },
+        ),
+    ]
+    .into();
+    let entries: Vec<TensorEntry> = tensors
+        .iter()
+        .map(|(name, t)| TensorEntry {
+            name: name.clone(),
+            dtype: t.dtype,
+            shape: t.shape.clone(),
+        })
+        .collect();
+    let metadata = BTreeMap::from([("format".to_string(), "pt".to_string())]);
+    write_safetensors_streamed(&path, &entries, &metadata, |e| {
+        Ok(Cow::Borrowed(&tensors[&e.name].bytes[..]))
+    })
+    .unwrap();
+    assert_eq!(read_safetensors(&path).unwrap(), tensors);
+    // Bytes that do not fill the shape: an error naming the tensor, the old file kept.
+    let before = std::fs::read(&path).unwrap();
+    let err =
+        write_safetensors_streamed(&path, &entries, &metadata, |_| Ok(Cow::Owned(vec![0u8; 3])))
+            .unwrap_err()
+            .to_string();
+    assert!(err.contains("tensor a: 3 bytes for shape [2, 2]"), "{err}");
+    assert_eq!(std::fs::read(&path).unwrap(), before);
+    assert_eq!(
+        std::fs::read_dir(&dir).unwrap().count(),
+        1,
+        "no temporary left"
+    );
+}

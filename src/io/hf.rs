@@ -284,4 +284,9 @@ impl MappedWeights {
     pub fn get(&self, name: &str) -> Option<TensorRef<'_>> {
         self.files[*self.by_name.get(name)?].get(name)
     }
+
+    /// Every tensor name, sorted.
+    pub fn names(&self) -> impl Iterator<Item = &str> {
+        self.by_name.keys().map(String::as_str)
+    }
 }

@@ -326,6 +326,97 @@ pub fn unique_suffix() -> String {
     format!("{}-{n}-{nanos:x}", std::process::id())
 }
 
+/// One tensor of a streamed safetensors file: name, dtype and shape; its
+/// bytes are asked for when its turn comes.
+pub struct TensorEntry {
+    pub name: String,
+    pub dtype: DType,
+    pub shape: Vec<usize>,
+}
+
+/// Writes a safetensors file tensor by tensor, atomically: `bytes_of` is
+/// called once per entry, in order, so only one tensor need be in host memory
+/// at a time (`safetensors::serialize` would build the whole file first).
+pub fn write_safetensors_streamed<'a>(
+    path: &Path,
+    entries: &[TensorEntry],
+    metadata: &BTreeMap<String, String>,
+    mut bytes_of: impl FnMut(&TensorEntry) -> Result<std::borrow::Cow<'a, [u8]>>,
+) -> Result<()> {
+    let code = |d: DType| match d {
+        DType::F32 => "F32",
+        DType::BF16 => "BF16",
+        DType::F16 => "F16",
+        DType::I32 => "I32",
+    };
+    let width = |d: DType| {
+        if matches!(d, DType::BF16 | DType::F16) {
+            2
+        } else {
+            4
+        }
+    };
+    let mut header = serde_json::Map::new();
+    if !metadata.is_empty() {
+        header.insert("__metadata__".into(), serde_json::json!(metadata));
+    }
+    let mut offset = 0usize;
+    for e in entries {
+        let len = e.shape.iter().product::<usize>() * width(e.dtype);
+        header.insert(
+            e.name.clone(),
+            serde_json::json!({"dtype": code(e.dtype), "shape": e.shape, "data_offsets": [offset, offset + len]}),
+        );
+        offset += len;
+    }
+    let mut json = serde_json::to_vec(&header).expect("plain data serializes");
+    // The data starts 8-byte aligned, as the reference writer pads it.
+    json.resize(json.len().next_multiple_of(8), b' ');
+    let io_err = |source| Error::Io {
+        path: path.display().to_string(),
+        source,
+    };
+    let file_name = path
+        .file_name()
+        .ok_or_else(|| format_err(path, "not a file path".into()))?
+        .to_string_lossy();
+    let tmp = path.with_file_name(format!(".{file_name}.tmp-{}", unique_suffix()));
+    let result = (|| -> Result<()> {
+        let file = std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .open(&tmp)
+            .map_err(io_err)?;
+        let mut out = std::io::BufWriter::new(file);
+        out.write_all(&(json.len() as u64).to_le_bytes())
+            .and_then(|()| out.write_all(&json))
+            .map_err(io_err)?;
+        for e in entries {
+            let bytes = bytes_of(e)?;
+            let want = e.shape.iter().product::<usize>() * width(e.dtype);
+            if bytes.len() != want {
+                return Err(format_err(
+                    path,
+                    format!(
+                        "tensor {}: {} bytes for shape {:?}",
+                        e.name,
+                        bytes.len(),
+                        e.shape
+                    ),
+                ));
+            }
+            out.write_all(&bytes).map_err(io_err)?;
+        }
+        let file = out.into_inner().map_err(|e| io_err(e.into_error()))?;
+        file.sync_all().map_err(io_err)?;
+        std::fs::rename(&tmp, path).map_err(io_err)
+    })();
+    if result.is_err() {
+        let _ = std::fs::remove_file(&tmp);
+    }
+    result
+}
+
 /// Writes `bytes` to `path` through a temporary file in the same folder,
 /// synced and then renamed over the target: readers see the old file or the
 /// new one, never a partial one.

@@ -1,13 +1,18 @@
 //! `merge`: folds an adapter into its base model and writes a complete
 //! Hugging Face directory that loads as an ordinary model.
 
+use std::borrow::Cow;
+use std::collections::BTreeMap;
 use std::path::{Component, Path, PathBuf};
 
 use crate::error::{Error, Result};
 use crate::gpu::Gpu;
-use crate::io::hf::load_weights;
-use crate::io::{unique_suffix, write_safetensors, AdapterWeights, HostTensor};
+use crate::io::hf::MappedWeights;
+use crate::io::{
+    unique_suffix, write_safetensors_streamed, AdapterWeights, HostTensor, TensorEntry,
+};
 use crate::nn::Llama;
+use crate::tensor::Tensor;
 
 /// Files copied unchanged from the base model directory when present.
 const COPIED: [&str; 7] = [
@@ -47,14 +52,14 @@ pub fn merge_model(gpu: &Gpu, model_dir: &Path, adapter_dir: &Path, out_dir: &Pa
     }
     let mut model = Llama::load(gpu, model_dir)?;
     model.attach_adapter(&AdapterWeights::load(adapter_dir)?)?;
-    let mut weights = load_weights(model_dir)?;
-    for (name, merged) in model.merged_weights()? {
-        weights.insert(name, HostTensor::from_gpu(&merged)?);
-    }
+    // The merged projections stay on the GPU until written; every other
+    // tensor is copied from the mapped base files: one tensor in host memory at a time.
+    let merged = model.merged_weights()?;
+    let base = MappedWeights::open(model_dir)?;
 
     let name = out.file_name().unwrap_or_default().to_string_lossy();
     let temp = out.with_file_name(format!(".{name}.tmp-{}", unique_suffix()));
-    let written = write_merged(model_dir, &temp, &weights).and_then(|()| {
+    let written = write_merged(model_dir, &temp, &base, &merged).and_then(|()| {
         // An empty `out_dir` gives way to the finished one (remove_dir only removes empty ones).
         if out.is_dir() {
             std::fs::remove_dir(&out).map_err(io_err(&out))?;
@@ -70,11 +75,35 @@ pub fn merge_model(gpu: &Gpu, model_dir: &Path, adapter_dir: &Path, out_dir: &Pa
 fn write_merged(
     model_dir: &Path,
     dir: &Path,
-    weights: &std::collections::BTreeMap<String, HostTensor>,
+    base: &MappedWeights,
+    merged: &BTreeMap<String, Tensor>,
 ) -> Result<()> {
     std::fs::create_dir_all(dir).map_err(io_err(dir))?;
-    let metadata = std::collections::HashMap::from([("format".to_string(), "pt".to_string())]);
-    write_safetensors(&dir.join("model.safetensors"), weights, Some(metadata))?;
+    let entries: Vec<TensorEntry> = base
+        .names()
+        .filter_map(|name| {
+            let (dtype, shape) = match merged.get(name) {
+                Some(t) => (t.dtype(), t.shape().to_vec()),
+                None => {
+                    let t = base.get(name)?;
+                    (t.dtype, t.shape.to_vec())
+                }
+            };
+            Some(TensorEntry {
+                name: name.to_string(),
+                dtype,
+                shape,
+            })
+        })
+        .collect();
+    let metadata = BTreeMap::from([("format".to_string(), "pt".to_string())]);
+    let path = dir.join("model.safetensors");
+    write_safetensors_streamed(&path, &entries, &metadata, |e| {
+        Ok(match merged.get(&e.name) {
+            Some(t) => Cow::Owned(HostTensor::from_gpu(t)?.bytes),
+            None => Cow::Borrowed(base.get(&e.name).map_or(&[][..], |t| t.bytes)),
+        })
+    })?;
     for name in COPIED {
         let src = model_dir.join(name);
         if src.exists() {
