@@ -134,15 +134,6 @@ impl TensorRef<'_> {
     pub fn first_non_finite(&self) -> Option<usize> {
         first_non_finite(self.dtype, self.bytes)
     }
-
-    /// An owned copy.
-    pub fn to_host(&self) -> HostTensor {
-        HostTensor {
-            dtype: self.dtype,
-            shape: self.shape.to_vec(),
-            bytes: self.bytes.to_vec(),
-        }
-    }
 }
 
 /// A safetensors file mapped into memory. Its tensors are read from the page
@@ -190,6 +181,16 @@ impl MappedSafetensors {
 
     pub fn names(&self) -> impl Iterator<Item = &str> {
         self.tensors.keys().map(String::as_str)
+    }
+}
+
+/// The file dtype for one of the library's.
+fn file_dtype(dtype: DType) -> Dtype {
+    match dtype {
+        DType::F32 => Dtype::F32,
+        DType::BF16 => Dtype::BF16,
+        DType::F16 => Dtype::F16,
+        DType::I32 => Dtype::I32,
     }
 }
 
@@ -297,13 +298,7 @@ pub fn write_safetensors(
     let views: Vec<(String, safetensors::tensor::TensorView)> = tensors
         .iter()
         .map(|(name, t)| {
-            let dtype = match t.dtype {
-                DType::F32 => Dtype::F32,
-                DType::BF16 => Dtype::BF16,
-                DType::F16 => Dtype::F16,
-                DType::I32 => Dtype::I32,
-            };
-            safetensors::tensor::TensorView::new(dtype, t.shape.clone(), &t.bytes)
+            safetensors::tensor::TensorView::new(file_dtype(t.dtype), t.shape.clone(), &t.bytes)
                 .map(|v| (name.clone(), v))
                 .map_err(|e| format_err(path, format!("tensor {name}: {e}")))
         })
@@ -343,58 +338,31 @@ pub fn write_safetensors_streamed<'a>(
     metadata: &BTreeMap<String, String>,
     mut bytes_of: impl FnMut(&TensorEntry) -> Result<std::borrow::Cow<'a, [u8]>>,
 ) -> Result<()> {
-    let code = |d: DType| match d {
-        DType::F32 => "F32",
-        DType::BF16 => "BF16",
-        DType::F16 => "F16",
-        DType::I32 => "I32",
-    };
-    let width = |d: DType| {
-        if matches!(d, DType::BF16 | DType::F16) {
-            2
-        } else {
-            4
-        }
-    };
+    let bytes_len =
+        |e: &TensorEntry| e.shape.iter().product::<usize>() * (file_dtype(e.dtype).bitsize() / 8);
     let mut header = serde_json::Map::new();
     if !metadata.is_empty() {
         header.insert("__metadata__".into(), serde_json::json!(metadata));
     }
     let mut offset = 0usize;
     for e in entries {
-        let len = e.shape.iter().product::<usize>() * width(e.dtype);
+        let len = bytes_len(e);
         header.insert(
             e.name.clone(),
-            serde_json::json!({"dtype": code(e.dtype), "shape": e.shape, "data_offsets": [offset, offset + len]}),
+            serde_json::json!({"dtype": file_dtype(e.dtype).to_string(), "shape": e.shape, "data_offsets": [offset, offset + len]}),
         );
         offset += len;
     }
     let mut json = serde_json::to_vec(&header).expect("plain data serializes");
     // The data starts 8-byte aligned, as the reference writer pads it.
     json.resize(json.len().next_multiple_of(8), b' ');
-    let io_err = |source| Error::Io {
-        path: path.display().to_string(),
-        source,
-    };
-    let file_name = path
-        .file_name()
-        .ok_or_else(|| format_err(path, "not a file path".into()))?
-        .to_string_lossy();
-    let tmp = path.with_file_name(format!(".{file_name}.tmp-{}", unique_suffix()));
-    let result = (|| -> Result<()> {
-        let file = std::fs::OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .open(&tmp)
-            .map_err(io_err)?;
-        let mut out = std::io::BufWriter::new(file);
+    write_atomically_with(path, |out| {
         out.write_all(&(json.len() as u64).to_le_bytes())
             .and_then(|()| out.write_all(&json))
-            .map_err(io_err)?;
+            .map_err(|source| io_error(path, source))?;
         for e in entries {
             let bytes = bytes_of(e)?;
-            let want = e.shape.iter().product::<usize>() * width(e.dtype);
-            if bytes.len() != want {
+            if bytes.len() != bytes_len(e) {
                 return Err(format_err(
                     path,
                     format!(
@@ -405,42 +373,57 @@ pub fn write_safetensors_streamed<'a>(
                     ),
                 ));
             }
-            out.write_all(&bytes).map_err(io_err)?;
+            out.write_all(&bytes)
+                .map_err(|source| io_error(path, source))?;
         }
-        let file = out.into_inner().map_err(|e| io_err(e.into_error()))?;
-        file.sync_all().map_err(io_err)?;
-        std::fs::rename(&tmp, path).map_err(io_err)
-    })();
-    if result.is_err() {
-        let _ = std::fs::remove_file(&tmp);
+        Ok(())
+    })
+}
+
+fn io_error(path: &Path, source: std::io::Error) -> Error {
+    Error::Io {
+        path: path.display().to_string(),
+        source,
     }
-    result
 }
 
 /// Writes `bytes` to `path` through a temporary file in the same folder,
 /// synced and then renamed over the target: readers see the old file or the
 /// new one, never a partial one.
 pub fn write_atomically(path: &Path, bytes: &[u8]) -> Result<()> {
-    let io_err = |source| Error::Io {
-        path: path.display().to_string(),
-        source,
-    };
+    write_atomically_with(path, |out| {
+        out.write_all(bytes)
+            .map_err(|source| io_error(path, source))
+    })
+}
+
+/// [`write_atomically`] for contents produced piece by piece by `write`; on
+/// any error the temporary file is removed and the target left as it was.
+fn write_atomically_with(
+    path: &Path,
+    write: impl FnOnce(&mut std::io::BufWriter<std::fs::File>) -> Result<()>,
+) -> Result<()> {
     let file_name = path
         .file_name()
         .ok_or_else(|| format_err(path, "not a file path".into()))?
         .to_string_lossy();
     let tmp = path.with_file_name(format!(".{file_name}.tmp-{}", unique_suffix()));
-    let result = (|| {
-        let mut f = std::fs::OpenOptions::new()
+    let result = (|| -> Result<()> {
+        let file = std::fs::OpenOptions::new()
             .write(true)
             .create_new(true)
-            .open(&tmp)?;
-        f.write_all(bytes)?;
-        f.sync_all()?;
-        std::fs::rename(&tmp, path)
+            .open(&tmp)
+            .map_err(|source| io_error(path, source))?;
+        let mut out = std::io::BufWriter::new(file);
+        write(&mut out)?;
+        let file = out
+            .into_inner()
+            .map_err(|e| io_error(path, e.into_error()))?;
+        file.sync_all().map_err(|source| io_error(path, source))?;
+        std::fs::rename(&tmp, path).map_err(|source| io_error(path, source))
     })();
     if result.is_err() {
         let _ = std::fs::remove_file(&tmp);
     }
-    result.map_err(io_err)
+    result
 }
