@@ -392,12 +392,13 @@ pub fn host_memory_while<T>(
     let Some(before) = anon_rss_bytes() else {
         return Ok(None);
     };
-    let shapes = crate::io::hf::weight_shapes(model_dir)?;
-    let largest = shapes
-        .values()
-        .map(|t| t.shape.iter().product::<usize>() as u64 * if t.dtype == "F32" { 4 } else { 2 })
-        .max()
-        .unwrap_or(0);
+    let largest = {
+        let mapped = crate::io::hf::MappedWeights::open(model_dir)?;
+        let sizes = mapped
+            .names()
+            .filter_map(|n| mapped.get(n).map(|t| t.bytes.len()));
+        sizes.max().unwrap_or(0) as u64
+    };
     let files: u64 = std::fs::read_dir(model_dir)
         .into_iter()
         .flatten()

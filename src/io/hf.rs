@@ -6,9 +6,7 @@ use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
 
-use super::safetensors::{
-    read_safetensors, read_safetensors_header, HostTensor, MappedSafetensors, TensorInfo, TensorRef,
-};
+use super::safetensors::{read_safetensors, HostTensor, MappedSafetensors, TensorRef};
 use crate::error::{Error, Result};
 
 /// What the Llama-family decoder needs from `config.json`.
@@ -249,11 +247,6 @@ impl WeightFiles {
     }
 }
 
-/// Every weight tensor's dtype and shape, from the safetensors headers alone.
-pub fn weight_shapes(dir: &Path) -> Result<BTreeMap<String, TensorInfo>> {
-    WeightFiles::find(dir)?.read_all(read_safetensors_header)
-}
-
 /// Every weight tensor of a model directory, from one file or from the shards
 /// a `model.safetensors.index.json` names.
 pub fn load_weights(dir: &Path) -> Result<BTreeMap<String, HostTensor>> {
@@ -288,5 +281,12 @@ impl MappedWeights {
     /// Every tensor name, sorted.
     pub fn names(&self) -> impl Iterator<Item = &str> {
         self.by_name.keys().map(String::as_str)
+    }
+
+    /// Every tensor's shape by name, from the headers (no tensor data is read).
+    pub fn shapes(&self) -> BTreeMap<&str, &[usize]> {
+        self.names()
+            .filter_map(|name| Some((name, self.get(name)?.shape)))
+            .collect()
     }
 }

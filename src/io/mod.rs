@@ -8,8 +8,8 @@ pub use self::peft::{
     AdapterConfig, AdapterWeights, ModuleAdapter, TargetModules, CONFIG_FILE, WEIGHTS_FILE,
 };
 pub use self::safetensors::{
-    read_safetensors, read_safetensors_header, unique_suffix, write_atomically, write_safetensors,
-    write_safetensors_streamed, HostTensor, MappedSafetensors, TensorEntry, TensorInfo, TensorRef,
+    read_safetensors, unique_suffix, write_atomically, write_safetensors,
+    write_safetensors_streamed, HostTensor, MappedSafetensors, TensorEntry, TensorRef,
 };
 
 /// Parses JSON text into `T`; an error names the field at fault

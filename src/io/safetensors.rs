@@ -240,55 +240,6 @@ pub fn read_safetensors(path: &Path) -> Result<BTreeMap<String, HostTensor>> {
     Ok(out)
 }
 
-/// What a safetensors header says about one tensor.
-#[derive(Clone, Debug, PartialEq, serde::Deserialize)]
-pub struct TensorInfo {
-    pub dtype: String,
-    pub shape: Vec<usize>,
-}
-
-/// The tensors a safetensors file holds, read from its header alone (the
-/// first 8 + n bytes), so a model's config can be checked against its
-/// weights before anything large is read or allocated.
-pub fn read_safetensors_header(path: &Path) -> Result<BTreeMap<String, TensorInfo>> {
-    use std::io::Read;
-    // safetensors' own limit on the header; a larger length is a corrupt file.
-    const MAX_HEADER: u64 = 100_000_000;
-    let io_err = |source| Error::Io {
-        path: path.display().to_string(),
-        source,
-    };
-    let mut file = std::fs::File::open(path).map_err(io_err)?;
-    let file_len = file.metadata().map_err(io_err)?.len();
-    let mut len = [0u8; 8];
-    file.read_exact(&mut len).map_err(|_| {
-        format_err(
-            path,
-            "not a valid safetensors file (shorter than its 8-byte header length)".into(),
-        )
-    })?;
-    let n = u64::from_le_bytes(len);
-    if n > MAX_HEADER || n > file_len - 8 {
-        return Err(format_err(
-            path,
-            format!("not a valid safetensors file (header length {n} exceeds the file's {file_len} bytes or the 100 MB limit)"),
-        ));
-    }
-    let mut header = vec![0u8; n as usize];
-    file.read_exact(&mut header).map_err(io_err)?;
-    let mut entries: BTreeMap<String, serde_json::Value> = serde_json::from_slice(&header)
-        .map_err(|e| format_err(path, format!("not a valid safetensors file (header: {e})")))?;
-    entries.remove("__metadata__");
-    entries
-        .into_iter()
-        .map(|(name, v)| {
-            let info = serde_json::from_value(v)
-                .map_err(|e| format_err(path, format!("tensor {name} in the header: {e}")))?;
-            Ok((name, info))
-        })
-        .collect()
-}
-
 /// Writes tensors (sorted by name) and optional string metadata, atomically.
 pub fn write_safetensors(
     path: &Path,

@@ -13,7 +13,7 @@ use super::lora::{AdapterOptions, LoraLinear};
 use crate::autograd::{checkpoint, no_grad};
 use crate::error::{arg_err, shape_err, Error, Result};
 use crate::gpu::Gpu;
-use crate::io::hf::{weight_shapes, MappedWeights, ModelConfig};
+use crate::io::hf::{MappedWeights, ModelConfig};
 use crate::io::{AdapterConfig, AdapterWeights, TensorRef};
 use crate::ops::{self, RopeTables, Transpose};
 use crate::tensor::{DType, Tensor};
@@ -191,13 +191,17 @@ fn projection_shapes(c: &ModelConfig) -> [[usize; 2]; 7] {
     [[q, d], [kv, d], [kv, d], [d, q], [f, d], [f, d], [d, f]]
 }
 
-/// Checks `config.json` against the tensors the weight files hold, from
-/// their headers alone: the layer count, and every tensor the config implies
-/// by name and shape. Runs before anything large is read or allocated, so a
-/// config that does not fit its weights (`num_hidden_layers: 1000000000`, a
-/// huge `vocab_size`) is one error, not an allocation failure.
-pub fn check_weights_fit(c: &ModelConfig, dir: &Path) -> Result<()> {
-    let held = weight_shapes(dir)?;
+/// Checks `config.json` against the tensors the weight files hold (`held`:
+/// shapes by name, from the headers): the layer count, and every tensor the
+/// config implies by name and shape. Runs before anything large is read or
+/// allocated, so a config that does not fit its weights
+/// (`num_hidden_layers: 1000000000`, a huge `vocab_size`) is one error, not
+/// an allocation failure; the loader may then take each tensor as it is.
+pub fn check_weights_fit(
+    c: &ModelConfig,
+    dir: &Path,
+    held: &BTreeMap<&str, &[usize]>,
+) -> Result<()> {
     let fail = |message: String| {
         Err(Error::Format {
             path: dir.join("config.json").display().to_string(),
@@ -241,7 +245,7 @@ pub fn check_weights_fit(c: &ModelConfig, dir: &Path) -> Result<()> {
         }
     }
     for (name, shape) in expected {
-        match held.get(&name) {
+        match held.get(name.as_str()) {
             None if name == "lm_head.weight" => {
                 return fail(
                     "tensor lm_head.weight is missing and tie_word_embeddings is false".into(),
@@ -252,10 +256,9 @@ pub fn check_weights_fit(c: &ModelConfig, dir: &Path) -> Result<()> {
                     "implies tensor {name}, which the weights do not hold"
                 ))
             }
-            Some(info) if info.shape != shape => {
+            Some(held) if *held != shape => {
                 return fail(format!(
-                    "implies {name} of shape {shape:?}, but the weights hold {:?}",
-                    info.shape
+                    "implies {name} of shape {shape:?}, but the weights hold {held:?}"
                 ))
             }
             Some(_) => {}
@@ -264,25 +267,13 @@ pub fn check_weights_fit(c: &ModelConfig, dir: &Path) -> Result<()> {
     Ok(())
 }
 
-fn take<'a>(
-    weights: &'a MappedWeights,
-    name: &str,
-    shape: &[usize],
-    dir: &Path,
-) -> Result<TensorRef<'a>> {
+/// A tensor [`check_weights_fit`] has already matched by name and shape,
+/// checked for NaN and infinity.
+fn take<'a>(weights: &'a MappedWeights, name: &str, dir: &Path) -> Result<TensorRef<'a>> {
     let t = weights.get(name).ok_or_else(|| Error::Format {
         path: dir.display().to_string(),
         message: format!("tensor {name} is missing from the model weights"),
     })?;
-    if t.shape != shape {
-        return Err(Error::Format {
-            path: dir.display().to_string(),
-            message: format!(
-                "tensor {name} has shape {:?}, config.json implies {shape:?}",
-                t.shape
-            ),
-        });
-    }
     check_finite(&t, name, dir)?;
     Ok(t)
 }
@@ -304,31 +295,26 @@ impl Llama {
     /// Loads `config.json` and the weights of a Hugging Face model directory.
     pub fn load(gpu: &Gpu, dir: &Path) -> Result<Llama> {
         let config = ModelConfig::load(dir)?;
-        check_weights_fit(&config, dir)?;
         let w = MappedWeights::open(dir)?;
+        check_weights_fit(&config, dir, &w.shapes())?;
         let c = &config;
         let up = |t: TensorRef| t.to_gpu(gpu);
-        let embed_tokens = up(take(
-            &w,
-            "model.embed_tokens.weight",
-            &[c.vocab_size, c.hidden_size],
-            dir,
-        )?)?;
+        let embed_tokens = up(take(&w, "model.embed_tokens.weight", dir)?)?;
         let mut layers = Vec::with_capacity(c.num_hidden_layers);
         for i in 0..c.num_hidden_layers {
             let p = format!("model.layers.{i}");
             let mut projections = Vec::with_capacity(7);
-            for ((parent, name), shape) in PROJECTIONS.iter().zip(projection_shapes(c)) {
+            for ((parent, name), [out_f, _]) in PROJECTIONS.iter().zip(projection_shapes(c)) {
                 let module = format!("{p}.{parent}.{name}");
-                let weight = up(take(&w, &format!("{module}.weight"), &shape, dir)?)?;
+                let weight = up(take(&w, &format!("{module}.weight"), dir)?)?;
                 // Biases exist where the checkpoint has them (Qwen2's q/k/v, attention_bias models).
                 let bias = match w.get(&format!("{module}.bias")) {
-                    Some(b) if b.shape != [shape[0]] => {
+                    Some(b) if b.shape != [out_f] => {
                         return Err(Error::Format {
                             path: dir.display().to_string(),
                             message: format!(
-                                "tensor {module}.bias has shape {:?}, expected [{}]",
-                                b.shape, shape[0]
+                                "tensor {module}.bias has shape {:?}, expected [{out_f}]",
+                                b.shape
                             ),
                         })
                     }
@@ -341,43 +327,20 @@ impl Llama {
                 projections.push(Projection::Frozen(Linear::new(weight, bias)?));
             }
             layers.push(DecoderLayer {
-                input_norm: up(take(
-                    &w,
-                    &format!("{p}.input_layernorm.weight"),
-                    &[c.hidden_size],
-                    dir,
-                )?)?,
+                input_norm: up(take(&w, &format!("{p}.input_layernorm.weight"), dir)?)?,
                 post_attention_norm: up(take(
                     &w,
                     &format!("{p}.post_attention_layernorm.weight"),
-                    &[c.hidden_size],
                     dir,
                 )?)?,
                 projections,
             });
         }
-        let final_norm = up(take(&w, "model.norm.weight", &[c.hidden_size], dir)?)?;
-        let lm_head = match w.get("lm_head.weight") {
-            Some(t) if !c.tie_word_embeddings => {
-                if t.shape != [c.vocab_size, c.hidden_size] {
-                    shape_err!(
-                        "lm_head.weight is {:?}, expected [{}, {}]",
-                        t.shape,
-                        c.vocab_size,
-                        c.hidden_size
-                    );
-                }
-                check_finite(&t, "lm_head.weight", dir)?;
-                Some(up(t)?)
-            }
-            None if !c.tie_word_embeddings => {
-                return Err(Error::Format {
-                    path: dir.display().to_string(),
-                    message: "tensor lm_head.weight is missing and tie_word_embeddings is false"
-                        .into(),
-                })
-            }
-            _ => None,
+        let final_norm = up(take(&w, "model.norm.weight", dir)?)?;
+        // check_weights_fit required an untied head of the right shape.
+        let lm_head = match c.tie_word_embeddings {
+            false => Some(up(take(&w, "lm_head.weight", dir)?)?),
+            true => None,
         };
         let positions = c.max_position_embeddings.clamp(1, 1 << 17);
         let rope = RopeTables::new(gpu, c.rope_theta, c.head_dim, positions)?;

@@ -20,7 +20,7 @@ use serde::{Deserialize, Serialize};
 use crate::autograd::no_grad;
 use crate::error::{arg_err, shape_err, Error, Result};
 use crate::gpu::Gpu;
-use crate::io::hf::{load_weights, ModelConfig};
+use crate::io::hf::{load_weights, MappedWeights, ModelConfig};
 use crate::io::{write_atomically, AdapterConfig, AdapterWeights, HostTensor, ModuleAdapter};
 use crate::nn::{DoraLinear, Linear, LoraLinear, PROJECTIONS};
 use crate::ops;
@@ -116,7 +116,8 @@ pub fn analyze_adapters(
         arg_err!("the analysis needs at least one adapter directory");
     }
     let config = ModelConfig::load(base_dir)?;
-    crate::nn::check_weights_fit(&config, base_dir)?;
+    let held = MappedWeights::open(base_dir)?;
+    crate::nn::check_weights_fit(&config, base_dir, &held.shapes())?;
     let mut weights = load_weights(base_dir)?;
     let modules = projection_shapes(&config, &weights, base_dir)?;
     let shapes: BTreeMap<String, (usize, usize)> = modules.iter().cloned().collect();
@@ -166,7 +167,8 @@ pub fn analyze_adapters(
 /// its base in `base_dir`: every projection of every layer, method "FT".
 pub fn analyze_tuned(gpu: &Gpu, base_dir: &Path, tuned_dir: &Path) -> Result<Vec<Record>> {
     let config = ModelConfig::load(base_dir)?;
-    crate::nn::check_weights_fit(&config, base_dir)?;
+    let held = MappedWeights::open(base_dir)?;
+    crate::nn::check_weights_fit(&config, base_dir, &held.shapes())?;
     let mut base = load_weights(base_dir)?;
     let modules = projection_shapes(&config, &base, base_dir)?;
     let mut tuned = load_weights(tuned_dir)?;
