@@ -107,6 +107,42 @@ fn projection_names(model_linears: &BTreeMap<String, (usize, usize)>) -> String 
     names.join(", ")
 }
 
+/// Module names as PEFT matches them: a list (a module matches a name equal
+/// to its path or that its path ends in), or a full-match regex.
+enum Matcher {
+    Names(Vec<String>),
+    Regex(regex::Regex),
+}
+
+impl Matcher {
+    fn matches(&self, module: &str) -> bool {
+        match self {
+            Matcher::Names(names) => names.iter().any(|n| pattern_matches(n, module)),
+            Matcher::Regex(re) => re.is_match(module),
+        }
+    }
+}
+
+/// What an adapter config selects: `target_modules` (None: "all-linear"),
+/// minus `exclude_modules`, within `layers_to_transform`.
+struct Selector {
+    targets: Option<Matcher>,
+    exclude: Option<Matcher>,
+    layers: Option<Vec<u64>>,
+}
+
+impl Selector {
+    fn selects(&self, module: &str) -> bool {
+        let named = self.targets.as_ref().is_none_or(|t| t.matches(module));
+        let in_layers = match &self.layers {
+            None => true,
+            Some(wanted) => layer_index(module).is_some_and(|i| wanted.contains(&i)),
+        };
+        let excluded = self.exclude.as_ref().is_some_and(|e| e.matches(module));
+        named && in_layers && !excluded
+    }
+}
+
 /// N of a `model.layers.N.…` module path.
 fn layer_index(module: &str) -> Option<u64> {
     module
@@ -167,15 +203,57 @@ impl AdapterConfig {
     }
 
     /// True when `module` is one this config adapts: `target_modules`, then
-    /// `layers_to_transform` (from [`AdapterConfig::other`]) as PEFT applies them.
-    /// A regex that does not compile matches nothing ([`AdapterWeights::check_fits`] reports it).
+    /// `layers_to_transform` and `exclude_modules` (from
+    /// [`AdapterConfig::other`]) as PEFT applies them. Settings that do not
+    /// parse select nothing ([`AdapterWeights::load`] refuses them).
     pub fn targets(&self, module: &str) -> bool {
-        let named = match &self.target_modules {
-            TargetModules::Names(names) => names.iter().any(|t| pattern_matches(t, module)),
-            TargetModules::Regex(r) if r == "all-linear" => true,
-            TargetModules::Regex(r) => full_match(r).is_ok_and(|re| re.is_match(module)),
+        self.selector().is_ok_and(|s| s.selects(module))
+    }
+
+    /// The module selection, parsed (regexes compiled) once.
+    fn selector(&self) -> std::result::Result<Selector, String> {
+        let targets = match &self.target_modules {
+            TargetModules::Names(names) => Some(Matcher::Names(names.clone())),
+            TargetModules::Regex(r) if r == "all-linear" => None,
+            TargetModules::Regex(r) => Some(Matcher::Regex(
+                full_match(r).map_err(|e| format!("target_modules regex {r:?}: {e}"))?,
+            )),
         };
-        named && self.layer_selected(module) && !self.excluded(module)
+        let exclude = match self.other.get("exclude_modules") {
+            None | Some(serde_json::Value::Null) => None,
+            Some(serde_json::Value::String(r)) => Some(Matcher::Regex(
+                full_match(r).map_err(|e| format!("exclude_modules regex {r:?}: {e}"))?,
+            )),
+            Some(serde_json::Value::Array(v)) if v.iter().all(|x| x.is_string()) => {
+                Some(Matcher::Names(
+                    v.iter()
+                        .filter_map(|x| x.as_str().map(String::from))
+                        .collect(),
+                ))
+            }
+            Some(v) => {
+                return Err(format!(
+                    "exclude_modules {v} is not a regex or a list of names"
+                ))
+            }
+        };
+        let layers = match self.other.get("layers_to_transform") {
+            None | Some(serde_json::Value::Null) => None,
+            Some(v) if v.as_u64().is_some() => v.as_u64().map(|i| vec![i]),
+            Some(serde_json::Value::Array(items)) if items.iter().all(|x| x.as_u64().is_some()) => {
+                Some(items.iter().filter_map(|x| x.as_u64()).collect())
+            }
+            Some(v) => {
+                return Err(format!(
+                    "layers_to_transform {v} is not a layer index or a list of them"
+                ))
+            }
+        };
+        Ok(Selector {
+            targets,
+            exclude,
+            layers,
+        })
     }
 
     /// The settings that select modules, for error messages.
@@ -191,29 +269,6 @@ impl AdapterConfig {
             }
         }
         parts.join(", ")
-    }
-
-    /// PEFT's `exclude_modules`, matched as `target_modules` is.
-    fn excluded(&self, module: &str) -> bool {
-        match self.other.get("exclude_modules") {
-            Some(serde_json::Value::String(r)) => full_match(r).is_ok_and(|re| re.is_match(module)),
-            Some(serde_json::Value::Array(names)) => names
-                .iter()
-                .filter_map(|n| n.as_str())
-                .any(|n| pattern_matches(n, module)),
-            _ => false,
-        }
-    }
-
-    /// PEFT's `layers_to_transform`: an index or a list of layer indices; a
-    /// module outside `model.layers.N` is then never selected.
-    fn layer_selected(&self, module: &str) -> bool {
-        let wanted: Vec<u64> = match self.other.get("layers_to_transform") {
-            None | Some(serde_json::Value::Null) => return true,
-            Some(serde_json::Value::Array(v)) => v.iter().filter_map(|x| x.as_u64()).collect(),
-            Some(v) => v.as_u64().into_iter().collect(),
-        };
-        layer_index(module).is_some_and(|i| wanted.contains(&i))
     }
 
     /// The checks on values that serde's types cannot express.
@@ -239,35 +294,7 @@ impl AdapterConfig {
                 self.lora_dropout
             ));
         }
-        if let TargetModules::Regex(r) = &self.target_modules {
-            if r != "all-linear" {
-                full_match(r).map_err(|e| format!("target_modules regex {r:?}: {e}"))?;
-            }
-        }
-        match self.other.get("exclude_modules") {
-            None | Some(serde_json::Value::Null) => {}
-            Some(serde_json::Value::String(r)) => {
-                full_match(r).map_err(|e| format!("exclude_modules regex {r:?}: {e}"))?;
-            }
-            Some(serde_json::Value::Array(v)) if v.iter().all(|x| x.is_string()) => {}
-            Some(v) => {
-                return Err(format!(
-                    "exclude_modules {v} is not a regex or a list of names"
-                ))
-            }
-        }
-        match self.other.get("layers_to_transform") {
-            None | Some(serde_json::Value::Null) => {}
-            Some(v) if v.as_u64().is_some() => {}
-            Some(serde_json::Value::Array(items)) if items.iter().all(|x| x.as_u64().is_some()) => {
-            }
-            Some(v) => {
-                return Err(format!(
-                    "layers_to_transform {v} is not a layer index or a list of them"
-                ))
-            }
-        }
-        Ok(())
+        self.selector().map(|_| ())
     }
 
     fn check_supported(&self, path: &Path) -> Result<()> {
@@ -454,7 +481,9 @@ impl AdapterWeights {
     /// selected module must have tensors and each tensor a selected module,
     /// and every listed target must exist. Errors name the module or tensor.
     pub fn check_fits(&self, model_linears: &BTreeMap<String, (usize, usize)>) -> Result<()> {
+        self.check_shapes(model_linears)?;
         let c = &self.config;
+        let selector = c.selector().map_err(Error::InvalidArgument)?;
         if let TargetModules::Names(names) = &c.target_modules {
             for name in names {
                 if !model_linears.keys().any(|m| pattern_matches(name, m)) {
@@ -465,29 +494,22 @@ impl AdapterWeights {
                 }
             }
         }
-        for module in self.modules.keys() {
-            if !model_linears.contains_key(module) {
-                return Err(Error::Shape(format!(
-                    "adapter module {module} does not exist in the model (is the adapter for another model?)"
-                )));
-            }
-            if !c.targets(module) {
-                return Err(Error::Shape(format!(
-                    "adapter holds tensors for {module}, which its config does not select ({})",
-                    c.selection()
-                )));
-            }
+        if let Some(module) = self.modules.keys().find(|m| !selector.selects(m)) {
+            return Err(Error::Shape(format!(
+                "adapter holds tensors for {module}, which its config does not select ({})",
+                c.selection()
+            )));
         }
         if let Some(module) = model_linears
             .keys()
-            .find(|m| c.targets(m) && !self.modules.contains_key(*m))
+            .find(|m| selector.selects(m) && !self.modules.contains_key(*m))
         {
             return Err(Error::Shape(format!(
                 "adapter config selects {module} ({}), but the adapter holds no tensors for it",
                 c.selection()
             )));
         }
-        self.check_shapes(model_linears)
+        Ok(())
     }
 
     /// Checks every module's tensors against the model's linear shapes; the
