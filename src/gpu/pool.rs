@@ -120,12 +120,7 @@ impl BufferPool {
                 ));
             }
         }
-        let budget = self.budget(live_after);
-        while self.stats.live_bytes + self.stats.pooled_bytes + class > budget {
-            if !self.evict_oldest() {
-                break;
-            }
-        }
+        self.shrink_to_budget(class);
         Ok(())
     }
 
@@ -147,13 +142,14 @@ impl BufferPool {
             freed_at: self.tick,
         };
         self.recent.entry(size).or_default().push(idle);
-        self.shrink_to_budget();
+        self.shrink_to_budget(0);
     }
 
-    /// Lets idle buffers go, oldest first, until the pool fits its budget.
-    fn shrink_to_budget(&mut self) {
-        let budget = self.budget(self.stats.live_bytes);
-        while self.stats.live_bytes + self.stats.pooled_bytes > budget {
+    /// Lets idle buffers go, oldest first, until the pool fits its budget
+    /// with `extra` more bytes about to be created.
+    fn shrink_to_budget(&mut self, extra: u64) {
+        let budget = self.budget(self.stats.live_bytes + extra);
+        while self.stats.live_bytes + self.stats.pooled_bytes + extra > budget {
             if !self.evict_oldest() {
                 break;
             }
@@ -162,12 +158,10 @@ impl BufferPool {
 
     /// The batch has been submitted: everything freed so far may take uploads.
     pub fn batch_submitted(&mut self) {
+        // Every list stays oldest first (so `pop` takes the most recently
+        // freed): whatever is recent was freed after everything already free.
         for (class, mut bufs) in std::mem::take(&mut self.recent) {
             self.free.entry(class).or_default().append(&mut bufs);
-        }
-        // Oldest first within a class, so `pop` takes the most recently freed.
-        for bufs in self.free.values_mut() {
-            bufs.sort_by_key(|i| i.freed_at);
         }
     }
 
@@ -209,7 +203,7 @@ impl BufferPool {
     /// (one long batch) is not kept for ever.
     pub fn reset_peak(&mut self) {
         self.working_set = self.stats.peak_live_bytes.max(self.stats.live_bytes);
-        self.shrink_to_budget();
+        self.shrink_to_budget(0);
         self.stats.peak_live_bytes = self.stats.live_bytes;
         self.stats.peak_allocated_bytes = self.stats.live_bytes + self.stats.pooled_bytes;
     }
