@@ -289,7 +289,7 @@ pub(crate) fn dora_linear_fused_dropout(
     } = *layer;
     let c = binary_raw(m, norm, BinaryOp::Div, Broadcast::None)?;
     let xd = dropout_raw(x, p, seed)?;
-    let (_, z) = scaled_update(&xd, layer, &c, None)?;
+    let (xa, z) = scaled_update(&xd, layer, &c, None)?;
     let rest = binary_raw(x, &xd, BinaryOp::Sub, Broadcast::None)?;
     drop(xd);
     let y = super::elementwise::copy(&z)?;
@@ -300,17 +300,16 @@ pub(crate) fn dora_linear_fused_dropout(
         None => y,
     };
 
-    let saved = (x.clone(), w.clone(), a.clone(), b.clone(), m.clone(), z);
+    let saved = (x.clone(), w.clone(), a.clone(), b.clone(), m.clone(), z, xa);
     Ok(record(
         y,
         "dora_linear_dropout",
         &[x, a, b, m],
         move |g, needs| {
-            let (x, w, a, b, m, z) = saved;
+            let (x, w, a, b, m, z, xa) = saved;
             let flat = |t: &Tensor| super::reshape(t, &[t.numel() / t.last_dim(), t.last_dim()]);
             let (h, gz) = backward_prep(g, &z, &c, None)?;
             let hb = matmul_raw(&h, &b, NN, 1.0, 0.0, None)?;
-            let xd = dropout_raw(&x, p, seed)?;
             let dx = if needs[0] {
                 // The dropped path's input gradient, masked, plus the undropped base path's.
                 let t = matmul_raw(
@@ -329,12 +328,13 @@ pub(crate) fn dora_linear_fused_dropout(
                 None
             };
             let da = if needs[1] {
+                // The mask again, from its seed: x_d itself was not kept.
+                let xd = dropout_raw(&x, p, seed)?;
                 Some(matmul_raw(&flat(&hb)?, &flat(&xd)?, TN, scale, 0.0, None)?)
             } else {
                 None
             };
             let db = if needs[2] {
-                let xa = matmul_raw(&xd, &a, NT, 1.0, 0.0, None)?;
                 Some(matmul_raw(&flat(&h)?, &flat(&xa)?, TN, scale, 0.0, None)?)
             } else {
                 None
