@@ -95,13 +95,31 @@ pub fn random_examples(
     seq: usize,
     seed: u64,
 ) -> Vec<crate::data::Example> {
+    random_examples_of_lengths(vocab, count, seq + 1..=seq + 1, seed)
+}
+
+/// Random token sequences (every target scored) whose lengths are drawn
+/// from `lengths`, as real data's vary.
+pub fn random_examples_of_lengths(
+    vocab: usize,
+    count: usize,
+    lengths: std::ops::RangeInclusive<usize>,
+    seed: u64,
+) -> Vec<crate::data::Example> {
     let mut rng = crate::nn::Rng::new(seed);
+    let (shortest, spread) = (*lengths.start(), lengths.end() - lengths.start() + 1);
     (0..count)
-        .map(|_| crate::data::Example {
-            ids: (0..=seq)
-                .map(|_| (rng.next_u64() % vocab as u64) as u32)
-                .collect(),
-            scored: (0..=seq).map(|t| t > 0).collect(),
+        .map(|_| {
+            let len = match spread {
+                1 => shortest,
+                _ => shortest + rng.next_u64() as usize % spread,
+            };
+            crate::data::Example {
+                ids: (0..len)
+                    .map(|_| (rng.next_u64() % vocab as u64) as u32)
+                    .collect(),
+                scored: (0..len).map(|t| t > 0).collect(),
+            }
         })
         .collect()
 }
@@ -314,17 +332,8 @@ pub fn memory_over_run(
     use crate::train::{TrainConfig, Trainer};
     let gpu = Gpu::new()?;
     let model = crate::nn::Llama::load(&gpu, model_dir)?;
-    let mut rng = crate::nn::Rng::new(21);
-    let vocab = model.config.vocab_size as u64;
-    let examples = (0..batch * 32)
-        .map(|_| {
-            let len = max_seq_len / 8 + rng.next_u64() as usize % (max_seq_len - max_seq_len / 8);
-            crate::data::Example {
-                ids: (0..len).map(|_| (rng.next_u64() % vocab) as u32).collect(),
-                scored: (0..len).map(|t| t > 0).collect(),
-            }
-        })
-        .collect();
+    let lengths = max_seq_len / 8..=max_seq_len - 1;
+    let examples = random_examples_of_lengths(model.config.vocab_size, batch * 32, lengths, 21);
     let config = TrainConfig {
         method,
         iters: steps,

@@ -8,6 +8,7 @@ use std::ops::ControlFlow;
 use std::path::Path;
 
 use common::{fixture, gpu, temp_dir};
+use dora_wgpu::bench::random_examples_of_lengths;
 use dora_wgpu::data::{read_jsonl, Example};
 use dora_wgpu::io::AdapterWeights;
 use dora_wgpu::nn::Llama;
@@ -487,17 +488,7 @@ fn cancelling_saves_a_checkpoint_and_run_reports_validation() {
 /// pool holds about one step's working set, not every size it has seen.
 #[test]
 fn gpu_memory_stays_flat_over_two_hundred_steps_of_random_lengths() {
-    let mut rng = dora_wgpu::nn::Rng::new(15);
-    let examples: Vec<Example> = (0..64)
-        .map(|_| {
-            let len = 4 + rng.next_u64() as usize % 44;
-            let ids = (0..len)
-                .map(|_| 3 + (rng.next_u64() % 381) as u32)
-                .collect();
-            let scored = (0..len).map(|t| t > 0).collect();
-            Example { ids, scored }
-        })
-        .collect();
+    let examples = random_examples_of_lengths(384, 64, 4..=47, 15);
     let config = TrainConfig {
         rank: 4,
         alpha: 8.0,
@@ -539,7 +530,6 @@ fn gpu_memory_stays_flat_over_two_hundred_steps_of_random_lengths() {
 /// gradient checkpointing and dropout.
 #[test]
 fn the_step_memory_estimate_matches_the_measured_peak() {
-    let mut rng = dora_wgpu::nn::Rng::new(5);
     let mut ratios = Vec::new();
     for (method, batch, seq, grad_checkpoint, dropout) in [
         (Method::Dora, 4, 64, false, 0.0),
@@ -551,14 +541,7 @@ fn the_step_memory_estimate_matches_the_measured_peak() {
         (Method::Lora, 2, 128, false, 0.0),
         (Method::Lora, 2, 128, false, 0.05),
     ] {
-        let examples: Vec<Example> = (0..batch)
-            .map(|_| Example {
-                ids: (0..seq)
-                    .map(|_| 3 + (rng.next_u64() % 381) as u32)
-                    .collect(),
-                scored: (0..seq).map(|t| t > 0).collect(),
-            })
-            .collect();
+        let examples = random_examples_of_lengths(384, batch, seq..=seq, 5);
         let config = TrainConfig {
             method,
             batch_size: batch,
@@ -598,15 +581,7 @@ fn a_step_over_the_memory_limit_is_refused_naming_what_would_fit() {
             max_bytes: Some(12_000_000),
             ..Default::default()
         });
-    let mut rng = dora_wgpu::nn::Rng::new(6);
-    let examples: Vec<Example> = (0..4)
-        .map(|_| Example {
-            ids: (0..128)
-                .map(|_| 3 + (rng.next_u64() % 381) as u32)
-                .collect(),
-            scored: (0..128).map(|t| t > 0).collect(),
-        })
-        .collect();
+    let examples = random_examples_of_lengths(384, 4, 128..=128, 6);
     let config = TrainConfig {
         batch_size: 4,
         max_seq_len: 128,
