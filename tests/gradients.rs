@@ -347,6 +347,38 @@ fn check_against_finite_differences(
     }
 }
 
+/// Sizes of the dropout gradient tests: tokens, in, out, r, p, mask seed.
+const DROPOUT_CASE: (usize, usize, usize, usize, f32, u32) = (5, 7, 6, 3, 0.3, 41);
+
+/// A random base layer with a bias, a random input and adapter options with
+/// dropout, for the DoRA and LoRA dropout gradient tests: (W, bias, x, base, options).
+fn dropout_case(
+    rng: &mut Rng,
+) -> (
+    Vec<f32>,
+    Vec<f32>,
+    Vec<f32>,
+    dora_wgpu::nn::Linear,
+    dora_wgpu::nn::AdapterOptions,
+) {
+    let (tokens, in_f, out_f, r, p, _) = DROPOUT_CASE;
+    let w = random(rng, out_f * in_f);
+    let bias = random(rng, out_f);
+    let x = random(rng, tokens * in_f);
+    let base = dora_wgpu::nn::Linear::new(
+        Tensor::from_f32(gpu(), &w, &[out_f, in_f]).unwrap(),
+        Some(Tensor::from_f32(gpu(), &bias, &[out_f]).unwrap()),
+    )
+    .unwrap();
+    let options = dora_wgpu::nn::AdapterOptions {
+        rank: r,
+        alpha: 6.0,
+        dropout: p,
+        ..Default::default()
+    };
+    (w, bias, x, base, options)
+}
+
 /// The scaled mask the dropout kernel draws for `seed` over `shape`.
 fn dropout_mask(shape: &[usize], p: f32, seed: u32) -> Vec<f64> {
     let n = shape.iter().product();
@@ -413,21 +445,8 @@ fn dora_linear_with_dropout_gradients_match_finite_differences() {
     // and the (c − 1) correction see drop(x)), norm detached, with a bias.
     let gpu = gpu();
     let mut rng = Rng::new(19);
-    let (tokens, in_f, out_f, r, p, seed) = (5, 7, 6, 3, 0.3, 41);
-    let w = random(&mut rng, out_f * in_f);
-    let bias = random(&mut rng, out_f);
-    let x = random(&mut rng, tokens * in_f);
-    let base = dora_wgpu::nn::Linear::new(
-        Tensor::from_f32(gpu, &w, &[out_f, in_f]).unwrap(),
-        Some(Tensor::from_f32(gpu, &bias, &[out_f]).unwrap()),
-    )
-    .unwrap();
-    let options = dora_wgpu::nn::AdapterOptions {
-        rank: r,
-        alpha: 6.0,
-        dropout: p,
-        ..Default::default()
-    };
+    let (tokens, in_f, out_f, r, p, seed) = DROPOUT_CASE;
+    let (w, bias, x, base, options) = dropout_case(&mut rng);
     let layer = dora_wgpu::nn::DoraLinear::new(base, &options, 4).unwrap();
     let b0 = perturb_b(&mut rng, &layer.lora_b);
     let a0 = layer.lora_a.to_vec_f32().unwrap();
@@ -477,21 +496,8 @@ fn lora_linear_with_dropout_gradients_match_finite_differences() {
     // The fused LoRA op: y = x·Wᵀ + bias + s·(drop(x)·Aᵀ)·Bᵀ.
     let gpu = gpu();
     let mut rng = Rng::new(23);
-    let (tokens, in_f, out_f, r, p, seed) = (5, 7, 6, 3, 0.3, 43);
-    let w = random(&mut rng, out_f * in_f);
-    let bias = random(&mut rng, out_f);
-    let x = random(&mut rng, tokens * in_f);
-    let base = dora_wgpu::nn::Linear::new(
-        Tensor::from_f32(gpu, &w, &[out_f, in_f]).unwrap(),
-        Some(Tensor::from_f32(gpu, &bias, &[out_f]).unwrap()),
-    )
-    .unwrap();
-    let options = dora_wgpu::nn::AdapterOptions {
-        rank: r,
-        alpha: 6.0,
-        dropout: p,
-        ..Default::default()
-    };
+    let (tokens, in_f, out_f, r, p, seed) = DROPOUT_CASE;
+    let (w, bias, x, base, options) = dropout_case(&mut rng);
     let layer = dora_wgpu::nn::LoraLinear::new(base, &options, 4).unwrap();
     let b0 = perturb_b(&mut rng, &layer.lora_b);
     let a0 = layer.lora_a.to_vec_f32().unwrap();
