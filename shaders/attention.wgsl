@@ -5,7 +5,8 @@
 //                (the backward of split_heads; with G = 1 its inverse)
 //   causal_softmax: softmax over the last dim of scores [rows, S] where row r
 //                is query t = r % T at absolute position offset + t, and keys
-//                s > offset + t are masked out.
+//                s > offset + t are masked out; with a sliding window w > 0,
+//                so are keys s <= offset + t - w (a query sees its w latest keys).
 
 struct Params {
     batch: u32,
@@ -16,6 +17,7 @@ struct Params {
     keys: u32,
     offset: u32,
     scale: f32,
+    window: u32,
 }
 
 @group(0) @binding(0) var<uniform> p: Params;
@@ -75,10 +77,14 @@ fn causal_softmax(
         return;
     }
     let last = p.offset + row % p.seq; // the last key this query may see
+    var first = 0u; // the first key it may see
+    if (p.window > 0u && last + 1u > p.window) {
+        first = last + 1u - p.window;
+    }
     let base = row * p.keys;
     var m = -3.4028235e38;
     for (var j = lid; j < p.keys; j += ROW_LANES) {
-        if (j <= last) {
+        if (j >= first && j <= last) {
             m = max(m, p.scale * x[base + j]);
         }
     }
@@ -86,7 +92,7 @@ fn causal_softmax(
     var s = 0.0;
     for (var j = lid; j < p.keys; j += ROW_LANES) {
         var e = 0.0;
-        if (j <= last) {
+        if (j >= first && j <= last) {
             e = exp(p.scale * x[base + j] - row_max);
         }
         out[base + j] = e;

@@ -241,7 +241,10 @@ pub fn merged_forward_times(
         ..Default::default()
     };
     fresh.add_adapters(&options, true, &[], 3)?;
-    let all: Vec<&str> = crate::nn::PROJECTIONS.iter().map(|(_, n)| *n).collect();
+    let all: Vec<&str> = crate::nn::projections(&fresh.config)
+        .iter()
+        .map(|(_, n)| *n)
+        .collect();
     let config = crate::io::AdapterConfig::new(8, 16.0, true, &all);
     let mut adapter = fresh.adapter_weights(config)?;
     drop(fresh);

@@ -23,6 +23,7 @@ const LOSS: &str = include_str!("../shaders/loss.wgsl");
 const ADAMW: &str = include_str!("../shaders/adamw.wgsl");
 const EMBEDDING: &str = include_str!("../shaders/embedding.wgsl");
 const ROPE: &str = include_str!("../shaders/rope.wgsl");
+const COLUMNS: &str = include_str!("../shaders/columns.wgsl");
 const ATTENTION: &str = include_str!("../shaders/attention.wgsl");
 const RMSNORM: &str = include_str!("../shaders/rmsnorm.wgsl");
 const BENCH: &str = include_str!("../shaders/bench.wgsl");
@@ -42,6 +43,8 @@ pub enum UnaryOp {
     Scale,
     /// x * sigmoid(x)
     Silu,
+    /// GELU's tanh approximation: 0.5·x·(1 + tanh(√(2/π)·(x + 0.044715·x³)))
+    GeluTanh,
     Square,
     Sqrt,
     Exp,
@@ -56,6 +59,8 @@ pub enum BinaryOp {
     Div,
     /// g * silu'(x): the backward of silu, with g first.
     SiluBackward,
+    /// g * gelu_tanh'(x), with g first.
+    GeluTanhBackward,
     /// The second operand alone: expands a broadcast operand to full shape.
     Right,
 }
@@ -171,6 +176,8 @@ pub enum Kernel {
     AdamW,
     Embedding(DType),
     Rope,
+    /// A band of columns copied between matrices (fused-projection slices).
+    CopyCols,
     SplitHeads,
     MergeHeads,
     CausalSoftmax,
@@ -211,6 +218,7 @@ impl Kernel {
             Kernel::AdamW => "adamw_step",
             Kernel::Embedding(_) => "embedding",
             Kernel::Rope => "rope",
+            Kernel::CopyCols => "copy_cols",
             Kernel::SplitHeads => "split_heads",
             Kernel::MergeHeads => "merge_heads",
             Kernel::CausalSoftmax => "causal_softmax",
@@ -272,7 +280,7 @@ impl Kernel {
             Kernel::AdamW => &[(1, ReadWrite), (2, Read), (3, ReadWrite), (4, ReadWrite)],
             Kernel::Embedding(_) => &[(1, Read), (2, Read), (3, ReadWrite)],
             Kernel::Rope => &[(1, Read), (2, Read), (3, Read), (4, ReadWrite)],
-            Kernel::SplitHeads | Kernel::MergeHeads | Kernel::CausalSoftmax => {
+            Kernel::SplitHeads | Kernel::MergeHeads | Kernel::CausalSoftmax | Kernel::CopyCols => {
                 &[(1, Read), (2, ReadWrite)]
             }
             Kernel::RmsNormForward(_) => &[(1, Read), (2, Read), (4, ReadWrite)],
@@ -350,6 +358,7 @@ impl Kernel {
             Kernel::AdamW => (String::new(), ADAMW),
             Kernel::Embedding(dtype) => (weight_loader("WWord", "load_w", "w", dtype), EMBEDDING),
             Kernel::Rope => (String::new(), ROPE),
+            Kernel::CopyCols => (String::new(), COLUMNS),
             Kernel::SplitHeads | Kernel::MergeHeads | Kernel::CausalSoftmax => {
                 (String::new(), ATTENTION)
             }
@@ -417,11 +426,19 @@ impl Kernel {
         v.push(Kernel::Pack16(DType::BF16));
         v.push(Kernel::Pack16(DType::F16));
         use UnaryOp as U;
-        for op in [U::Scale, U::Silu, U::Square, U::Sqrt, U::Exp] {
+        for op in [U::Scale, U::Silu, U::GeluTanh, U::Square, U::Sqrt, U::Exp] {
             v.push(Kernel::Unary(op));
         }
         use BinaryOp as B;
-        for op in [B::Add, B::Sub, B::Mul, B::Div, B::SiluBackward, B::Right] {
+        for op in [
+            B::Add,
+            B::Sub,
+            B::Mul,
+            B::Div,
+            B::SiluBackward,
+            B::GeluTanhBackward,
+            B::Right,
+        ] {
             for bc in [Broadcast::None, Broadcast::Row, Broadcast::PerRow] {
                 v.push(Kernel::Binary(op, bc));
             }
@@ -442,6 +459,7 @@ impl Kernel {
             Kernel::CrossEntropyBackward,
             Kernel::AdamW,
             Kernel::Rope,
+            Kernel::CopyCols,
             Kernel::SplitHeads,
             Kernel::MergeHeads,
             Kernel::CausalSoftmax,
@@ -658,10 +676,26 @@ fn unpack_pair_fn(dtype: DType) -> String {
     }
 }
 
+/// GELU (tanh approximation) and its derivative. tanh(u) as 1 - 2/(e^2u + 1)
+/// with u clamped, so no backend's tanh overflows to NaN for large |x|.
+const GELU_TANH: &str = "
+const GELU_C: f32 = 0.7978845608028654; // √(2/π)
+fn gelu_tanh_t(x: f32) -> f32 {
+    let u = clamp(GELU_C * (x + 0.044715 * x * x * x), -15.0, 15.0);
+    return 1.0 - 2.0 / (exp(2.0 * u) + 1.0);
+}
+fn gelu_tanh(x: f32) -> f32 { return 0.5 * x * (1.0 + gelu_tanh_t(x)); }
+fn gelu_tanh_grad(x: f32) -> f32 {
+    let t = gelu_tanh_t(x);
+    return 0.5 * (1.0 + t) + 0.5 * x * (1.0 - t * t) * GELU_C * (1.0 + 3.0 * 0.044715 * x * x);
+}
+";
+
 fn elementwise_header(unary: UnaryOp, binary: BinaryOp, bc: Broadcast, w: DType) -> String {
     let unary = match unary {
         UnaryOp::Scale => "p.alpha * x",
         UnaryOp::Silu => "x / (1.0 + exp(-x))",
+        UnaryOp::GeluTanh => "gelu_tanh(x)",
         UnaryOp::Square => "x * x",
         UnaryOp::Sqrt => "sqrt(x)",
         UnaryOp::Exp => "exp(x)",
@@ -672,6 +706,7 @@ fn elementwise_header(unary: UnaryOp, binary: BinaryOp, bc: Broadcast, w: DType)
         BinaryOp::Mul => "a * b",
         BinaryOp::Div => "a / b",
         BinaryOp::SiluBackward => "a * silu_grad(b)",
+        BinaryOp::GeluTanhBackward => "a * gelu_tanh_grad(b)",
         BinaryOp::Right => "b",
     };
     let index = match bc {
@@ -683,7 +718,7 @@ fn elementwise_header(unary: UnaryOp, binary: BinaryOp, bc: Broadcast, w: DType)
         "fn unary(x: f32) -> f32 {{ return {unary}; }}\n\
          fn binary(a: f32, b: f32) -> f32 {{ return {binary}; }}\n\
          fn b_index(i: u32) -> u32 {{ return {index}; }}\n\
-         fn silu_grad(x: f32) -> f32 {{ let s = 1.0 / (1.0 + exp(-x)); return s * (1.0 + x * (1.0 - s)); }}\n{}{}",
+         fn silu_grad(x: f32) -> f32 {{ let s = 1.0 / (1.0 + exp(-x)); return s * (1.0 + x * (1.0 - s)); }}\n{GELU_TANH}{}{}",
         weight_loader("WWord", "load_w", "w", w),
         if w == DType::F16 { F16_ENCODE } else { BF16_ENCODE },
     )

@@ -112,8 +112,9 @@ fn unary_op_gradients() {
     let shape = [3, 5];
     type Op = fn(&Tensor) -> Result<Tensor>;
     type Case = (&'static str, Op, fn(f64) -> f64);
-    let cases: [Case; 4] = [
+    let cases: [Case; 5] = [
         ("silu", ops::silu, |x| x / (1.0 + (-x).exp())),
+        ("gelu_tanh", ops::gelu_tanh, gelu_tanh_ref),
         ("square", ops::square, |x| x * x),
         ("sqrt", ops::sqrt, |x| x.sqrt()),
         ("exp", ops::exp, |x| x.exp()),
@@ -126,6 +127,13 @@ fn unary_op_gradients() {
             |x| x[0].iter().map(|&v| f(v)).collect(),
         );
     }
+    // GELU's curve bends on both sides of 0: check negative inputs too.
+    check_grads(
+        "gelu_tanh (signed inputs)",
+        vec![rand_input(&mut rng, &shape)],
+        |p| ops::gelu_tanh(&p[0]),
+        |x| x[0].iter().map(|&v| gelu_tanh_ref(v)).collect(),
+    );
     check_grads(
         "scale",
         vec![rand_input(&mut rng, &shape)],

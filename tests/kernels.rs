@@ -307,8 +307,9 @@ fn elementwise_ops_and_broadcasts_match_f64() {
             assert_close(&format!("{name} b{shape:?}"), &got, &want, 1e-6, 1e-6);
         }
     }
-    let unary: [UnaryCase; 3] = [
+    let unary: [UnaryCase; 4] = [
         ("silu", ops::silu, |x| x / (1.0 + (-x).exp())),
+        ("gelu_tanh", ops::gelu_tanh, gelu_tanh_ref),
         ("square", ops::square, |x| x * x),
         ("exp", ops::exp, |x| x.exp()),
     ];

@@ -1,26 +1,66 @@
-//! Llama-family models against transformers + PEFT (tests/fixtures/models,
-//! written by tools/gen_fixtures.py): logits with and without a DoRA
-//! adapter, the NLL behind `eval`, greedy generation, the KV cache, merging.
+//! Llama-family models against transformers + PEFT (tests/fixtures/models:
+//! tiny-llama and tiny-qwen2 in reference.json, written by
+//! tools/gen_fixtures.py; tiny-llama3 (llama3 RoPE), tiny-qwen3 (q/k norms,
+//! bf16), tiny-gemma3 (sliding windows, GeGLU, 1 + w norms) and tiny-phi3
+//! (fused qkv and gate_up projections) in families.json, written by
+//! tools/gen_family_fixtures.py): logits with and
+//! without a DoRA adapter, the NLL behind `eval`, greedy generation, the KV
+//! cache, merging.
 
 mod common;
 
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
+use std::sync::OnceLock;
 
 use common::*;
-use dora_wgpu::io::{read_safetensors, AdapterWeights};
+use dora_wgpu::io::{read_safetensors, AdapterWeights, HostTensor};
 use dora_wgpu::nn::Llama;
 use dora_wgpu::{no_grad, DType, Tensor};
 use serde_json::Value;
 
-const MODELS: [&str; 2] = ["tiny-llama", "tiny-qwen2"];
+/// Each tiny model with the fixture file that holds its reference numbers.
+const MODELS: [(&str, &str); 6] = [
+    ("reference", "tiny-llama"),
+    ("reference", "tiny-qwen2"),
+    ("families", "tiny-llama3"),
+    ("families", "tiny-qwen3"),
+    ("families", "tiny-gemma3"),
+    ("families", "tiny-phi3"),
+];
 
 fn models_dir() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/models")
 }
 
+/// A fixture file's JSON and tensors, read once per test binary.
+struct Reference {
+    json: Value,
+    tensors: BTreeMap<String, HostTensor>,
+}
+
+fn read_reference(stem: &str) -> Reference {
+    let dir = models_dir();
+    Reference {
+        json: serde_json::from_str(
+            &std::fs::read_to_string(dir.join(format!("{stem}.json"))).unwrap(),
+        )
+        .unwrap(),
+        tensors: read_safetensors(&dir.join(format!("{stem}.safetensors"))).unwrap(),
+    }
+}
+
+fn reference_file(stem: &str) -> &'static Reference {
+    static REFERENCE: OnceLock<Reference> = OnceLock::new();
+    static FAMILIES: OnceLock<Reference> = OnceLock::new();
+    match stem {
+        "reference" => REFERENCE.get_or_init(|| read_reference(stem)),
+        _ => FAMILIES.get_or_init(|| read_reference(stem)),
+    }
+}
+
 fn reference() -> Value {
-    serde_json::from_str(&std::fs::read_to_string(models_dir().join("reference.json")).unwrap())
-        .unwrap()
+    reference_file("reference").json.clone()
 }
 
 fn load(model: &str, adapter: bool) -> Llama {
@@ -69,9 +109,8 @@ fn configs_load_in_both_rope_layouts_and_dtypes() {
 
 #[test]
 fn logits_match_transformers_with_and_without_adapter() {
-    let r = reference();
-    let tensors = read_safetensors(&models_dir().join("reference.safetensors")).unwrap();
-    for model in MODELS {
+    for (stem, model) in MODELS {
+        let Reference { json: r, tensors } = reference_file(stem);
         let ids = ids_of(&r["logits"][model]["ids"]);
         for adapter in [false, true] {
             let m = load(model, adapter);
@@ -94,8 +133,8 @@ fn logits_match_transformers_with_and_without_adapter() {
 
 #[test]
 fn nll_over_the_eval_file_matches_transformers() {
-    let r = reference();
-    for model in MODELS {
+    for (stem, model) in MODELS {
+        let r = &reference_file(stem).json;
         for (adapter, key) in [(false, "none"), (true, "dora")] {
             let m = load(model, adapter);
             let (mut total, mut count) = (0.0, 0);
@@ -164,8 +203,8 @@ fn greedy(m: &Llama, prompt: &[i32], new_tokens: usize) -> Vec<i32> {
 
 #[test]
 fn greedy_generation_with_kv_cache_reproduces_transformers() {
-    let r = reference();
-    for model in MODELS {
+    for (stem, model) in MODELS {
+        let r = &reference_file(stem).json;
         for (adapter, key) in [(false, "none"), (true, "dora")] {
             let m = load(model, adapter);
             let g = &r["generate"][model][key];
@@ -211,15 +250,14 @@ fn kv_cache_path_equals_the_full_forward() {
 
 #[test]
 fn merged_weights_match_peft_merge_and_unload() {
-    let r = reference();
-    let tensors = read_safetensors(&models_dir().join("reference.safetensors")).unwrap();
-    for model in MODELS {
+    for (stem, model) in MODELS {
+        let Reference { json: r, tensors } = reference_file(stem);
         let m = load(model, true);
         let merged = m.merged_weights().unwrap();
-        let dtype = if model == "tiny-qwen2" {
-            DType::BF16
-        } else {
-            DType::F32
+        let dtype = match r["merged"][model]["dtype"].as_str().unwrap() {
+            "bfloat16" => DType::BF16,
+            "float32" => DType::F32,
+            other => panic!("{model}: merged dtype {other}"),
         };
         let mut checked = 0;
         for name in r["merged"][model]["params"]
@@ -240,7 +278,13 @@ fn merged_weights_match_peft_merge_and_unload() {
             assert!(e < tol, "{model} {name}: merged weight differs by {e:e}");
             checked += 1;
         }
-        assert_eq!(checked, 14, "{model}: 7 projections × 2 layers");
+        let layers = m.config.num_hidden_layers;
+        let per_layer = m.layers[0].projections.len();
+        assert_eq!(
+            checked,
+            per_layer * layers,
+            "{model}: {per_layer} projections × {layers} layers"
+        );
     }
 }
 
@@ -393,5 +437,116 @@ fn gradient_checkpointing_gives_the_same_gradients_in_less_memory() {
     assert!(
         (checkpoint_peak as f64) < 0.8 * plain_peak as f64,
         "checkpointing should hold less: {checkpoint_peak} vs {plain_peak} bytes"
+    );
+}
+
+/// PEFT's own DoRA training on tiny-gemma3 (GeGLU, sandwich norms, sliding
+/// windows), step for step: the same initial adapter, full-batch AdamW on the
+/// eval text lines, the same losses and the same adapter after four steps.
+#[test]
+fn training_steps_on_gemma3_match_peft() {
+    use dora_wgpu::optim::{AdamW, AdamWConfig};
+    let Reference { json: r, tensors } = reference_file("families");
+    let t = &r["train_steps"]["tiny-gemma3"];
+    let mut m = Llama::load(gpu(), &models_dir().join("tiny-gemma3")).unwrap();
+    let init = AdapterWeights::load(&models_dir().join("tiny-gemma3-dora-init")).unwrap();
+    m.attach_adapter(&init).unwrap();
+    // The sequences right-padded into one batch; padding is never a target,
+    // and causal attention keeps it out of the real positions.
+    let seqs: Vec<Vec<i32>> = t["data"]["sequences"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(ids_of)
+        .collect();
+    let len = seqs.iter().map(|s| s.len() - 1).max().unwrap();
+    let (mut inputs, mut targets) = (Vec::new(), Vec::new());
+    for s in &seqs {
+        let n = s.len() - 1;
+        inputs.extend(
+            s[..n]
+                .iter()
+                .copied()
+                .chain(std::iter::repeat_n(0, len - n)),
+        );
+        targets.extend(
+            s[1..]
+                .iter()
+                .copied()
+                .chain(std::iter::repeat_n(dora_wgpu::ops::IGNORE_INDEX, len - n)),
+        );
+    }
+    let x = Tensor::from_i32(gpu(), &inputs, &[seqs.len(), len]).unwrap();
+    let loss_of = |m: &Llama| {
+        let h = dora_wgpu::ops::reshape(
+            &m.forward_hidden(&x, None).unwrap(),
+            &[seqs.len() * len, m.config.hidden_size],
+        )
+        .unwrap();
+        dora_wgpu::ops::lm_head_cross_entropy(&h, &m.embed_tokens, &targets, 16).unwrap()
+    };
+    let o = &t["optimizer"];
+    let f = |v: &Value| v.as_f64().unwrap() as f32;
+    let mut opt = AdamW::new(
+        m.parameters(),
+        AdamWConfig {
+            lr: f(&o["lr"]),
+            beta1: f(&o["betas"][0]),
+            beta2: f(&o["betas"][1]),
+            eps: f(&o["eps"]),
+            weight_decay: f(&o["weight_decay"]),
+        },
+    )
+    .unwrap();
+    let want: Vec<f64> = t["losses"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v.as_f64().unwrap())
+        .collect();
+    for (step, want) in want.iter().enumerate() {
+        opt.zero_grad();
+        let loss = loss_of(&m);
+        let got = loss.item().unwrap() as f64;
+        eprintln!("step {step}: loss {got:.6} vs PEFT {want:.6}");
+        assert!(
+            (got - want).abs() < 2e-5 * want,
+            "step {step}: {got} vs {want}"
+        );
+        loss.backward().unwrap();
+        opt.step().unwrap();
+    }
+    let after = {
+        let _g = no_grad();
+        loss_of(&m).item().unwrap() as f64
+    };
+    let want_after = t["loss_after"].as_f64().unwrap();
+    assert!(
+        (after - want_after).abs() < 2e-5 * want_after,
+        "{after} vs {want_after}"
+    );
+    // Every adapter tensor after the steps, as PEFT saved it. Adam divides
+    // by √v, so entries whose gradients are near zero amplify f32 rounding:
+    // a bound relative to each tensor's scale, not per entry.
+    let prefix = t["prefix"].as_str().unwrap();
+    let named = m.named_parameters();
+    assert_eq!(named.len(), t["keys"].as_array().unwrap().len());
+    let mut worst = (0.0, String::new());
+    for (name, tensor) in named {
+        let key = format!("{prefix}base_model.model.{name}");
+        let e = rel_err(&tensor.to_vec_f32().unwrap(), &tensors[&key].to_f32());
+        if e > worst.0 {
+            worst = (e, name);
+        }
+    }
+    eprintln!(
+        "adapter after 4 steps: worst relative error {:.2e} ({})",
+        worst.0, worst.1
+    );
+    assert!(
+        worst.0 < 1e-3,
+        "{}: differs from PEFT by {:e}",
+        worst.1,
+        worst.0
     );
 }

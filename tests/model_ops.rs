@@ -1,12 +1,12 @@
 //! The decoder's ops — embedding, RMSNorm, RoPE, head split/merge, causal
-//! softmax and attention, row slicing — against f64 CPU references, and their
+//! softmax and attention, row and column slicing — against f64 CPU references, and their
 //! backward rules against finite differences of those references.
 
 mod common;
 
 use common::*;
 use dora_wgpu::nn::Rng;
-use dora_wgpu::ops::{self, RopeTables};
+use dora_wgpu::ops::{self, AttentionHeads, RopeTables};
 use dora_wgpu::{DType, Tensor};
 
 fn rms_norm_ref(x: &[f64], w: &[f64], eps: f64) -> Vec<f64> {
@@ -19,7 +19,9 @@ fn rms_norm_ref(x: &[f64], w: &[f64], eps: f64) -> Vec<f64> {
         .collect()
 }
 
-/// rotate_half RoPE on [B, T, H*D] at positions offset.., angles as transformers computes them.
+/// rotate_half RoPE on [B, T, H*D] at positions offset.., rotating the first
+/// `2 * inv_freq.len()` dimensions of each head (the rest pass through),
+/// angles as transformers computes them.
 fn rope_ref(
     x: &[f64],
     batch: usize,
@@ -27,16 +29,15 @@ fn rope_ref(
     heads: usize,
     d: usize,
     offset: usize,
-    theta: f32,
+    inv_freq: &[f32],
 ) -> Vec<f64> {
-    let half = d / 2;
+    let half = inv_freq.len();
     let mut out = x.to_vec();
     for b in 0..batch {
         for t in 0..seq {
             for h in 0..heads {
                 let base = ((b * seq + t) * heads + h) * d;
-                for k in 0..half {
-                    let inv = 1.0 / theta.powf((2 * k) as f32 / d as f32);
+                for (k, inv) in inv_freq.iter().enumerate() {
                     let angle = ((offset + t) as f32 * inv) as f64;
                     let (c, s) = (angle.cos(), angle.sin());
                     let (x1, x2) = (x[base + k], x[base + k + half]);
@@ -49,7 +50,8 @@ fn rope_ref(
     out
 }
 
-/// Causal GQA attention in f64: q [B, T, H*D], k, v [B, S, Hkv*D], queries at offset + t.
+/// Causal GQA attention in f64: q [B, T, H*D], k, v [B, S, Hkv*D], queries
+/// at offset + t, scores × `heads.scale`, each query seeing its `heads.window` latest keys.
 #[allow(clippy::too_many_arguments)]
 fn attention_ref(
     q: &[f64],
@@ -58,11 +60,11 @@ fn attention_ref(
     b: usize,
     t: usize,
     s: usize,
-    h: usize,
-    hkv: usize,
+    heads: AttentionHeads,
     d: usize,
     offset: usize,
 ) -> Vec<f64> {
+    let (h, hkv) = (heads.heads, heads.kv_heads);
     let mut out = vec![0.0; b * t * h * d];
     let g = h / hkv;
     for bi in 0..b {
@@ -71,15 +73,16 @@ fn attention_ref(
             for ti in 0..t {
                 let qv = &q[((bi * t + ti) * h + hi) * d..][..d];
                 let visible = offset + ti + 1;
-                let scores: Vec<f64> = (0..visible)
+                let first = heads.window.map_or(0, |w| visible.saturating_sub(w));
+                let scores: Vec<f64> = (first..visible)
                     .map(|si| {
                         let kv = &k[((bi * s + si) * hkv + kh) * d..][..d];
-                        qv.iter().zip(kv).map(|(a, b)| a * b).sum::<f64>() / (d as f64).sqrt()
+                        qv.iter().zip(kv).map(|(a, b)| a * b).sum::<f64>() * heads.scale as f64
                     })
                     .collect();
                 let m = scores.iter().cloned().fold(f64::NEG_INFINITY, f64::max);
                 let z: f64 = scores.iter().map(|x| (x - m).exp()).sum();
-                for (si, sc) in scores.iter().enumerate() {
+                for (si, sc) in (first..).zip(&scores) {
                     let p = (sc - m).exp() / z;
                     let vv = &v[((bi * s + si) * hkv + kh) * d..][..d];
                     for di in 0..d {
@@ -152,12 +155,35 @@ fn rms_norm_forward_and_gradient() {
 fn rope_forward_and_gradient() {
     let mut rng = Rng::new(3);
     let (b, t, h, d, offset, theta) = (2, 5, 3, 8, 4, 10000.0f32);
+    let inv: Vec<f32> = (0..d / 2)
+        .map(|k| 1.0 / theta.powf((2 * k) as f32 / d as f32))
+        .collect();
     let tables = RopeTables::new(gpu(), theta, d, 16).unwrap();
     check_grads(
         "rope",
         vec![rand_input(&mut rng, &[b, t, h * d])],
         move |p| ops::rope(&p[0], h, offset, &tables),
-        move |x| rope_ref(&x[0], b, t, h, d, offset, theta),
+        move |x| rope_ref(&x[0], b, t, h, d, offset, &inv),
+    );
+    // Partial rotary (Phi-3): the first 4 of 8 dimensions rotate, with
+    // cos and sin scaled as YaRN and LongRoPE scale them.
+    let inv = [0.9f32, 0.05];
+    let scaling = 1.25;
+    let tables = RopeTables::from_inv_freq(gpu(), &inv, scaling, d, 16).unwrap();
+    check_grads(
+        "partial rope",
+        vec![rand_input(&mut rng, &[b, t, h * d])],
+        move |p| ops::rope(&p[0], h, offset, &tables),
+        move |x| {
+            // Scaling cos and sin by s scales the rotated dimensions by s.
+            let mut y = rope_ref(&x[0], b, t, h, d, offset, &inv);
+            for (i, v) in y.iter_mut().enumerate() {
+                if i % d < 2 * inv.len() {
+                    *v *= scaling as f64;
+                }
+            }
+            y
+        },
     );
 }
 
@@ -206,7 +232,7 @@ fn causal_softmax_masks_the_future_and_differentiates() {
     check_grads(
         "causal_softmax",
         vec![rand_input(&mut rng, &[rows, t, s])],
-        move |p| ops::causal_softmax(&p[0], scale, offset),
+        move |p| ops::causal_softmax(&p[0], scale, offset, None),
         move |x| {
             let mut out = Vec::new();
             for (r, row) in x[0].chunks(s).enumerate() {
@@ -243,8 +269,37 @@ fn causal_gqa_attention_matches_f64_and_differentiates() {
             rand_input(&mut rng, &[b, t, hkv * d]),
             rand_input(&mut rng, &[b, t, hkv * d]),
         ],
-        move |p| ops::causal_attention(&p[0], &p[1], &p[2], h, hkv, 0),
-        move |x| attention_ref(&x[0], &x[1], &x[2], b, t, t, h, hkv, d, 0),
+        move |p| ops::causal_attention(&p[0], &p[1], &p[2], AttentionHeads::causal(h, hkv, d), 0),
+        move |x| {
+            attention_ref(
+                &x[0],
+                &x[1],
+                &x[2],
+                b,
+                t,
+                t,
+                AttentionHeads::causal(h, hkv, d),
+                d,
+                0,
+            )
+        },
+    );
+    // Gemma's layout: its own score scale and a window shorter than the sequence.
+    let (t, window) = (6, 3);
+    let heads = AttentionHeads {
+        scale: 0.37,
+        window: Some(window),
+        ..AttentionHeads::causal(h, hkv, d)
+    };
+    check_grads(
+        "sliding-window attention",
+        vec![
+            rand_input(&mut rng, &[b, t, h * d]),
+            rand_input(&mut rng, &[b, t, hkv * d]),
+            rand_input(&mut rng, &[b, t, hkv * d]),
+        ],
+        move |p| ops::causal_attention(&p[0], &p[1], &p[2], heads, 0),
+        move |x| attention_ref(&x[0], &x[1], &x[2], b, t, t, heads, d, 0),
     );
     // Queries after a cached prefix: 2 new positions against 5 keys.
     let (tq, s) = (2, 5);
@@ -256,8 +311,7 @@ fn causal_gqa_attention_matches_f64_and_differentiates() {
         &Tensor::from_f32(gpu, &q, &[1, tq, h * d]).unwrap(),
         &Tensor::from_f32(gpu, &k, &[1, s, hkv * d]).unwrap(),
         &Tensor::from_f32(gpu, &v, &[1, s, hkv * d]).unwrap(),
-        h,
-        hkv,
+        AttentionHeads::causal(h, hkv, d),
         s - tq,
     )
     .unwrap();
@@ -268,13 +322,43 @@ fn causal_gqa_attention_matches_f64_and_differentiates() {
         1,
         tq,
         s,
-        h,
-        hkv,
+        AttentionHeads::causal(h, hkv, d),
         d,
         s - tq,
     );
     assert_close(
         "attention with offset",
+        &out.to_vec_f32().unwrap(),
+        &want,
+        1e-5,
+        1e-6,
+    );
+    // The same after a cache, with a window: the earliest keys drop out.
+    let windowed = AttentionHeads {
+        window: Some(2),
+        ..AttentionHeads::causal(h, hkv, d)
+    };
+    let out = ops::causal_attention(
+        &Tensor::from_f32(gpu, &q, &[1, tq, h * d]).unwrap(),
+        &Tensor::from_f32(gpu, &k, &[1, s, hkv * d]).unwrap(),
+        &Tensor::from_f32(gpu, &v, &[1, s, hkv * d]).unwrap(),
+        windowed,
+        s - tq,
+    )
+    .unwrap();
+    let want = attention_ref(
+        &to_f64(&q),
+        &to_f64(&k),
+        &to_f64(&v),
+        1,
+        tq,
+        s,
+        windowed,
+        d,
+        s - tq,
+    );
+    assert_close(
+        "windowed attention with offset",
         &out.to_vec_f32().unwrap(),
         &want,
         1e-5,
@@ -293,4 +377,12 @@ fn slicing_rows_copies_and_routes_gradients_back() {
     );
     let t = Tensor::from_f32(gpu(), &[0.0; 6], &[3, 2]).unwrap();
     assert!(ops::slice_rows(&t, 2, 2).is_err());
+    // Columns, as q, k, v come out of a fused qkv projection.
+    check_grads(
+        "slice_cols",
+        vec![rand_input(&mut rng, &[2, 3, 7])],
+        |p| ops::slice_cols(&p[0], 2, 4),
+        |x| x[0].chunks(7).flat_map(|row| row[2..6].to_vec()).collect(),
+    );
+    assert!(ops::slice_cols(&t, 1, 2).is_err());
 }

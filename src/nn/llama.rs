@@ -1,6 +1,10 @@
-//! A Llama-family decoder (Llama 2/3, SmolLM/SmolLM2, TinyLlama, Qwen2,
-//! Mistral) loaded from a Hugging Face directory, with LoRA/DoRA adapters on
-//! its seven projections and a KV cache for generation.
+//! A Llama-family decoder (Llama 2/3.x, SmolLM/SmolLM2, TinyLlama, Qwen2,
+//! Qwen3, Mistral, Gemma 3 text) loaded from a Hugging Face directory, with
+//! LoRA/DoRA adapters on its seven projections and a KV cache for generation.
+//! The families differ in a few switches of [`ModelConfig`]: Qwen3 and
+//! Gemma 3 normalise q and k per head, Gemma 3 scales norms by `1 + w`,
+//! normalises each block's output, gates with GELU and mixes sliding-window
+//! layers (with their own RoPE) among full ones.
 //!
 //! Frozen weights stay in their stored dtype (f32, bf16 or f16) on the GPU.
 
@@ -13,12 +17,13 @@ use super::lora::{AdapterOptions, LoraLinear};
 use crate::autograd::{checkpoint, no_grad};
 use crate::error::{arg_err, shape_err, Error, Result};
 use crate::gpu::Gpu;
-use crate::io::hf::{MappedWeights, ModelConfig};
+use crate::io::hf::{Activation, MappedWeights, ModelConfig, RopeConfig};
 use crate::io::{AdapterConfig, AdapterWeights, TensorRef};
-use crate::ops::{self, RopeTables, Transpose};
+use crate::ops::{self, AttentionHeads, RopeTables, Transpose};
 use crate::tensor::{DType, Tensor};
 
-/// The seven adaptable projections of each decoder layer, with their parent module.
+/// The seven adaptable projections of a Llama-layout decoder layer, with
+/// their parent module.
 pub const PROJECTIONS: [(&str, &str); 7] = [
     ("self_attn", "q_proj"),
     ("self_attn", "k_proj"),
@@ -28,6 +33,24 @@ pub const PROJECTIONS: [(&str, &str); 7] = [
     ("mlp", "up_proj"),
     ("mlp", "down_proj"),
 ];
+
+/// Phi-3's four: q, k, v in one `qkv_proj`, gate and up in one `gate_up_proj`.
+pub const FUSED_PROJECTIONS: [(&str, &str); 4] = [
+    ("self_attn", "qkv_proj"),
+    ("self_attn", "o_proj"),
+    ("mlp", "gate_up_proj"),
+    ("mlp", "down_proj"),
+];
+
+/// The projections of a model with this config, in the order
+/// [`DecoderLayer::projections`] holds them.
+pub fn projections(c: &ModelConfig) -> &'static [(&'static str, &'static str)] {
+    if c.fused_projections {
+        &FUSED_PROJECTIONS
+    } else {
+        &PROJECTIONS
+    }
+}
 
 /// A linear projection, frozen or carrying an adapter.
 #[derive(Clone, Debug)]
@@ -81,11 +104,20 @@ impl Projection {
     }
 }
 
+/// One decoder layer's frozen norms and its projections. Norm weights are
+/// held as the factor they multiply by (Gemma's `1 + w` already added).
 #[derive(Clone, Debug)]
 pub struct DecoderLayer {
     pub input_norm: Tensor,
+    /// Llama: the norm before the MLP. Gemma: the norm of the attention
+    /// output, before its residual add.
     pub post_attention_norm: Tensor,
-    /// q, k, v, o, gate, up, down — in [`PROJECTIONS`] order.
+    /// Gemma: the norms before and after the MLP.
+    pub feedforward_norms: Option<(Tensor, Tensor)>,
+    /// Qwen3, Gemma 3: RMSNorm over each head of q and of k ([head_dim]).
+    pub qk_norms: Option<(Tensor, Tensor)>,
+    /// q, k, v, o, gate, up, down in [`PROJECTIONS`] order, or Phi-3's
+    /// [`FUSED_PROJECTIONS`].
     pub projections: Vec<Projection>,
 }
 
@@ -132,18 +164,32 @@ pub struct Llama {
     /// layer during backward: less memory for long sequences, one more forward.
     pub grad_checkpoint: bool,
     rope: RopeTables,
+    /// Gemma 3's sliding-window layers rotate with their own tables.
+    sliding_rope: Option<RopeTables>,
+    /// LongRoPE: the tables for forwards that end past this many positions.
+    long_rope: Option<(usize, RopeTables)>,
 }
 
 /// What a decoder layer's forward needs besides the layer and its input.
 #[derive(Clone)]
 struct LayerContext {
-    heads: usize,
-    kv_heads: usize,
+    attention: AttentionHeads,
+    head_dim: usize,
+    /// Phi-3: qkv and gate_up come out of one projection each.
+    fused: bool,
     eps: f32,
+    activation: Activation,
     /// Position of the first token (earlier ones are in the KV cache).
     offset: usize,
     rope: RopeTables,
     dropout_seed: Option<u32>,
+}
+
+/// RMSNorm over each head_dim-wide head of x [B, T, heads * head_dim].
+fn per_head_norm(x: &Tensor, weight: &Tensor, head_dim: usize, eps: f32) -> Result<Tensor> {
+    let shape = x.shape().to_vec();
+    let heads = ops::reshape(x, &[x.numel() / head_dim, head_dim])?;
+    ops::reshape(&ops::rms_norm(&heads, weight, eps)?, &shape)
 }
 
 /// One decoder layer: attention and MLP blocks, each with its residual.
@@ -158,37 +204,105 @@ fn decoder_layer(
     let project = |j: usize, x: &Tensor| match ctx.dropout_seed {
         None => layer.projections[j].forward(x),
         Some(seed) => {
-            let module = (li * PROJECTIONS.len() + j) as u32;
+            let module = (li * layer.projections.len() + j) as u32;
             let module_seed = seed.wrapping_mul(0x9E37_79B9).wrapping_add(module);
             layer.projections[j].forward_train(x, module_seed)
         }
     };
-    let (heads, kv_heads, offset) = (ctx.heads, ctx.kv_heads, ctx.offset);
-    let h = ops::rms_norm(x, &layer.input_norm, ctx.eps)?;
-    let q = ops::rope(&project(0, &h)?, heads, offset, &ctx.rope)?;
-    let k = ops::rope(&project(1, &h)?, kv_heads, offset, &ctx.rope)?;
-    let v = project(2, &h)?;
+    let (heads, offset, eps) = (ctx.attention, ctx.offset, ctx.eps);
+    // Where o, gate and down sit among the projections.
+    let (o, gate_up, down) = if ctx.fused { (1, 2, 3) } else { (3, 4, 6) };
+    let h = ops::rms_norm(x, &layer.input_norm, eps)?;
+    let (mut q, mut k, v) = if ctx.fused {
+        let qkv = project(0, &h)?;
+        let (qw, kvw) = (heads.heads * ctx.head_dim, heads.kv_heads * ctx.head_dim);
+        (
+            ops::slice_cols(&qkv, 0, qw)?,
+            ops::slice_cols(&qkv, qw, kvw)?,
+            ops::slice_cols(&qkv, qw + kvw, kvw)?,
+        )
+    } else {
+        (project(0, &h)?, project(1, &h)?, project(2, &h)?)
+    };
+    if let Some((q_norm, k_norm)) = &layer.qk_norms {
+        q = per_head_norm(&q, q_norm, ctx.head_dim, eps)?;
+        k = per_head_norm(&k, k_norm, ctx.head_dim, eps)?;
+    }
+    let q = ops::rope(&q, heads.heads, offset, &ctx.rope)?;
+    let k = ops::rope(&k, heads.kv_heads, offset, &ctx.rope)?;
     let attn = match kv {
-        None => ops::causal_attention(&q, &k, &v, heads, kv_heads, 0)?,
+        None => ops::causal_attention(&q, &k, &v, heads, 0)?,
         Some((kc, vc)) => {
             let (k_all, v_all) = (append(kc, &k, offset)?, append(vc, &v, offset)?);
-            ops::causal_attention(&q, &k_all, &v_all, heads, kv_heads, offset)?
+            ops::causal_attention(&q, &k_all, &v_all, heads, offset)?
         }
     };
-    let x = ops::add(x, &project(3, &attn)?)?;
-    let h = ops::rms_norm(&x, &layer.post_attention_norm, ctx.eps)?;
-    let gated = ops::mul(&ops::silu(&project(4, &h)?)?, &project(5, &h)?)?;
-    ops::add(&x, &project(6, &gated)?)
+    let attn = project(o, &attn)?;
+    let (x, h) = match &layer.feedforward_norms {
+        None => {
+            let x = ops::add(x, &attn)?;
+            let h = ops::rms_norm(&x, &layer.post_attention_norm, eps)?;
+            (x, h)
+        }
+        Some((pre, _)) => {
+            let x = ops::add(x, &ops::rms_norm(&attn, &layer.post_attention_norm, eps)?)?;
+            let h = ops::rms_norm(&x, pre, eps)?;
+            (x, h)
+        }
+    };
+    let (gate, up) = if ctx.fused {
+        let both = project(gate_up, &h)?;
+        let f = both.last_dim() / 2;
+        (ops::slice_cols(&both, 0, f)?, ops::slice_cols(&both, f, f)?)
+    } else {
+        (project(gate_up, &h)?, project(gate_up + 1, &h)?)
+    };
+    let gate = match ctx.activation {
+        Activation::Silu => ops::silu(&gate)?,
+        Activation::GeluTanh => ops::gelu_tanh(&gate)?,
+    };
+    let mlp = project(down, &ops::mul(&gate, &up)?)?;
+    match &layer.feedforward_norms {
+        None => ops::add(&x, &mlp),
+        Some((_, post)) => ops::add(&x, &ops::rms_norm(&mlp, post, eps)?),
+    }
 }
 
-/// The `[out, in]` shapes of one decoder layer's seven projections.
-fn projection_shapes(c: &ModelConfig) -> [[usize; 2]; 7] {
+/// The names of one layer's norm weights (after `model.layers.{i}.`), in
+/// the order [`DecoderLayer`] holds them: input, post-attention, then
+/// Gemma's pre/post feed-forward pair, then the q/k pair.
+fn norm_names(c: &ModelConfig) -> Vec<&'static str> {
+    let mut names = vec!["input_layernorm", "post_attention_layernorm"];
+    if c.gemma_norms {
+        names.extend(["pre_feedforward_layernorm", "post_feedforward_layernorm"]);
+    }
+    if c.qk_norm {
+        names.extend(["self_attn.q_norm", "self_attn.k_norm"]);
+    }
+    names
+}
+
+/// The length of a layer norm's weight: head_dim for the per-head q/k norms.
+fn norm_len(c: &ModelConfig, name: &str) -> usize {
+    if name.starts_with("self_attn.") {
+        c.head_dim
+    } else {
+        c.hidden_size
+    }
+}
+
+/// The `[out, in]` shapes of one decoder layer's projections, in [`projections`] order.
+fn projection_shapes(c: &ModelConfig) -> Vec<[usize; 2]> {
     let (q, kv) = (
         c.num_attention_heads * c.head_dim,
         c.num_key_value_heads * c.head_dim,
     );
     let (d, f) = (c.hidden_size, c.intermediate_size);
-    [[q, d], [kv, d], [kv, d], [d, q], [f, d], [f, d], [d, f]]
+    if c.fused_projections {
+        vec![[q + 2 * kv, d], [d, q], [2 * f, d], [d, f]]
+    } else {
+        vec![[q, d], [kv, d], [kv, d], [d, q], [f, d], [f, d], [d, f]]
+    }
 }
 
 /// Checks `config.json` against the tensors the weight files hold (`held`:
@@ -237,10 +351,10 @@ pub fn check_weights_fit(
     }
     for i in 0..c.num_hidden_layers {
         let p = format!("model.layers.{i}");
-        for norm in ["input_layernorm", "post_attention_layernorm"] {
-            expected.push((format!("{p}.{norm}.weight"), vec![c.hidden_size]));
+        for norm in norm_names(c) {
+            expected.push((format!("{p}.{norm}.weight"), vec![norm_len(c, norm)]));
         }
-        for ((parent, name), shape) in PROJECTIONS.iter().zip(projection_shapes(c)) {
+        for ((parent, name), shape) in projections(c).iter().zip(projection_shapes(c)) {
             expected.push((format!("{p}.{parent}.{name}.weight"), shape.to_vec()));
         }
     }
@@ -299,12 +413,26 @@ impl Llama {
         check_weights_fit(&config, dir, &w.shapes())?;
         let c = &config;
         let up = |t: TensorRef| t.to_gpu(gpu);
+        // Gemma's norms multiply by 1 + w: hold that factor, in f32 as transformers computes it.
+        let norm = |name: &str| {
+            let t = take(&w, name, dir)?;
+            if !c.gemma_norms {
+                return up(t);
+            }
+            let host = crate::io::HostTensor {
+                dtype: t.dtype,
+                shape: t.shape.to_vec(),
+                bytes: t.bytes.to_vec(),
+            };
+            let plus_one: Vec<f32> = host.to_f32().iter().map(|v| 1.0 + v).collect();
+            Tensor::from_f32(gpu, &plus_one, t.shape)
+        };
         let embed_tokens = up(take(&w, "model.embed_tokens.weight", dir)?)?;
         let mut layers = Vec::with_capacity(c.num_hidden_layers);
         for i in 0..c.num_hidden_layers {
             let p = format!("model.layers.{i}");
-            let mut projections = Vec::with_capacity(7);
-            for ((parent, name), [out_f, _]) in PROJECTIONS.iter().zip(projection_shapes(c)) {
+            let mut layer_projections = Vec::with_capacity(7);
+            for ((parent, name), [out_f, _]) in projections(c).iter().zip(projection_shapes(c)) {
                 let module = format!("{p}.{parent}.{name}");
                 let weight = up(take(&w, &format!("{module}.weight"), dir)?)?;
                 // Biases exist where the checkpoint has them (Qwen2's q/k/v, attention_bias models).
@@ -324,26 +452,44 @@ impl Llama {
                     }
                     None => None,
                 };
-                projections.push(Projection::Frozen(Linear::new(weight, bias)?));
+                layer_projections.push(Projection::Frozen(Linear::new(weight, bias)?));
             }
+            let mut norms = norm_names(c)
+                .into_iter()
+                .map(|n| norm(&format!("{p}.{n}.weight")))
+                .collect::<Result<Vec<_>>>()?
+                .into_iter();
+            let (input_norm, post_attention_norm) = (norms.next().unwrap(), norms.next().unwrap());
+            let mut pair = || Some((norms.next()?, norms.next()?));
+            let feedforward_norms = if c.gemma_norms { pair() } else { None };
+            let qk_norms = if c.qk_norm { pair() } else { None };
             layers.push(DecoderLayer {
-                input_norm: up(take(&w, &format!("{p}.input_layernorm.weight"), dir)?)?,
-                post_attention_norm: up(take(
-                    &w,
-                    &format!("{p}.post_attention_layernorm.weight"),
-                    dir,
-                )?)?,
-                projections,
+                input_norm,
+                post_attention_norm,
+                feedforward_norms,
+                qk_norms,
+                projections: layer_projections,
             });
         }
-        let final_norm = up(take(&w, "model.norm.weight", dir)?)?;
+        let final_norm = norm("model.norm.weight")?;
         // check_weights_fit required an untied head of the right shape.
         let lm_head = match c.tie_word_embeddings {
             false => Some(up(take(&w, "lm_head.weight", dir)?)?),
             true => None,
         };
         let positions = c.max_position_embeddings.clamp(1, 1 << 17);
-        let rope = RopeTables::new(gpu, c.rope_theta, c.head_dim, positions)?;
+        let tables = |r: &RopeConfig, inv_freq: &[f32]| {
+            RopeTables::from_inv_freq(gpu, inv_freq, r.attention_scaling(), c.head_dim, positions)
+        };
+        let rope = tables(&c.rope, &c.rope.inv_freq(c.rotary_dim))?;
+        let sliding_rope = match &c.sliding_rope {
+            Some(r) => Some(tables(r, &r.inv_freq(c.rotary_dim))?),
+            None => None,
+        };
+        let long_rope = match c.rope.long_inv_freq(c.rotary_dim) {
+            Some((from, inv_freq)) => Some((from, tables(&c.rope, &inv_freq)?)),
+            None => None,
+        };
         Ok(Llama {
             config,
             embed_tokens,
@@ -352,6 +498,8 @@ impl Llama {
             lm_head,
             grad_checkpoint: false,
             rope,
+            sliding_rope,
+            long_rope,
         })
     }
 
@@ -372,7 +520,7 @@ impl Llama {
     pub fn linear_shapes(&self) -> BTreeMap<String, (usize, usize)> {
         let mut out = BTreeMap::new();
         for (i, layer) in self.layers.iter().enumerate() {
-            for ((parent, name), p) in PROJECTIONS.iter().zip(&layer.projections) {
+            for ((parent, name), p) in projections(&self.config).iter().zip(&layer.projections) {
                 let b = p.base();
                 out.insert(
                     format!("model.layers.{i}.{parent}.{name}"),
@@ -389,7 +537,10 @@ impl Llama {
         adapter.check_fits(&self.linear_shapes())?;
         let cfg = &adapter.config;
         for (i, layer) in self.layers.iter_mut().enumerate() {
-            for ((parent, name), slot) in PROJECTIONS.iter().zip(layer.projections.iter_mut()) {
+            for ((parent, name), slot) in projections(&self.config)
+                .iter()
+                .zip(layer.projections.iter_mut())
+            {
                 let module = format!("model.layers.{i}.{parent}.{name}");
                 let Some(weights) = adapter.modules.get(&module) else {
                     continue;
@@ -446,19 +597,22 @@ impl Llama {
                 self.layers.len()
             );
         }
+        let names = projections(&self.config);
         for t in targets {
-            if !PROJECTIONS.iter().any(|(_, name)| name == t) {
-                shape_err!("unknown target module {t:?}; expected some of q_proj k_proj v_proj o_proj gate_proj up_proj down_proj");
+            if !names.iter().any(|(_, name)| name == t) {
+                let known: Vec<&str> = names.iter().map(|(_, n)| *n).collect();
+                shape_err!(
+                    "unknown target module {t:?} for model_type {}; expected some of {}",
+                    self.config.model_type,
+                    known.join(" ")
+                );
             }
         }
         for (i, layer) in self.layers.iter_mut().enumerate() {
             if !layers.contains(&i) {
                 continue;
             }
-            for (j, ((_, name), slot)) in PROJECTIONS
-                .iter()
-                .zip(layer.projections.iter_mut())
-                .enumerate()
+            for (j, ((_, name), slot)) in names.iter().zip(layer.projections.iter_mut()).enumerate()
             {
                 if !targets.is_empty() && !targets.contains(name) {
                     continue;
@@ -466,7 +620,7 @@ impl Llama {
                 let base = slot.base().clone();
                 let module_seed = seed
                     .wrapping_mul(1_000_003)
-                    .wrapping_add((i * PROJECTIONS.len() + j) as u64);
+                    .wrapping_add((i * names.len() + j) as u64);
                 *slot = if use_dora {
                     Projection::Dora(DoraLinear::new(base, options, module_seed)?)
                 } else {
@@ -481,7 +635,7 @@ impl Llama {
     pub fn adapter_weights(&self, config: AdapterConfig) -> Result<AdapterWeights> {
         let mut modules = BTreeMap::new();
         for (i, layer) in self.layers.iter().enumerate() {
-            for ((parent, name), p) in PROJECTIONS.iter().zip(&layer.projections) {
+            for ((parent, name), p) in projections(&self.config).iter().zip(&layer.projections) {
                 let m = match p {
                     Projection::Frozen(_) => continue,
                     Projection::Lora(l) => l.to_adapter()?,
@@ -506,7 +660,7 @@ impl Llama {
     pub fn named_parameters(&self) -> Vec<(String, Tensor)> {
         let mut out = Vec::new();
         for (i, layer) in self.layers.iter().enumerate() {
-            for ((parent, name), p) in PROJECTIONS.iter().zip(&layer.projections) {
+            for ((parent, name), p) in projections(&self.config).iter().zip(&layer.projections) {
                 let module = format!("model.layers.{i}.{parent}.{name}");
                 let suffixes: &[&str] = match p {
                     Projection::Frozen(_) => &[],
@@ -589,16 +743,43 @@ impl Llama {
                 self.rope.positions
             );
         }
-        let ctx = LayerContext {
-            heads: c.num_attention_heads,
-            kv_heads: c.num_key_value_heads,
+        let full = LayerContext {
+            attention: AttentionHeads {
+                heads: c.num_attention_heads,
+                kv_heads: c.num_key_value_heads,
+                scale: c.attention_scale,
+                window: None,
+            },
+            head_dim: c.head_dim,
+            fused: c.fused_projections,
             eps: c.rms_norm_eps,
+            activation: c.activation,
             offset,
-            rope: self.rope.clone(),
+            rope: match &self.long_rope {
+                Some((from, long)) if offset + seq > *from => long.clone(),
+                _ => self.rope.clone(),
+            },
             dropout_seed,
         };
         let mut x = ops::embedding(&self.embed_tokens, ids)?;
+        if c.gemma_norms {
+            x = ops::scale(&x, self.embedding_scale())?;
+        }
         for (li, layer) in self.layers.iter().enumerate() {
+            let ctx = match c.sliding_windows[li] {
+                None => full.clone(),
+                Some(window) => LayerContext {
+                    attention: AttentionHeads {
+                        window: Some(window),
+                        ..full.attention
+                    },
+                    rope: self
+                        .sliding_rope
+                        .clone()
+                        .unwrap_or_else(|| self.rope.clone()),
+                    ..full.clone()
+                },
+            };
             let kv = cache.as_deref().map(|k| &k.layers[li]);
             let params = match kv {
                 None if self.grad_checkpoint => layer.parameters(),
@@ -617,6 +798,17 @@ impl Llama {
             kv.len += seq;
         }
         ops::rms_norm(&x, &self.final_norm, c.rms_norm_eps)
+    }
+
+    /// Gemma's embedding scale √hidden_size, rounded to the embedding's
+    /// dtype as transformers rounds it (`embed_scale.to(weight.dtype)`).
+    fn embedding_scale(&self) -> f32 {
+        let s = (self.config.hidden_size as f32).sqrt();
+        match self.embed_tokens.dtype() {
+            DType::BF16 => half::bf16::from_f32(s).to_f32(),
+            DType::F16 => half::f16::from_f32(s).to_f32(),
+            _ => s,
+        }
     }
 
     /// Logits [.., vocab] for hidden states [.., hidden].
@@ -657,7 +849,7 @@ impl Llama {
     pub fn merged_weights(&self) -> Result<BTreeMap<String, Tensor>> {
         let mut out = BTreeMap::new();
         for (i, layer) in self.layers.iter().enumerate() {
-            for ((parent, name), p) in PROJECTIONS.iter().zip(&layer.projections) {
+            for ((parent, name), p) in projections(&self.config).iter().zip(&layer.projections) {
                 if !matches!(p, Projection::Frozen(_)) {
                     out.insert(
                         format!("model.layers.{i}.{parent}.{name}.weight"),

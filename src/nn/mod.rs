@@ -9,5 +9,8 @@ mod lora;
 pub use dora::{DoraLinear, DoraPath};
 pub use init::{kaiming_uniform, Rng};
 pub use linear::Linear;
-pub use llama::{check_weights_fit, DecoderLayer, KvCache, Llama, Projection, PROJECTIONS};
+pub use llama::{
+    check_weights_fit, projections, DecoderLayer, KvCache, Llama, Projection, FUSED_PROJECTIONS,
+    PROJECTIONS,
+};
 pub use lora::{lora_scaling, AdapterOptions, LoraLinear};

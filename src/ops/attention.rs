@@ -20,6 +20,8 @@ struct Params {
     keys: u32,
     offset: u32,
     scale: f32,
+    /// Sliding window: keys a query sees, itself included (0: all earlier ones).
+    window: u32,
 }
 
 fn heads_params(
@@ -38,6 +40,7 @@ fn heads_params(
         keys: 0,
         offset: 0,
         scale: 1.0,
+        window: 0,
     }
 }
 
@@ -106,8 +109,15 @@ pub fn merge_heads(x: &Tensor) -> Result<Tensor> {
 }
 
 /// softmax(scale · scores) over the last dim with causal masking: scores is
-/// [.., T, S]; query t sits at absolute position offset + t and sees keys 0..=offset + t.
-pub fn causal_softmax(scores: &Tensor, scale: f32, offset: usize) -> Result<Tensor> {
+/// [.., T, S]; query t sits at absolute position offset + t and sees keys
+/// 0..=offset + t, or with a sliding `window` only the `window` latest of
+/// them (transformers' mask: key s is seen when s > offset + t - window).
+pub fn causal_softmax(
+    scores: &Tensor,
+    scale: f32,
+    offset: usize,
+    window: Option<usize>,
+) -> Result<Tensor> {
     scores.expect_f32("causal_softmax", "scores")?;
     let s = scores.shape();
     if s.len() < 2 {
@@ -127,6 +137,7 @@ pub fn causal_softmax(scores: &Tensor, scale: f32, offset: usize) -> Result<Tens
         keys: keys as u32,
         offset: offset as u32,
         scale,
+        window: window.map_or(0, |w| w.clamp(1, u32::MAX as usize) as u32),
         ..heads_params(0, 0, 0, 0, 1)
     };
     let y = Tensor::empty(scores.gpu(), s, DType::F32)?;
@@ -139,17 +150,47 @@ pub fn causal_softmax(scores: &Tensor, scale: f32, offset: usize) -> Result<Tens
     }))
 }
 
+/// How attention heads are laid out and scored.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct AttentionHeads {
+    pub heads: usize,
+    /// Key/value heads, each shared by heads / kv_heads query heads.
+    pub kv_heads: usize,
+    /// Scores are q·k × scale.
+    pub scale: f32,
+    /// Sliding window: the keys each query sees, itself included.
+    pub window: Option<usize>,
+}
+
+impl AttentionHeads {
+    /// Plain causal attention scaled by 1/√head_dim.
+    pub fn causal(heads: usize, kv_heads: usize, head_dim: usize) -> AttentionHeads {
+        AttentionHeads {
+            heads,
+            kv_heads,
+            scale: 1.0 / (head_dim as f32).sqrt(),
+            window: None,
+        }
+    }
+}
+
 /// Causal attention with grouped-query heads. q [B, T, heads * d],
 /// k and v [B, S, kv_heads * d] (S = offset + T: a KV cache may hold earlier
-/// positions); returns [B, T, heads * d]. Scores are scaled by 1/√d.
+/// positions); returns [B, T, heads * d]. Scores are scaled by `scale`
+/// (1/√d for most models) and masked by `window` as in [`causal_softmax`].
 pub fn causal_attention(
     q: &Tensor,
     k: &Tensor,
     v: &Tensor,
-    heads: usize,
-    kv_heads: usize,
+    heads: AttentionHeads,
     offset: usize,
 ) -> Result<Tensor> {
+    let AttentionHeads {
+        heads,
+        kv_heads,
+        scale,
+        window,
+    } = heads;
     let (&[batch, seq, width], &[kb, keys, kv_width]) = (q.shape(), k.shape()) else {
         shape_err!(
             "attention: q {:?} and k {:?} must be 3-D",
@@ -184,7 +225,7 @@ pub fn causal_attention(
         &[batch * heads, keys, d],
     )?;
     let scores = super::matmul_ex(&qh, &kh, Transpose::NT)?;
-    let probs = causal_softmax(&scores, 1.0 / (d as f32).sqrt(), offset)?;
+    let probs = causal_softmax(&scores, scale, offset, window)?;
     let out = super::matmul(&probs, &vh)?;
     merge_heads(&super::reshape(&out, &[batch, heads, seq, d])?)
 }

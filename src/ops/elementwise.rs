@@ -159,7 +159,7 @@ fn binary(a: &Tensor, b: &Tensor, op: BinaryOp, name: &'static str) -> Result<Te
                 };
                 return Ok(vec![needs[0].then_some(ga), needs[1].then_some(gb)]);
             }
-            BinaryOp::SiluBackward | BinaryOp::Right => {
+            BinaryOp::SiluBackward | BinaryOp::GeluTanhBackward | BinaryOp::Right => {
                 unreachable!("not a differentiable public op")
             }
         };
@@ -209,6 +209,21 @@ pub fn silu(x: &Tensor) -> Result<Tensor> {
             g,
             &saved,
             BinaryOp::SiluBackward,
+            Broadcast::None,
+        )?)])
+    }))
+}
+
+/// GELU with the tanh approximation (PyTorch's `gelu(approximate="tanh")`,
+/// Gemma's `gelu_pytorch_tanh`).
+pub fn gelu_tanh(x: &Tensor) -> Result<Tensor> {
+    let out = unary_raw(x, UnaryOp::GeluTanh, 1.0)?;
+    let saved = x.clone();
+    Ok(record(out, "gelu_tanh", &[x], move |g, _| {
+        Ok(vec![Some(binary_raw(
+            g,
+            &saved,
+            BinaryOp::GeluTanhBackward,
             Broadcast::None,
         )?)])
     }))

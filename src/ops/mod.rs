@@ -17,12 +17,12 @@ mod rope;
 mod shape;
 mod softmax;
 
-pub use attention::{causal_attention, causal_softmax, merge_heads, split_heads};
+pub use attention::{causal_attention, causal_softmax, merge_heads, split_heads, AttentionHeads};
 pub use dora::recompose;
 pub(crate) use dora::{dora_linear_fused, dora_linear_fused_dropout, FusedDora};
 pub use elementwise::{
-    add, add_assign, cast, copy, div, dropout, exp, mul, scale, silu, sqrt, square, sub, to_f32,
-    transpose,
+    add, add_assign, cast, copy, div, dropout, exp, gelu_tanh, mul, scale, silu, sqrt, square, sub,
+    to_f32, transpose,
 };
 pub use embedding::embedding;
 pub(crate) use lora::{lora_linear_fused, FusedLora};
@@ -33,7 +33,7 @@ pub use norm::row_norm;
 pub use reduce::{global_norm, mean_all, sum_all, sum_cols, sum_rows};
 pub use rmsnorm::rms_norm;
 pub use rope::{rope, RopeTables};
-pub use shape::{reshape, slice_rows};
+pub use shape::{reshape, slice_cols, slice_rows};
 pub use softmax::softmax;
 
 use crate::error::Result;

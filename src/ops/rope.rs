@@ -8,7 +8,7 @@ use crate::gpu::Gpu;
 use crate::shaders::Kernel;
 use crate::tensor::{DType, Tensor};
 
-/// cos and sin of position × inverse frequency, [positions, head_dim / 2],
+/// cos and sin of position × inverse frequency, [positions, rotary_dim / 2],
 /// computed as transformers does: inv_freq and the angles in f32, then cos
 /// and sin of those f32 angles (here in f64, rounded once).
 #[derive(Clone)]
@@ -16,31 +16,55 @@ pub struct RopeTables {
     pub cos: Tensor,
     pub sin: Tensor,
     pub head_dim: usize,
+    /// The leading dimensions of each head that rotate (head_dim unless partial).
+    pub rotary_dim: usize,
     pub positions: usize,
 }
 
 impl RopeTables {
+    /// The original RoPE: inverse frequencies theta^(-2i/head_dim).
     pub fn new(gpu: &Gpu, theta: f32, head_dim: usize, positions: usize) -> Result<RopeTables> {
+        let inv_freq: Vec<f32> = (0..head_dim / 2)
+            .map(|i| 1.0 / theta.powf((2 * i) as f32 / head_dim as f32))
+            .collect();
+        RopeTables::from_inv_freq(gpu, &inv_freq, 1.0, head_dim, positions)
+    }
+
+    /// Tables for any inverse frequencies (one per rotated pair: scaled
+    /// RoPE variants compute their own; fewer than head_dim / 2 rotate only
+    /// the leading dimensions), with cos and sin multiplied by
+    /// `attention_scaling` (YaRN's and LongRoPE's factor) as transformers does.
+    pub fn from_inv_freq(
+        gpu: &Gpu,
+        inv_freq: &[f32],
+        attention_scaling: f32,
+        head_dim: usize,
+        positions: usize,
+    ) -> Result<RopeTables> {
         if !head_dim.is_multiple_of(2) || head_dim == 0 {
             shape_err!("rope: head_dim must be even, got {head_dim}");
         }
-        let half = head_dim / 2;
-        let inv_freq: Vec<f32> = (0..half)
-            .map(|i| 1.0 / theta.powf((2 * i) as f32 / head_dim as f32))
-            .collect();
+        let half = inv_freq.len();
+        if half == 0 || half > head_dim / 2 {
+            shape_err!(
+                "rope: {half} frequencies for head_dim {head_dim} (1 to {} expected)",
+                head_dim / 2
+            );
+        }
         let mut cos = Vec::with_capacity(positions * half);
         let mut sin = Vec::with_capacity(positions * half);
         for pos in 0..positions {
-            for f in &inv_freq {
+            for f in inv_freq {
                 let angle = (pos as f32 * f) as f64;
-                cos.push(angle.cos() as f32);
-                sin.push(angle.sin() as f32);
+                cos.push(angle.cos() as f32 * attention_scaling);
+                sin.push(angle.sin() as f32 * attention_scaling);
             }
         }
         Ok(RopeTables {
             cos: Tensor::from_f32(gpu, &cos, &[positions, half])?,
             sin: Tensor::from_f32(gpu, &sin, &[positions, half])?,
             head_dim,
+            rotary_dim: 2 * half,
             positions,
         })
     }
@@ -55,11 +79,12 @@ struct Params {
     head_dim: u32,
     offset: u32,
     direction: f32,
+    rotary_dim: u32,
 }
 
 fn rope_raw(x: &Tensor, p: Params, tables: &RopeTables) -> Result<Tensor> {
     let out = Tensor::empty(x.gpu(), x.shape(), DType::F32)?;
-    let pairs = (p.batch * p.seq * p.heads * p.head_dim / 2) as usize;
+    let pairs = (p.batch * p.seq * p.heads * (p.head_dim / 2)) as usize;
     launch(
         Kernel::Rope,
         &p,
@@ -98,17 +123,11 @@ pub fn rope(x: &Tensor, heads: usize, offset: usize, tables: &RopeTables) -> Res
         head_dim: tables.head_dim as u32,
         offset: offset as u32,
         direction: 1.0,
+        rotary_dim: tables.rotary_dim as u32,
     };
     let out = rope_raw(x, params, tables)?;
-    let (cos, sin) = (tables.cos.clone(), tables.sin.clone());
-    let (head_dim, positions) = (tables.head_dim, tables.positions);
+    let tables = tables.clone();
     Ok(record(out, "rope", &[x], move |g, _| {
-        let tables = RopeTables {
-            cos,
-            sin,
-            head_dim,
-            positions,
-        };
         Ok(vec![Some(rope_raw(
             g,
             Params {

@@ -1,8 +1,10 @@
-//! Shape-only ops: no data moves, the buffer is shared.
+//! Shape ops: views that share the buffer, and slices that copy.
 
+use super::{groups_for_elements, launch};
 use crate::autograd::record;
 use crate::error::{shape_err, Result};
-use crate::tensor::{numel, Tensor};
+use crate::shaders::Kernel;
+use crate::tensor::{numel, DType, Tensor};
 
 /// The same elements viewed with another shape of equal size.
 pub fn reshape(x: &Tensor, shape: &[usize]) -> Result<Tensor> {
@@ -24,7 +26,6 @@ pub fn reshape(x: &Tensor, shape: &[usize]) -> Result<Tensor> {
 /// new tensor of shape [len, ..rest]. Backward places the gradient back into
 /// zeros at the same rows.
 pub fn slice_rows(x: &Tensor, start: usize, len: usize) -> Result<Tensor> {
-    use crate::tensor::DType;
     let Some((&rows, rest)) = x.shape().split_first() else {
         shape_err!("slice_rows: needs at least one dimension");
     };
@@ -60,6 +61,66 @@ pub fn slice_rows(x: &Tensor, start: usize, len: usize) -> Result<Tensor> {
             start as u64 * row_bytes,
             len as u64 * row_bytes,
         );
+        Ok(vec![Some(dx)])
+    }))
+}
+
+#[repr(C)]
+#[derive(Clone, Copy, bytemuck::Pod, bytemuck::Zeroable)]
+struct ColumnParams {
+    rows: u32,
+    len: u32,
+    src_cols: u32,
+    src_start: u32,
+    dst_cols: u32,
+    dst_start: u32,
+}
+
+/// Columns `start..start + len` of the last dimension of `x` (f32), as a new
+/// tensor: how q, k and v come out of Phi-3's fused `qkv_proj`. Backward
+/// places the gradient back into zeros at the same columns.
+pub fn slice_cols(x: &Tensor, start: usize, len: usize) -> Result<Tensor> {
+    x.expect_f32("slice_cols", "input")?;
+    let Some((&cols, lead)) = x.shape().split_last() else {
+        shape_err!("slice_cols: needs at least one dimension");
+    };
+    if start + len > cols || len == 0 {
+        shape_err!(
+            "slice_cols: columns {start}..{} of a tensor with {cols} columns",
+            start + len
+        );
+    }
+    let rows = numel(lead);
+    let copy = move |src: &Tensor, dst: &Tensor, p: ColumnParams| {
+        launch(
+            Kernel::CopyCols,
+            &p,
+            &[src, dst],
+            groups_for_elements(rows * len),
+        )
+    };
+    let shape: Vec<usize> = [lead, &[len]].concat();
+    let out = Tensor::empty(x.gpu(), &shape, DType::F32)?;
+    let p = ColumnParams {
+        rows: rows as u32,
+        len: len as u32,
+        src_cols: cols as u32,
+        src_start: start as u32,
+        dst_cols: len as u32,
+        dst_start: 0,
+    };
+    copy(x, &out, p)?;
+    let full = x.shape().to_vec();
+    Ok(record(out, "slice_cols", &[x], move |g, _| {
+        let dx = Tensor::zeros(g.gpu(), &full, DType::F32)?;
+        let back = ColumnParams {
+            src_cols: p.dst_cols,
+            src_start: p.dst_start,
+            dst_cols: p.src_cols,
+            dst_start: p.src_start,
+            ..p
+        };
+        copy(g, &dx, back)?;
         Ok(vec![Some(dx)])
     }))
 }

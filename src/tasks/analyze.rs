@@ -22,7 +22,7 @@ use crate::error::{arg_err, shape_err, Error, Result};
 use crate::gpu::Gpu;
 use crate::io::hf::{load_weights, MappedWeights, ModelConfig};
 use crate::io::{write_atomically, AdapterConfig, AdapterWeights, HostTensor, ModuleAdapter};
-use crate::nn::{DoraLinear, Linear, LoraLinear, PROJECTIONS};
+use crate::nn::{projections, DoraLinear, Linear, LoraLinear};
 use crate::ops;
 use crate::plot::{Chart, Marker, Rgb, Series, PALETTE};
 use crate::tensor::Tensor;
@@ -224,9 +224,10 @@ fn projection_shapes(
     weights: &BTreeMap<String, HostTensor>,
     dir: &Path,
 ) -> Result<Vec<(String, (usize, usize))>> {
-    let mut out = Vec::with_capacity(config.num_hidden_layers * PROJECTIONS.len());
+    let names = projections(config);
+    let mut out = Vec::with_capacity(config.num_hidden_layers * names.len());
     for i in 0..config.num_hidden_layers {
-        for (parent, name) in PROJECTIONS {
+        for (parent, name) in names {
             let module = format!("model.layers.{i}.{parent}.{name}");
             let err = |message: String| Error::Format {
                 path: dir.display().to_string(),

@@ -31,7 +31,7 @@ use crate::autograd::no_grad;
 use crate::data::Example;
 use crate::error::{arg_err, Error, Result};
 use crate::io::{AdapterConfig, AdapterWeights};
-use crate::nn::{AdapterOptions, Llama, PROJECTIONS};
+use crate::nn::{projections, AdapterOptions, Llama, FUSED_PROJECTIONS, PROJECTIONS};
 use crate::ops;
 use crate::optim::{AdamW, AdamWConfig};
 use crate::tensor::Tensor;
@@ -150,9 +150,20 @@ impl TrainConfig {
         if !(0.0..1.0).contains(&self.dropout) {
             arg_err!("--dropout must be in [0, 1), got {}", self.dropout);
         }
+        // The model checks its own names; here only that a name is one of any family.
+        let known = || {
+            PROJECTIONS
+                .iter()
+                .chain(&FUSED_PROJECTIONS)
+                .map(|(_, n)| *n)
+        };
         for t in &self.targets {
-            if !PROJECTIONS.iter().any(|(_, name)| name == t) {
-                arg_err!("--targets: unknown module {t:?}; expected some of q_proj k_proj v_proj o_proj gate_proj up_proj down_proj");
+            if !known().any(|name| name == t) {
+                let names: Vec<&str> = known().collect();
+                arg_err!(
+                    "--targets: unknown module {t:?}; expected some of {}",
+                    names.join(" ")
+                );
             }
         }
         if self.num_layers == Some(0) {
@@ -207,9 +218,10 @@ impl TrainConfig {
         }
     }
 
-    fn target_names(&self) -> Vec<&str> {
+    /// The modules to adapt: those given, or all of the model's.
+    fn target_names(&self, model: &Llama) -> Vec<&str> {
         if self.targets.is_empty() {
-            PROJECTIONS.iter().map(|(_, n)| *n).collect()
+            projections(&model.config).iter().map(|(_, n)| *n).collect()
         } else {
             self.targets.iter().map(String::as_str).collect()
         }
@@ -336,7 +348,7 @@ impl Trainer {
         model.add_adapters_to_layers(
             &config.adapter_options(),
             config.method == Method::Dora,
-            &config.target_names(),
+            &config.target_names(&model),
             layers.clone(),
             config.seed,
         )?;
@@ -344,7 +356,7 @@ impl Trainer {
             config.rank,
             config.alpha,
             config.method == Method::Dora,
-            &config.target_names(),
+            &config.target_names(&model),
         );
         adapter_config.use_rslora = config.rslora;
         adapter_config.lora_dropout = config.dropout;

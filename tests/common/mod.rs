@@ -335,3 +335,10 @@ pub fn data_dir_with(root: &Path, lines: &str) -> PathBuf {
     std::fs::write(data.join("train.jsonl"), lines).unwrap();
     data
 }
+
+/// PyTorch's `gelu(approximate="tanh")` in f64.
+#[allow(dead_code)]
+pub fn gelu_tanh_ref(x: f64) -> f64 {
+    let c = (2.0 / std::f64::consts::PI).sqrt();
+    0.5 * x * (1.0 + (c * (x + 0.044715 * x * x * x)).tanh())
+}
