@@ -1,11 +1,15 @@
-// Embedding lookup: out[t, :] = table[ids[t], :] for a [vocab, dim] table in
-// any weight dtype (`load_w` unpacks 16-bit rows). Ids out of range give zeros
-// (the host checks ids before upload; this keeps a bad id from reading past the table).
+// Embedding lookup: out[t, :] = table[ids[t], :] for a table in any weight
+// dtype (`load_w` unpacks 16-bit rows), held as row blocks: this block holds
+// rows first..first + vocab of a `total`-row table and writes only the ids
+// that fall in it. Ids outside the whole table give zeros (the host checks ids
+// before upload; this keeps a bad id from reading past the table).
 
 struct Params {
     tokens: u32,
     dim: u32,
     vocab: u32,
+    first: u32,
+    total: u32,
 }
 
 @group(0) @binding(0) var<uniform> p: Params;
@@ -25,9 +29,12 @@ fn embedding(
     }
     let t = i / p.dim;
     let id = ids[t];
-    if (id < 0 || u32(id) >= p.vocab) {
+    if (id < 0 || u32(id) >= p.total) {
         out[i] = 0.0;
         return;
     }
-    out[i] = load_w(u32(id) * p.dim + i % p.dim);
+    if (u32(id) < p.first || u32(id) - p.first >= p.vocab) {
+        return; // another block's row
+    }
+    out[i] = load_w((u32(id) - p.first) * p.dim + i % p.dim);
 }

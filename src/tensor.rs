@@ -28,6 +28,14 @@ impl DType {
         }
     }
 
+    /// Bytes of one element as stored in a file.
+    pub fn element_bytes(self) -> usize {
+        match self {
+            DType::F32 | DType::I32 => 4,
+            DType::BF16 | DType::F16 => 2,
+        }
+    }
+
     pub fn name(self) -> &'static str {
         match self {
             DType::F32 => "f32",

@@ -276,6 +276,7 @@ fn chunked_lm_head_loss_never_holds_all_logits() {
     gpu.synchronize().unwrap();
     gpu.reset_peak_memory();
     let before = gpu.memory_stats().live_bytes;
+    let head = ops::VocabMatrix::from(head);
     let loss = ops::lm_head_cross_entropy(&hidden, &head, &targets, chunk).unwrap();
     loss.backward().unwrap();
     // Uniform logits: the loss is ln(vocab).

@@ -227,11 +227,27 @@ fn chunked_lm_head_cross_entropy_gradient() {
     let head = random(&mut rng, vocab * dim);
     let targets = vec![3, ops::IGNORE_INDEX, 0, 10, 4, ops::IGNORE_INDEX, 5];
     let (h2, t2) = (to_f64(&head), targets.clone());
-    let head_t = Tensor::from_f32(gpu(), &head, &[vocab, dim]).unwrap();
-    for chunk in [1, 3, 7, 100] {
+    let whole = ops::VocabMatrix::from(Tensor::from_f32(gpu(), &head, &[vocab, dim]).unwrap());
+    // The same head in three row blocks, as a vocabulary too large to bind at once is held.
+    let blocks = [0..4, 4..8, 8..11]
+        .into_iter()
+        .map(|r| {
+            let rows = r.len();
+            Tensor::from_f32(gpu(), &head[r.start * dim..r.end * dim], &[rows, dim]).unwrap()
+        })
+        .collect();
+    let split = ops::VocabMatrix::from_blocks(blocks).unwrap();
+    for (chunk, head_t) in [
+        (1, &whole),
+        (3, &whole),
+        (7, &split),
+        (100, &whole),
+        (3, &split),
+    ] {
         let (ht, tt, h2, t2) = (head_t.clone(), targets.clone(), h2.clone(), t2.clone());
+        let blocks = ht.blocks().len();
         check_grads(
-            &format!("lm_head_cross_entropy chunk {chunk}"),
+            &format!("lm_head_cross_entropy chunk {chunk}, {blocks} blocks"),
             vec![rand_input(&mut rng, &[rows, dim])],
             move |p| ops::lm_head_cross_entropy(&p[0], &ht, &tt, chunk),
             move |x| {

@@ -119,6 +119,52 @@ fn embedding_gathers_rows_of_every_dtype() {
     }
 }
 
+/// A vocabulary held in row blocks (as one too large to bind at once is):
+/// the lookup and the logits equal the one-block table's.
+#[test]
+fn vocabulary_in_row_blocks_embeds_and_projects_like_one_table() {
+    let gpu = gpu();
+    let mut rng = Rng::new(11);
+    let (vocab, dim) = (37, 8);
+    let table = random(&mut rng, vocab * dim);
+    // bf16 rows: blocks of even row counts keep whole 32-bit words.
+    for dtype in [DType::F32, DType::BF16] {
+        let block = |r: std::ops::Range<usize>| {
+            Tensor::from_f32_as(
+                gpu,
+                &table[r.start * dim..r.end * dim],
+                &[r.len(), dim],
+                dtype,
+            )
+            .unwrap()
+        };
+        let split = ops::VocabMatrix::from_blocks(vec![block(0..10), block(10..30), block(30..37)])
+            .unwrap();
+        assert_eq!(split.shape(), [vocab, dim]);
+        let whole = ops::VocabMatrix::from(block(0..vocab));
+        let ids = Tensor::from_i32(gpu, &[36, 0, 9, 10, 29, 30, 5, 17], &[2, 4]).unwrap();
+        assert_eq!(
+            split.embed(&ids).unwrap().to_vec_f32().unwrap(),
+            whole.embed(&ids).unwrap().to_vec_f32().unwrap(),
+            "{dtype:?} lookup"
+        );
+        let hidden = Tensor::from_f32(gpu, &random(&mut rng, 3 * dim), &[1, 3, dim]).unwrap();
+        let _g = dora_wgpu::no_grad();
+        let got = split.logits(&hidden).unwrap();
+        assert_eq!(got.shape(), &[1, 3, vocab]);
+        let e = rel_err(
+            &got.to_vec_f32().unwrap(),
+            &whole.logits(&hidden).unwrap().to_vec_f32().unwrap(),
+        );
+        assert!(e < 1e-6, "{dtype:?} logits differ by {e:e}");
+    }
+    let mixed = ops::VocabMatrix::from_blocks(vec![
+        Tensor::from_f32(gpu, &[0.0; 8], &[2, 4]).unwrap(),
+        Tensor::from_f32(gpu, &[0.0; 6], &[2, 3]).unwrap(),
+    ]);
+    assert!(mixed.is_err(), "blocks of different widths");
+}
+
 #[test]
 fn rms_norm_forward_and_gradient() {
     let mut rng = Rng::new(2);

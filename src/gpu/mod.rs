@@ -186,10 +186,17 @@ impl Gpu {
                 size: wgpu::BufferSize::new(PARAM_BYTES),
             }),
         }];
+        // A pooled buffer may be rounded up past the binding limit; a tensor
+        // never is (alloc refuses it), so binding up to the limit covers it.
+        let most = self.inner.limits.max_storage_buffer_binding_size;
         for (&(binding, _), b) in kernel.bindings().iter().zip(buffers) {
             entries.push(wgpu::BindGroupEntry {
                 binding,
-                resource: b.raw().as_entire_binding(),
+                resource: wgpu::BindingResource::Buffer(wgpu::BufferBinding {
+                    buffer: b.raw(),
+                    offset: 0,
+                    size: wgpu::BufferSize::new(b.raw().size().min(most)),
+                }),
             });
         }
         let bind_group = self

@@ -19,7 +19,7 @@ use crate::error::{arg_err, shape_err, Error, Result};
 use crate::gpu::Gpu;
 use crate::io::hf::{Activation, MappedWeights, ModelConfig, RopeConfig};
 use crate::io::{AdapterConfig, AdapterWeights, TensorRef};
-use crate::ops::{self, AttentionHeads, RopeTables, Transpose};
+use crate::ops::{self, AttentionHeads, RopeTables, VocabMatrix};
 use crate::tensor::{DType, Tensor};
 
 /// The seven adaptable projections of a Llama-layout decoder layer, with
@@ -155,11 +155,12 @@ impl KvCache {
 
 pub struct Llama {
     pub config: ModelConfig,
-    pub embed_tokens: Tensor,
+    /// [vocab, hidden], in row blocks that fit the device's bindings.
+    pub embed_tokens: VocabMatrix,
     pub layers: Vec<DecoderLayer>,
     pub final_norm: Tensor,
     /// None when the head is tied to the embedding.
-    pub lm_head: Option<Tensor>,
+    pub lm_head: Option<VocabMatrix>,
     /// Training keeps only each decoder layer's input and recomputes the
     /// layer during backward: less memory for long sequences, one more forward.
     pub grad_checkpoint: bool,
@@ -427,7 +428,8 @@ impl Llama {
             let plus_one: Vec<f32> = host.to_f32().iter().map(|v| 1.0 + v).collect();
             Tensor::from_f32(gpu, &plus_one, t.shape)
         };
-        let embed_tokens = up(take(&w, "model.embed_tokens.weight", dir)?)?;
+        let vocab = |t: TensorRef| VocabMatrix::upload(gpu, t.bytes, t.shape, t.dtype);
+        let embed_tokens = vocab(take(&w, "model.embed_tokens.weight", dir)?)?;
         let mut layers = Vec::with_capacity(c.num_hidden_layers);
         for i in 0..c.num_hidden_layers {
             let p = format!("model.layers.{i}");
@@ -474,7 +476,7 @@ impl Llama {
         let final_norm = norm("model.norm.weight")?;
         // check_weights_fit required an untied head of the right shape.
         let lm_head = match c.tie_word_embeddings {
-            false => Some(up(take(&w, "lm_head.weight", dir)?)?),
+            false => Some(vocab(take(&w, "lm_head.weight", dir)?)?),
             true => None,
         };
         let positions = c.max_position_embeddings.clamp(1, 1 << 17);
@@ -761,7 +763,7 @@ impl Llama {
             },
             dropout_seed,
         };
-        let mut x = ops::embedding(&self.embed_tokens, ids)?;
+        let mut x = self.embed_tokens.embed(ids)?;
         if c.gemma_norms {
             x = ops::scale(&x, self.embedding_scale())?;
         }
@@ -811,13 +813,14 @@ impl Llama {
         }
     }
 
+    /// The LM head: its own weight, or the tied embedding.
+    pub fn head(&self) -> &VocabMatrix {
+        self.lm_head.as_ref().unwrap_or(&self.embed_tokens)
+    }
+
     /// Logits [.., vocab] for hidden states [.., hidden].
     pub fn logits(&self, hidden: &Tensor) -> Result<Tensor> {
-        ops::matmul_ex(
-            hidden,
-            self.lm_head.as_ref().unwrap_or(&self.embed_tokens),
-            Transpose::NT,
-        )
+        self.head().logits(hidden)
     }
 
     /// Summed negative log-likelihood and the number of scored targets, for
@@ -839,8 +842,7 @@ impl Llama {
         if tokens == 0 {
             return Ok((0.0, 0));
         }
-        let head = self.lm_head.as_ref().unwrap_or(&self.embed_tokens);
-        let mean = ops::lm_head_cross_entropy(hidden, head, targets, chunk_rows)?.item()?;
+        let mean = ops::lm_head_cross_entropy(hidden, self.head(), targets, chunk_rows)?.item()?;
         Ok((mean as f64 * tokens as f64, tokens))
     }
 

@@ -1,6 +1,6 @@
 //! Mean cross-entropy with an ignore index, and its fused backward.
 
-use super::{groups, groups_for_elements, launch, rows_cols};
+use super::{groups, groups_for_elements, launch, rows_cols, VocabMatrix};
 use crate::autograd::record;
 use crate::error::{shape_err, Result};
 use crate::shaders::Kernel;
@@ -120,14 +120,15 @@ fn ce_forward(logits: &Tensor, targets: &Tensor, ignore_index: i32) -> Result<(T
 /// node, so only a scalar can still multiply it): backward scales a saved
 /// [rows, dim] tensor instead of computing every chunk's logits again.
 /// `hidden` [rows, dim] f32; `head` [vocab, dim] is frozen (f32, bf16 or f16:
-/// the LM head or tied embedding).
+/// the LM head or tied embedding, in one block or several). Chunks are cut
+/// smaller where [chunk_rows, vocab] logits would exceed half the device's
+/// binding limit (Gemma 3's 262k vocabulary on a 128 MiB device).
 pub fn lm_head_cross_entropy(
     hidden: &Tensor,
-    head: &Tensor,
+    head: &VocabMatrix,
     targets: &[i32],
     chunk_rows: usize,
 ) -> Result<Tensor> {
-    use super::matmul::{matmul_raw, Transpose};
     hidden.expect_f32("lm_head_cross_entropy", "hidden states")?;
     let &[rows, dim] = hidden.shape() else {
         shape_err!(
@@ -135,13 +136,13 @@ pub fn lm_head_cross_entropy(
             hidden.shape()
         );
     };
-    if head.shape().len() != 2 || head.shape()[1] != dim {
+    if head.cols() != dim {
         shape_err!(
             "lm_head_cross_entropy: head {:?} does not take {dim}-wide hidden states",
             head.shape()
         );
     }
-    if head.requires_grad() {
+    if head.blocks().iter().any(|(_, b)| b.requires_grad()) {
         shape_err!(
             "lm_head_cross_entropy: the head is frozen; pass a tensor that is not trainable"
         );
@@ -153,7 +154,11 @@ pub fn lm_head_cross_entropy(
         );
     }
     let gpu = hidden.gpu().clone();
-    let chunk_rows = chunk_rows.max(1);
+    let limits = gpu.limits();
+    let limit = limits
+        .max_storage_buffer_binding_size
+        .min(limits.max_buffer_size) as usize;
+    let chunk_rows = chunk_rows.min(limit / 2 / (4 * head.rows()).max(1)).max(1);
     let total = targets.iter().filter(|&&t| t >= 0).count();
     // Chunks that score something, with their share of the mean.
     let chunks: Vec<(usize, usize, f32)> = (0..rows)
@@ -177,14 +182,7 @@ pub fn lm_head_cross_entropy(
         None
     };
     for &(start, len, share) in &chunks {
-        let logits = matmul_raw(
-            &copy_rows(hidden, start, len)?,
-            head,
-            Transpose::NT,
-            1.0,
-            0.0,
-            None,
-        )?;
+        let logits = head.logits_raw(&copy_rows(hidden, start, len)?)?;
         let t = Tensor::from_i32(&gpu, &targets[start..start + len], &[len])?;
         let (mean, saved) = ce_forward(&logits, &t, IGNORE_INDEX)?;
         super::add_assign(&loss, &mean, share)?;
@@ -192,7 +190,7 @@ pub fn lm_head_cross_entropy(
             // The chunk's mean carries `share` of the total.
             let dlogits = saved.backward(&Tensor::from_f32(&gpu, &[share], &[1])?)?;
             drop(saved);
-            let dh = matmul_raw(&dlogits, head, Transpose::NN, 1.0, 0.0, None)?;
+            let dh = head.backward_raw(&dlogits)?;
             let row_bytes = 4 * dim as u64;
             gpu.copy(
                 dh.buf(),

@@ -24,7 +24,7 @@ pub use elementwise::{
     add, add_assign, cast, copy, div, dropout, exp, gelu_tanh, mul, scale, silu, sqrt, square, sub,
     to_f32, transpose,
 };
-pub use embedding::embedding;
+pub use embedding::{embedding, VocabMatrix};
 pub(crate) use lora::{lora_linear_fused, FusedLora};
 pub use loss::{cross_entropy, lm_head_cross_entropy, IGNORE_INDEX};
 pub(crate) use matmul::matmul_raw;

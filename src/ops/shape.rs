@@ -67,13 +67,23 @@ pub fn slice_rows(x: &Tensor, start: usize, len: usize) -> Result<Tensor> {
 
 #[repr(C)]
 #[derive(Clone, Copy, bytemuck::Pod, bytemuck::Zeroable)]
-struct ColumnParams {
-    rows: u32,
-    len: u32,
-    src_cols: u32,
-    src_start: u32,
-    dst_cols: u32,
-    dst_start: u32,
+pub(crate) struct ColumnParams {
+    pub rows: u32,
+    pub len: u32,
+    pub src_cols: u32,
+    pub src_start: u32,
+    pub dst_cols: u32,
+    pub dst_start: u32,
+}
+
+/// dst[r, dst_start + c] = src[r, src_start + c] for c < len, unrecorded.
+pub(crate) fn copy_cols_raw(src: &Tensor, dst: &Tensor, p: ColumnParams) -> Result<()> {
+    launch(
+        Kernel::CopyCols,
+        &p,
+        &[src, dst],
+        groups_for_elements((p.rows * p.len) as usize),
+    )
 }
 
 /// Columns `start..start + len` of the last dimension of `x` (f32), as a new
@@ -91,14 +101,6 @@ pub fn slice_cols(x: &Tensor, start: usize, len: usize) -> Result<Tensor> {
         );
     }
     let rows = numel(lead);
-    let copy = move |src: &Tensor, dst: &Tensor, p: ColumnParams| {
-        launch(
-            Kernel::CopyCols,
-            &p,
-            &[src, dst],
-            groups_for_elements(rows * len),
-        )
-    };
     let shape: Vec<usize> = [lead, &[len]].concat();
     let out = Tensor::empty(x.gpu(), &shape, DType::F32)?;
     let p = ColumnParams {
@@ -109,7 +111,7 @@ pub fn slice_cols(x: &Tensor, start: usize, len: usize) -> Result<Tensor> {
         dst_cols: len as u32,
         dst_start: 0,
     };
-    copy(x, &out, p)?;
+    copy_cols_raw(x, &out, p)?;
     let full = x.shape().to_vec();
     Ok(record(out, "slice_cols", &[x], move |g, _| {
         let dx = Tensor::zeros(g.gpu(), &full, DType::F32)?;
@@ -120,7 +122,7 @@ pub fn slice_cols(x: &Tensor, start: usize, len: usize) -> Result<Tensor> {
             dst_start: p.src_start,
             ..p
         };
-        copy(g, &dx, back)?;
+        copy_cols_raw(g, &dx, back)?;
         Ok(vec![Some(dx)])
     }))
 }
