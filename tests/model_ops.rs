@@ -353,63 +353,36 @@ fn causal_gqa_attention_matches_f64_and_differentiates() {
     let k = random(&mut rng, s * hkv * d);
     let v = random(&mut rng, s * hkv * d);
     let gpu = gpu();
-    let out = ops::causal_attention(
-        &Tensor::from_f32(gpu, &q, &[1, tq, h * d]).unwrap(),
-        &Tensor::from_f32(gpu, &k, &[1, s, hkv * d]).unwrap(),
-        &Tensor::from_f32(gpu, &v, &[1, s, hkv * d]).unwrap(),
-        AttentionHeads::causal(h, hkv, d),
-        s - tq,
-    )
-    .unwrap();
-    let want = attention_ref(
-        &to_f64(&q),
-        &to_f64(&k),
-        &to_f64(&v),
-        1,
-        tq,
-        s,
-        AttentionHeads::causal(h, hkv, d),
-        d,
-        s - tq,
-    );
-    assert_close(
-        "attention with offset",
-        &out.to_vec_f32().unwrap(),
-        &want,
-        1e-5,
-        1e-6,
-    );
-    // The same after a cache, with a window: the earliest keys drop out.
+    // Then the same after a cache with a window: the earliest keys drop out.
     let windowed = AttentionHeads {
         window: Some(2),
         ..AttentionHeads::causal(h, hkv, d)
     };
-    let out = ops::causal_attention(
-        &Tensor::from_f32(gpu, &q, &[1, tq, h * d]).unwrap(),
-        &Tensor::from_f32(gpu, &k, &[1, s, hkv * d]).unwrap(),
-        &Tensor::from_f32(gpu, &v, &[1, s, hkv * d]).unwrap(),
-        windowed,
-        s - tq,
-    )
-    .unwrap();
-    let want = attention_ref(
-        &to_f64(&q),
-        &to_f64(&k),
-        &to_f64(&v),
-        1,
-        tq,
-        s,
-        windowed,
-        d,
-        s - tq,
-    );
-    assert_close(
-        "windowed attention with offset",
-        &out.to_vec_f32().unwrap(),
-        &want,
-        1e-5,
-        1e-6,
-    );
+    for (name, heads) in [
+        ("attention with offset", AttentionHeads::causal(h, hkv, d)),
+        ("windowed attention with offset", windowed),
+    ] {
+        let out = ops::causal_attention(
+            &Tensor::from_f32(gpu, &q, &[1, tq, h * d]).unwrap(),
+            &Tensor::from_f32(gpu, &k, &[1, s, hkv * d]).unwrap(),
+            &Tensor::from_f32(gpu, &v, &[1, s, hkv * d]).unwrap(),
+            heads,
+            s - tq,
+        )
+        .unwrap();
+        let want = attention_ref(
+            &to_f64(&q),
+            &to_f64(&k),
+            &to_f64(&v),
+            1,
+            tq,
+            s,
+            heads,
+            d,
+            s - tq,
+        );
+        assert_close(name, &out.to_vec_f32().unwrap(), &want, 1e-5, 1e-6);
+    }
 }
 
 #[test]

@@ -36,7 +36,6 @@ import copy
 import hashlib
 import json
 import math
-import os
 import pathlib
 import shutil
 import sys
@@ -948,9 +947,4 @@ def main():
 
 
 if __name__ == "__main__":
-    # PEFT keeps target_modules as a set, so the order it writes them into
-    # adapter_config.json follows Python's per-process string hashing; pin it.
-    if os.environ.get("PYTHONHASHSEED") != "0":
-        os.execve(sys.executable, [sys.executable] + sys.argv,
-                  dict(os.environ, PYTHONHASHSEED="0"))
-    main()
+    gf.run_with_pinned_hash_seed(main)

@@ -1048,10 +1048,15 @@ def main():
     tiny_models_fixture()
 
 
-if __name__ == "__main__":
-    # PEFT keeps target_modules as a set, so the order it writes them into
-    # adapter_config.json follows Python's per-process string hashing; pin it.
+def run_with_pinned_hash_seed(main):
+    """PEFT keeps target_modules as a set, so the order it writes them into
+    adapter_config.json follows Python's per-process string hashing: rerun
+    this process with the seed pinned, then run `main`."""
     if os.environ.get("PYTHONHASHSEED") != "0":
         os.execve(sys.executable, [sys.executable] + sys.argv,
                   dict(os.environ, PYTHONHASHSEED="0"))
     main()
+
+
+if __name__ == "__main__":
+    run_with_pinned_hash_seed(main)

@@ -1,5 +1,6 @@
-//! Files: safetensors tensors and PEFT adapter directories.
+//! Files: safetensors tensors, GGUF files and PEFT adapter directories.
 
+pub mod gguf;
 pub mod hf;
 mod peft;
 mod safetensors;
