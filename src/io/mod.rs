@@ -1,7 +1,8 @@
-//! Files: safetensors tensors, GGUF files and PEFT adapter directories.
+//! Files: safetensors tensors, GGUF files, PEFT and MLX-LM adapter directories.
 
 pub mod gguf;
 pub mod hf;
+pub mod mlx;
 mod peft;
 mod safetensors;
 

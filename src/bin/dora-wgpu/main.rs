@@ -9,7 +9,7 @@ use clap::{ArgGroup, Args, CommandFactory, FromArgMatches, Parser, Subcommand};
 
 use dora_wgpu::io::AdapterWeights;
 use dora_wgpu::nn::Llama;
-use dora_wgpu::tasks::{self, analyze, Sampling};
+use dora_wgpu::tasks::{self, analyze, AdapterFormat, Sampling};
 use dora_wgpu::{ChatMessage, Error, Gpu, Result, Tokenizer};
 
 mod progress;
@@ -42,6 +42,8 @@ enum Command {
     Train(Box<train::TrainArgs>),
     /// The DoRA paper's magnitude/direction (ΔM/ΔD) analysis of adapted weights
     Analyze(AnalyzeArgs),
+    /// Convert an adapter between PEFT's files and MLX-LM's (LoRA and DoRA, tensors exact)
+    Convert(ConvertArgs),
     /// Print a shell completion script
     Completions {
         /// The shell to complete for
@@ -104,6 +106,25 @@ struct MergeArgs {
     /// New (or empty) output directory
     #[arg(long, value_name = "DIR")]
     out: PathBuf,
+}
+
+#[derive(Args)]
+struct ConvertArgs {
+    /// The adapter's format
+    #[arg(long, value_name = "FORMAT", value_parser = train::Choices(&[AdapterFormat::Peft, AdapterFormat::Mlx]))]
+    from: AdapterFormat,
+    /// The format to write
+    #[arg(long, value_name = "FORMAT", value_parser = train::Choices(&[AdapterFormat::Peft, AdapterFormat::Mlx]))]
+    to: AdapterFormat,
+    /// The adapter directory to convert
+    #[arg(long, value_name = "DIR")]
+    adapter: PathBuf,
+    /// New (or empty) output directory
+    #[arg(long, value_name = "DIR")]
+    out: PathBuf,
+    /// The Hugging Face model the adapter is for: checks the tensors' shapes, and counts layers for an adapter of only some (PEFT to MLX needs it then) [default: none]
+    #[arg(long, value_name = "DIR")]
+    model: Option<PathBuf>,
 }
 
 #[derive(Args)]
@@ -251,6 +272,18 @@ fn analyze(args: AnalyzeArgs) -> Result<()> {
     Ok(())
 }
 
+fn convert(args: ConvertArgs) -> Result<()> {
+    let summary = tasks::convert_adapter(
+        args.from,
+        args.to,
+        &args.adapter,
+        &args.out,
+        args.model.as_deref(),
+    )?;
+    println!("wrote {}: {summary}", args.out.display());
+    Ok(())
+}
+
 fn run(command: Command) -> Result<()> {
     match command {
         Command::Devices => devices(),
@@ -259,6 +292,7 @@ fn run(command: Command) -> Result<()> {
         Command::Merge(args) => merge(args),
         Command::Train(args) => train::run(*args),
         Command::Analyze(args) => analyze(args),
+        Command::Convert(args) => convert(args),
         Command::Completions { shell } => {
             // Into a buffer first: clap_complete panics on a failed write.
             let mut script = Vec::new();

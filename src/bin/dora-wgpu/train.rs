@@ -176,7 +176,7 @@ fn name_of<T: Serialize>(value: &T) -> String {
 /// clap's reason) and lists the given variants, by their serde names, as the
 /// possible values in the help and the shell completions.
 #[derive(Clone)]
-struct Choices<T: 'static>(&'static [T]);
+pub(crate) struct Choices<T: 'static>(pub(crate) &'static [T]);
 
 impl<T> TypedValueParser for Choices<T>
 where
