@@ -15,7 +15,6 @@
 
 pub mod assets;
 pub mod autograd;
-pub mod bench;
 pub mod data;
 mod error;
 pub mod gpu;
@@ -23,6 +22,7 @@ pub mod io;
 pub mod nn;
 pub mod ops;
 pub mod optim;
+pub mod peak;
 pub mod plot;
 pub mod shaders;
 pub mod tasks;
