@@ -37,3 +37,9 @@ pub use tensor::{DType, Tensor};
 pub use tokenizer::{ChatMessage, Tokenizer};
 /// The wgpu this crate is built on, for applications that share their device.
 pub use wgpu;
+
+/// README.md's code blocks, compiled by `cargo test --doc` so the library
+/// snippet keeps up with the API (its other blocks are tagged `sh`/`text`).
+#[cfg(doctest)]
+#[doc = include_str!("../README.md")]
+struct ReadmeDoctests;
