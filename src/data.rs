@@ -186,3 +186,35 @@ pub fn read_jsonl(path: &Path, tokenizer: &Tokenizer) -> Result<Vec<Example>> {
     }
     Ok(out)
 }
+
+/// Random token sequences of exactly `seq + 1` tokens (every target scored),
+/// so every micro-batch is a full [batch, seq] with no padding.
+pub fn random_examples(vocab: usize, count: usize, seq: usize, seed: u64) -> Vec<Example> {
+    random_examples_of_lengths(vocab, count, seq + 1..=seq + 1, seed)
+}
+
+/// Random token sequences (every target scored) whose lengths are drawn
+/// from `lengths`, as real data's vary.
+pub fn random_examples_of_lengths(
+    vocab: usize,
+    count: usize,
+    lengths: std::ops::RangeInclusive<usize>,
+    seed: u64,
+) -> Vec<Example> {
+    let mut rng = crate::nn::Rng::new(seed);
+    let (shortest, spread) = (*lengths.start(), lengths.end() - lengths.start() + 1);
+    (0..count)
+        .map(|_| {
+            let len = match spread {
+                1 => shortest,
+                _ => shortest + rng.next_u64() as usize % spread,
+            };
+            Example {
+                ids: (0..len)
+                    .map(|_| (rng.next_u64() % vocab as u64) as u32)
+                    .collect(),
+                scored: (0..len).map(|t| t > 0).collect(),
+            }
+        })
+        .collect()
+}

@@ -15,7 +15,6 @@
 
 pub mod assets;
 pub mod autograd;
-pub mod bench;
 pub mod data;
 mod error;
 pub mod gpu;
@@ -23,6 +22,7 @@ pub mod io;
 pub mod nn;
 pub mod ops;
 pub mod optim;
+pub mod peak;
 pub mod plot;
 pub mod shaders;
 pub mod tasks;
@@ -37,3 +37,9 @@ pub use tensor::{DType, Tensor};
 pub use tokenizer::{ChatMessage, Tokenizer};
 /// The wgpu this crate is built on, for applications that share their device.
 pub use wgpu;
+
+/// README.md's code blocks, compiled by `cargo test --doc` so the library
+/// snippet keeps up with the API (its other blocks are tagged `sh`/`text`).
+#[cfg(doctest)]
+#[doc = include_str!("../README.md")]
+struct ReadmeDoctests;

@@ -6,7 +6,7 @@ mod common;
 use common::*;
 use dora_wgpu::nn::Rng;
 use dora_wgpu::ops::{self, Transpose};
-use dora_wgpu::{DType, Gpu, MatmulKernels, Tensor};
+use dora_wgpu::{DType, Gpu, GpuOptions, MatmulKernels, Tensor};
 
 const SIZES: [usize; 5] = [1, 7, 33, 64, 257];
 
@@ -45,7 +45,11 @@ fn matmul_layouts_and_sizes(gpu: &Gpu) {
                     assert_eq!(c.shape(), &[m, n]);
                     let want = matmul_ref(&to_f64(&a), &to_f64(&b), m, k, n, ta, tb);
                     assert_close(
-                        &format!("{:?} {t:?} {m}x{k}x{n}", gpu.matmul_kernels()),
+                        &format!(
+                            "{:?} ({} lanes) {t:?} {m}x{k}x{n}",
+                            gpu.matmul_kernels(),
+                            gpu.broadcast_lanes()
+                        ),
                         &c.to_vec_f32().unwrap(),
                         &want,
                         1e-5,
@@ -174,6 +178,29 @@ fn matmul_16_bit(gpu: &Gpu) {
             }
         }
     }
+}
+
+/// The 16-lane broadcast kernels, which an adapter of 8 SIMD lanes (lavapipe)
+/// never picks, forced on and run on every layout, size and weight type the
+/// tests above give each family.
+#[test]
+fn broadcast_matmul_with_16_lanes_matches_f64() {
+    let options = |lanes| GpuOptions {
+        matmul_kernels: MatmulKernels::Broadcast,
+        broadcast_lanes: Some(lanes),
+        ..Default::default()
+    };
+    assert!(
+        Gpu::with_options(&options(12)).is_err(),
+        "only 8 or 16 lanes exist"
+    );
+    let gpu = Gpu::with_options(&options(16))
+        .unwrap_or_else(|e| panic!("GPU tests need an adapter: {e}"));
+    assert_eq!(gpu.matmul_kernels(), MatmulKernels::Broadcast);
+    assert_eq!(gpu.broadcast_lanes(), 16);
+    matmul_layouts_and_sizes(&gpu);
+    matmul_batched(&gpu);
+    matmul_16_bit(&gpu);
 }
 
 #[test]

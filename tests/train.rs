@@ -8,7 +8,7 @@ use std::ops::ControlFlow;
 use std::path::Path;
 
 use common::{fixture, gpu, temp_dir};
-use dora_wgpu::bench::random_examples_of_lengths;
+use dora_wgpu::data::random_examples_of_lengths;
 use dora_wgpu::data::{read_jsonl, Example};
 use dora_wgpu::io::AdapterWeights;
 use dora_wgpu::nn::Llama;

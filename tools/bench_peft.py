@@ -31,7 +31,7 @@ Peak memory, weights included (like the Rust bench's peak_gpu_bytes):
         while converted to float32) are left out; where that reset is not
         possible the figure includes loading, and "peak_includes_load" says so.
 
-effective GFLOP/s uses the Rust bench's formula (src/bench.rs,
+effective GFLOP/s uses the Rust bench's formula (examples/bench/measure.rs,
 effective_flops_per_step), from config.json: a frozen base costs 4·P·T (forward
 2·P·T, backward to the activations 2·P·T, no weight gradient) with P = the
 parameters of the seven projections in all layers + vocab·hidden (LM head) and
@@ -70,7 +70,7 @@ def parse_args(argv=None):
 
 
 def effective_flops_per_step(config, batch, seq):
-    """src/bench.rs effective_flops_per_step, from a config.json dict."""
+    """examples/bench/measure.rs effective_flops_per_step, from a config.json dict."""
     h = config["hidden_size"]
     heads = config["num_attention_heads"]
     head_dim = config.get("head_dim") or h // heads
@@ -244,7 +244,7 @@ def main():
               f"{r['tokens_per_s']:>9.1f} {r['peak_bytes'] / 2**20:>9.1f} "
               f"{r['effective_gflops']:>8.2f} {r['trainable_params']:>10}")
     print(f"DoRA/LoRA step time {time_ratio:.3f}, peak memory {mem_ratio:.3f}")
-    print(f"effective FLOPs per step {flops / 1e9:.4g} G (src/bench.rs formula); "
+    print(f"effective FLOPs per step {flops / 1e9:.4g} G (examples/bench/measure.rs formula); "
           f"torch {lora['torch']}, peft {lora['peft']}, {lora['threads']} threads")
     if args.device == "cpu" and any(r.get("peak_includes_load") for r in runs):
         print("note: the RSS high-water mark could not be reset, peaks include model loading")
@@ -272,7 +272,7 @@ def main():
         "notes": "step_s: median of the timed steps (forward+backward+AdamW step+zero_grad); "
         "tokens_per_s = batch*seq/step_s; peak_bytes: cuda max_memory_allocated, cpu peak RSS "
         "during the steps minus the RSS after imports (each method in its own process); "
-        "effective_gflops: src/bench.rs effective_flops_per_step / step_s.",
+        "effective_gflops: examples/bench/measure.rs effective_flops_per_step / step_s.",
     }
     if args.json:
         os.makedirs(os.path.dirname(os.path.abspath(args.json)), exist_ok=True)

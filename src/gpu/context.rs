@@ -21,6 +21,11 @@ pub struct GpuOptions {
     pub adapter_name: Option<String>,
     pub power_preference: wgpu::PowerPreference,
     pub matmul_kernels: MatmulKernels,
+    /// Invocations per broadcast-matmul group: `None` takes the adapter's
+    /// SIMD width when the driver states one (lavapipe: 8), else 16; `Some(8)` or
+    /// `Some(16)` forces one, e.g. to test the 16-lane kernels on a device
+    /// that would get 8.
+    pub broadcast_lanes: Option<u32>,
     /// How much memory the buffer pool may keep idle, and a hard cap on all of it.
     pub memory: PoolLimits,
 }
@@ -71,6 +76,7 @@ impl Default for GpuOptions {
             power_preference: wgpu::PowerPreference::from_env()
                 .unwrap_or(wgpu::PowerPreference::HighPerformance),
             matmul_kernels: MatmulKernels::Auto,
+            broadcast_lanes: None,
             memory: PoolLimits::default(),
         }
     }
@@ -174,6 +180,11 @@ impl Gpu {
             MatmulKernels::Auto => MatmulKernels::from_env()?,
             chosen => chosen,
         };
+        if let Some(lanes) = options.broadcast_lanes.filter(|l| ![8, 16].contains(l)) {
+            return Err(Error::InvalidArgument(format!(
+                "GpuOptions::broadcast_lanes {lanes}: expected 8 or 16"
+            )));
+        }
         let instance = wgpu::Instance::new(wgpu::InstanceDescriptor {
             backends: options.backends,
             ..wgpu::InstanceDescriptor::new_without_display_handle_from_env()
@@ -193,7 +204,7 @@ impl Gpu {
             trace: wgpu::Trace::Off,
         }))
         .map_err(|e| Error::NoAdapter(format!("{} ({:?}): {e}", info.name, info.backend)))?;
-        let gpu = Gpu::with_device(device, queue, info, kernels)?;
+        let gpu = Gpu::with_device(device, queue, info, kernels, options.broadcast_lanes)?;
         gpu.set_memory_limits(options.memory);
         // Our own device: route uncaptured errors to the next sync instead of panicking.
         let slot = gpu.inner.device_error.clone();
@@ -224,7 +235,7 @@ impl Gpu {
         queue: wgpu::Queue,
         info: wgpu::AdapterInfo,
     ) -> Result<Gpu> {
-        Gpu::with_device(device, queue, info, MatmulKernels::Auto)
+        Gpu::with_device(device, queue, info, MatmulKernels::Auto, None)
     }
 
     fn with_device(
@@ -232,6 +243,7 @@ impl Gpu {
         queue: wgpu::Queue,
         info: wgpu::AdapterInfo,
         matmul_kernels: MatmulKernels,
+        broadcast_lanes: Option<u32>,
     ) -> Result<Gpu> {
         let limits = device.limits();
         // The most storage buffers any kernel binds (WebGPU guarantees 8).
@@ -248,7 +260,8 @@ impl Gpu {
         }
         let batch = Batch::new(&device, limits.min_uniform_buffer_offset_alignment);
         let matmul_kernels = matmul_kernels.resolve(&info);
-        let broadcast_lanes = crate::shaders::broadcast_lanes_for(&info);
+        let broadcast_lanes =
+            broadcast_lanes.unwrap_or_else(|| crate::shaders::broadcast_lanes_for(&info));
         let pass_timer = PassTimer::new(&device, &queue);
         Ok(Gpu {
             inner: Arc::new(GpuInner {
@@ -283,8 +296,9 @@ impl Gpu {
         self.inner.matmul_kernels
     }
 
-    /// Invocations per broadcast-matmul group on this adapter.
-    pub(crate) fn broadcast_lanes(&self) -> u32 {
+    /// Invocations per broadcast-matmul group on this context (8 or 16; see
+    /// [`GpuOptions::broadcast_lanes`]).
+    pub fn broadcast_lanes(&self) -> u32 {
         self.inner.broadcast_lanes
     }
 

@@ -1,41 +1,11 @@
-//! Measurement helpers for the benchmark: the device's FMA ceiling.
+//! The benchmark's measurements: training throughput, merged against base
+//! forward, GPU memory over a long run, host memory of a model load, and the
+//! effective-FLOP convention the figures are reported in.
 
 use std::time::Instant;
 
-use crate::error::Result;
-use crate::gpu::Gpu;
-use crate::ops::{groups_for_elements, launch};
-use crate::shaders::Kernel;
-use crate::tensor::{DType, Tensor};
-
-/// GFLOP/s of a plain FMA loop on this device: the ceiling other kernels are
-/// measured against. Median of `repeats` timed runs after a warm-up.
-pub fn fma_peak_gflops(gpu: &Gpu, repeats: usize) -> Result<f64> {
-    // Long loops on fewer invocations: with short ones, per-invocation set-up
-    // on software adapters hid a quarter of the ceiling (lavapipe: 31.6 GFLOP/s
-    // at 512 iterations, 43 at 4096).
-    let invocations = 256 * 256;
-    let iters: u32 = 4096;
-    let out = Tensor::empty(gpu, &[invocations], DType::F32)?;
-    let run = || -> Result<f64> {
-        let t = Instant::now();
-        launch(
-            Kernel::FmaPeak,
-            &iters,
-            &[&out],
-            groups_for_elements(invocations),
-        )?;
-        gpu.synchronize()?;
-        Ok(t.elapsed().as_secs_f64())
-    };
-    run()?; // compile and warm up
-    let times: Vec<f64> = (0..repeats.max(1)).map(|_| run()).collect::<Result<_>>()?;
-    let flops = invocations as f64 * iters as f64 * 64.0;
-    // A ceiling: the fastest run is the least disturbed one (on a shared
-    // machine the median of a few runs swung from 22 to 43 GFLOP/s).
-    let fastest = times.into_iter().fold(f64::INFINITY, f64::min);
-    Ok(flops / fastest / 1e9)
-}
+use dora_wgpu::data::{random_examples, random_examples_of_lengths};
+use dora_wgpu::{Gpu, Result, Tensor};
 
 /// The median of repeated timings (the upper middle for an even count).
 pub fn median(mut times: Vec<f64>) -> f64 {
@@ -75,7 +45,11 @@ pub struct TrainBench {
 /// parameters) × tokens (forward 2·P·T, backward to the activations 2·P·T; no
 /// weight gradients), plus attention: per layer and sequence 4·T²·H forward
 /// (QKᵀ and PV) and 8·T²·H backward. Adapters, norms and softmax are left out.
-pub fn effective_flops_per_step(c: &crate::io::hf::ModelConfig, batch: usize, seq: usize) -> f64 {
+pub fn effective_flops_per_step(
+    c: &dora_wgpu::io::hf::ModelConfig,
+    batch: usize,
+    seq: usize,
+) -> f64 {
     let h = c.hidden_size as f64;
     let kv = (c.num_key_value_heads * c.head_dim) as f64;
     let q = (c.num_attention_heads * c.head_dim) as f64;
@@ -85,43 +59,6 @@ pub fn effective_flops_per_step(c: &crate::io::hf::ModelConfig, batch: usize, se
     let tokens = (batch * seq) as f64;
     let attention = 12.0 * (seq * seq) as f64 * q * (batch * c.num_hidden_layers) as f64;
     4.0 * (body + head) * tokens + attention
-}
-
-/// Random token sequences of exactly `seq + 1` tokens (every target scored),
-/// so every micro-batch is a full [batch, seq] with no padding.
-pub fn random_examples(
-    vocab: usize,
-    count: usize,
-    seq: usize,
-    seed: u64,
-) -> Vec<crate::data::Example> {
-    random_examples_of_lengths(vocab, count, seq + 1..=seq + 1, seed)
-}
-
-/// Random token sequences (every target scored) whose lengths are drawn
-/// from `lengths`, as real data's vary.
-pub fn random_examples_of_lengths(
-    vocab: usize,
-    count: usize,
-    lengths: std::ops::RangeInclusive<usize>,
-    seed: u64,
-) -> Vec<crate::data::Example> {
-    let mut rng = crate::nn::Rng::new(seed);
-    let (shortest, spread) = (*lengths.start(), lengths.end() - lengths.start() + 1);
-    (0..count)
-        .map(|_| {
-            let len = match spread {
-                1 => shortest,
-                _ => shortest + rng.next_u64() as usize % spread,
-            };
-            crate::data::Example {
-                ids: (0..len)
-                    .map(|_| (rng.next_u64() % vocab as u64) as u32)
-                    .collect(),
-                scored: (0..len).map(|t| t > 0).collect(),
-            }
-        })
-        .collect()
 }
 
 /// The shape of a training measurement: random [batch, seq] batches,
@@ -144,13 +81,13 @@ pub struct TrainShape {
 pub fn train_throughputs(
     model_dir: &std::path::Path,
     model_name: &str,
-    runs: &[(crate::train::Method, TrainShape)],
+    runs: &[(dora_wgpu::train::Method, TrainShape)],
 ) -> Result<Vec<TrainBench>> {
-    use crate::train::{TrainConfig, Trainer};
+    use dora_wgpu::train::{TrainConfig, Trainer};
     let mut trainers = Vec::with_capacity(runs.len());
     for &(method, shape) in runs {
         let gpu = Gpu::new()?;
-        let model = crate::nn::Llama::load(&gpu, model_dir)?;
+        let model = dora_wgpu::nn::Llama::load(&gpu, model_dir)?;
         let examples = random_examples(
             model.config.vocab_size,
             shape.batch * (shape.warmup + shape.steps).max(1),
@@ -229,35 +166,35 @@ pub fn merged_forward_times(
     seq: usize,
     repeats: usize,
 ) -> Result<ForwardTimes> {
-    use crate::nn::{AdapterOptions, Linear, Projection};
-    let _g = crate::autograd::no_grad();
-    let base = crate::nn::Llama::load(gpu, model_dir)?;
+    use dora_wgpu::nn::{AdapterOptions, Linear, Projection};
+    let _g = dora_wgpu::no_grad();
+    let base = dora_wgpu::nn::Llama::load(gpu, model_dir)?;
     // A trained adapter has B ≠ 0: start from fresh adapters, give B random
     // values and attach that to a second copy of the model.
-    let mut fresh = crate::nn::Llama::load(gpu, model_dir)?;
+    let mut fresh = dora_wgpu::nn::Llama::load(gpu, model_dir)?;
     let options = AdapterOptions {
         rank: 8,
         alpha: 16.0,
         ..Default::default()
     };
     fresh.add_adapters(&options, true, &[], 3)?;
-    let all: Vec<&str> = crate::nn::projections(&fresh.config)
+    let all: Vec<&str> = dora_wgpu::nn::projections(&fresh.config)
         .iter()
         .map(|(_, n)| *n)
         .collect();
-    let config = crate::io::AdapterConfig::new(8, 16.0, true, &all);
+    let config = dora_wgpu::io::AdapterConfig::new(8, 16.0, true, &all);
     let mut adapter = fresh.adapter_weights(config)?;
     drop(fresh);
-    let mut rng = crate::nn::Rng::new(5);
+    let mut rng = dora_wgpu::nn::Rng::new(5);
     for m in adapter.modules.values_mut() {
         let b: Vec<f32> = (0..m.lora_b.numel())
             .map(|_| 0.01 * rng.uniform_in(-1.0, 1.0))
             .collect();
-        m.lora_b = crate::io::HostTensor::from_f32(&b, &m.lora_b.shape);
+        m.lora_b = dora_wgpu::io::HostTensor::from_f32(&b, &m.lora_b.shape);
     }
-    let mut adapted = crate::nn::Llama::load(gpu, model_dir)?;
+    let mut adapted = dora_wgpu::nn::Llama::load(gpu, model_dir)?;
     adapted.attach_adapter(&adapter)?;
-    let mut merged = crate::nn::Llama::load(gpu, model_dir)?;
+    let mut merged = dora_wgpu::nn::Llama::load(gpu, model_dir)?;
     for (layer, src) in merged.layers.iter_mut().zip(&adapted.layers) {
         for (slot, p) in layer.projections.iter_mut().zip(&src.projections) {
             *slot = Projection::Frozen(Linear::new(p.merged_weight()?, p.base().bias.clone())?);
@@ -268,7 +205,7 @@ pub fn merged_forward_times(
         .flat_map(|e| e.ids.into_iter().map(|i| i as i32))
         .collect();
     let ids = Tensor::from_i32(gpu, &ids, &[batch, seq])?;
-    let run = |m: &crate::nn::Llama| -> Result<f64> {
+    let run = |m: &dora_wgpu::nn::Llama| -> Result<f64> {
         let t = Instant::now();
         let h = m.forward_hidden(&ids, None)?;
         m.logits(&h)?;
@@ -326,15 +263,15 @@ pub struct MemoryRun {
 pub fn memory_over_run(
     model_dir: &std::path::Path,
     model_name: &str,
-    method: crate::train::Method,
+    method: dora_wgpu::train::Method,
     steps: usize,
     batch: usize,
     max_seq_len: usize,
     dropout: f32,
 ) -> Result<MemoryRun> {
-    use crate::train::{TrainConfig, Trainer};
+    use dora_wgpu::train::{TrainConfig, Trainer};
     let gpu = Gpu::new()?;
-    let model = crate::nn::Llama::load(&gpu, model_dir)?;
+    let model = dora_wgpu::nn::Llama::load(&gpu, model_dir)?;
     let lengths = max_seq_len / 8..=max_seq_len - 1;
     let examples = random_examples_of_lengths(model.config.vocab_size, batch * 32, lengths, 21);
     let config = TrainConfig {
@@ -405,7 +342,7 @@ pub fn host_memory_while<T>(
         return Ok(None);
     };
     let largest = {
-        let mapped = crate::io::hf::MappedWeights::open(model_dir)?;
+        let mapped = dora_wgpu::io::hf::MappedWeights::open(model_dir)?;
         let sizes = mapped
             .names()
             .filter_map(|n| mapped.get(n).map(|t| t.bytes.len()));

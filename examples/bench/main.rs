@@ -19,11 +19,13 @@
 
 use std::time::Instant;
 
-use dora_wgpu::bench::{median, merged_forward_times, paired_ratio, train_throughputs, TrainShape};
+mod measure;
+
 use dora_wgpu::nn::{AdapterOptions, DoraLinear, DoraPath, Linear, LoraLinear, Rng};
 use dora_wgpu::ops::{self, Transpose};
 use dora_wgpu::train::Method;
 use dora_wgpu::{DType, Gpu, GpuOptions, MatmulKernels, Tensor};
+use measure::{median, merged_forward_times, paired_ratio, train_throughputs, TrainShape};
 use serde_json::json;
 
 /// (first call, median steady state) in seconds.
@@ -94,7 +96,7 @@ fn run() -> dora_wgpu::Result<()> {
     let train_steps = number("--train-steps", if quick { 1 } else { 3 })?;
     let repeats = if quick { 2 } else { 5 };
     let gpu = Gpu::new()?;
-    let peak = dora_wgpu::bench::fma_peak_gflops(&gpu, repeats)?;
+    let peak = dora_wgpu::peak::fma_peak_gflops(&gpu, repeats)?;
     println!(
         "adapter {}  backend {:?}  matmul kernels {:?}",
         gpu.adapter_name(),
@@ -273,7 +275,7 @@ fn run() -> dora_wgpu::Result<()> {
             );
             train.push(r.clone());
         }
-        let ratios = |a: &dora_wgpu::bench::TrainBench, b: &dora_wgpu::bench::TrainBench| {
+        let ratios = |a: &measure::TrainBench, b: &measure::TrainBench| {
             (
                 paired_ratio(&a.step_times_s, &b.step_times_s),
                 a.peak_gpu_bytes as f64 / b.peak_gpu_bytes as f64,
@@ -322,7 +324,7 @@ fn run() -> dora_wgpu::Result<()> {
         }
     }
     for ((name, dir), method, steps, b, len, dropout) in memory_cases {
-        let r = dora_wgpu::bench::memory_over_run(&dir, &name, method, steps, b, len, dropout)?;
+        let r = measure::memory_over_run(&dir, &name, method, steps, b, len, dropout)?;
         let mib = |x: u64| x as f64 / 1048576.0;
         println!(
             "{:>16} {:>6} {:>6} {:>11} {:>8} {:>9.1} {:>9.1} {:>9.1} {:>7.3} {:>10.3}",
@@ -344,20 +346,16 @@ fn run() -> dora_wgpu::Result<()> {
     // reading every tensor into memory as `load_weights` (and merge) still do.
     let mut host_loads = Vec::new();
     for (name, dir) in &models {
-        let mapped = dora_wgpu::bench::host_memory_while(
-            &format!("{name}: Llama::load (mapped)"),
-            dir,
-            || {
+        let mapped =
+            measure::host_memory_while(&format!("{name}: Llama::load (mapped)"), dir, || {
                 let model = dora_wgpu::nn::Llama::load(&gpu, dir)?;
                 gpu.synchronize()?;
                 Ok(model)
-            },
-        )?;
-        let read = dora_wgpu::bench::host_memory_while(
-            &format!("{name}: load_weights (read)"),
-            dir,
-            || dora_wgpu::io::hf::load_weights(dir),
-        )?;
+            })?;
+        let read =
+            measure::host_memory_while(&format!("{name}: load_weights (read)"), dir, || {
+                dora_wgpu::io::hf::load_weights(dir)
+            })?;
         // The loaded model and weights are dropped here; only the figures stay.
         let reports = [mapped.map(|(r, _)| r), read.map(|(r, _)| r)];
         for r in reports.into_iter().flatten() {
@@ -390,7 +388,7 @@ fn run() -> dora_wgpu::Result<()> {
     if profile {
         let (pb, ps) = if quick { (2, 32) } else { (batch, seq) };
         let model = dora_wgpu::nn::Llama::load(&gpu, &fwd_model)?;
-        let examples = dora_wgpu::bench::random_examples(model.config.vocab_size, pb * 2, ps, 3);
+        let examples = dora_wgpu::data::random_examples(model.config.vocab_size, pb * 2, ps, 3);
         let config = dora_wgpu::train::TrainConfig {
             batch_size: pb,
             max_seq_len: ps + 1,
@@ -420,7 +418,7 @@ fn run() -> dora_wgpu::Result<()> {
 
     // The ceiling again: if the machine was busy at the start, every
     // percentage above is too high, and this says so.
-    let peak_end = dora_wgpu::bench::fma_peak_gflops(&gpu, repeats)?;
+    let peak_end = dora_wgpu::peak::fma_peak_gflops(&gpu, repeats)?;
     println!("\nFMA peak at the end {peak_end:.1} GFLOP/s (start {peak:.1}; percentages are against the start)");
     if peak_end > 1.15 * peak {
         println!("warning: the machine was slower at the start; the percentages above overstate");
