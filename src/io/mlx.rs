@@ -15,8 +15,8 @@ use std::path::Path;
 
 use serde::{Deserialize, Serialize};
 
-use super::peft::{AdapterConfig, AdapterWeights, ModuleAdapter};
-use super::safetensors::{read_safetensors, write_atomically, write_safetensors, HostTensor};
+use super::peft::{write_adapter_dir, AdapterConfig, AdapterWeights, ModuleAdapter};
+use super::safetensors::{read_safetensors, HostTensor};
 use crate::error::{Error, Result};
 
 pub const MLX_CONFIG_FILE: &str = "adapter_config.json";
@@ -208,10 +208,6 @@ impl MlxAdapter {
     /// Writes `adapters.safetensors` and `adapter_config.json` into `dir`
     /// (created if needed), each atomically.
     pub fn save(&self, dir: &Path) -> Result<()> {
-        std::fs::create_dir_all(dir).map_err(|source| Error::Io {
-            path: dir.display().to_string(),
-            source,
-        })?;
         let mut tensors = BTreeMap::new();
         for (module, m) in &self.modules {
             tensors.insert(format!("{module}.lora_a"), transpose(&m.lora_a));
@@ -220,12 +216,8 @@ impl MlxAdapter {
                 tensors.insert(format!("{module}.m"), mag.clone());
             }
         }
-        write_safetensors(&dir.join(MLX_WEIGHTS_FILE), &tensors, None)?;
-        let json = serde_json::to_string_pretty(&self.config).map_err(|e| Error::Format {
-            path: dir.join(MLX_CONFIG_FILE).display().to_string(),
-            message: e.to_string(),
-        })?;
-        write_atomically(&dir.join(MLX_CONFIG_FILE), json.as_bytes())
+        let weights = (MLX_WEIGHTS_FILE, &tensors, None);
+        write_adapter_dir(dir, weights, (MLX_CONFIG_FILE, &self.config))
     }
 
     /// The MLX-LM form of a PEFT adapter. `model_layers` is the model's
@@ -285,12 +277,7 @@ impl MlxAdapter {
         } else {
             c.lora_alpha as f64 / r as f64
         };
-        let keys: BTreeSet<&str> = peft
-            .modules
-            .keys()
-            .filter_map(|m| split_layer(m))
-            .map(|(_, k)| k)
-            .collect();
+        let keys = layer_keys(&peft.modules);
         let config = MlxConfig {
             fine_tune_type: if c.use_dora { "dora" } else { "lora" }.into(),
             num_layers: indices.len(),
@@ -318,12 +305,7 @@ impl MlxAdapter {
     pub fn to_peft(&self) -> Result<AdapterWeights> {
         let p = &self.config.lora_parameters;
         let range = self.layer_range().map_err(Error::InvalidArgument)?;
-        let keys: BTreeSet<&str> = self
-            .modules
-            .keys()
-            .filter_map(|m| split_layer(m))
-            .map(|(_, k)| k)
-            .collect();
+        let keys = layer_keys(&self.modules);
         let targets: Vec<&str> = keys.into_iter().collect();
         let mut config = AdapterConfig::new(
             p.rank,
@@ -343,6 +325,15 @@ impl MlxAdapter {
             modules: self.modules.clone(),
         })
     }
+}
+
+/// The module paths inside a layer (`self_attn.q_proj`) that `modules` adapt.
+fn layer_keys(modules: &BTreeMap<String, ModuleAdapter>) -> BTreeSet<&str> {
+    modules
+        .keys()
+        .filter_map(|m| split_layer(m))
+        .map(|(_, k)| k)
+        .collect()
 }
 
 /// The layers `modules` adapt, checked to be `num_layers` consecutive layers

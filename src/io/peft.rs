@@ -549,10 +549,6 @@ impl AdapterWeights {
     /// Writes `adapter_model.safetensors` and `adapter_config.json` into `dir`
     /// (created if needed), each atomically.
     pub fn save(&self, dir: &Path) -> Result<()> {
-        std::fs::create_dir_all(dir).map_err(|source| Error::Io {
-            path: dir.display().to_string(),
-            source,
-        })?;
         let mut tensors = BTreeMap::new();
         for (module, m) in &self.modules {
             tensors.insert(format!("{KEY_PREFIX}{module}{A_SUFFIX}"), m.lora_a.clone());
@@ -562,11 +558,30 @@ impl AdapterWeights {
             }
         }
         let metadata = std::collections::HashMap::from([("format".to_string(), "pt".to_string())]);
-        write_safetensors(&dir.join(WEIGHTS_FILE), &tensors, Some(metadata))?;
-        let json = serde_json::to_string_pretty(&self.config).map_err(|e| Error::Format {
-            path: dir.join(CONFIG_FILE).display().to_string(),
-            message: e.to_string(),
-        })?;
-        write_atomically(&dir.join(CONFIG_FILE), json.as_bytes())
+        let weights = (WEIGHTS_FILE, &tensors, Some(metadata));
+        write_adapter_dir(dir, weights, (CONFIG_FILE, &self.config))
     }
+}
+
+/// Writes an adapter directory: a safetensors file (name, tensors, metadata)
+/// and a JSON config (name, value), each atomically, into `dir` (created if needed).
+pub(crate) fn write_adapter_dir(
+    dir: &Path,
+    (weights_file, tensors, metadata): (
+        &str,
+        &BTreeMap<String, HostTensor>,
+        Option<std::collections::HashMap<String, String>>,
+    ),
+    (config_file, config): (&str, &impl Serialize),
+) -> Result<()> {
+    std::fs::create_dir_all(dir).map_err(|source| Error::Io {
+        path: dir.display().to_string(),
+        source,
+    })?;
+    write_safetensors(&dir.join(weights_file), tensors, metadata)?;
+    let json = serde_json::to_string_pretty(config).map_err(|e| Error::Format {
+        path: dir.join(config_file).display().to_string(),
+        message: e.to_string(),
+    })?;
+    write_atomically(&dir.join(config_file), json.as_bytes())
 }
