@@ -56,7 +56,7 @@ pub struct TrainArgs {
     /// Scale by alpha / sqrt(r) instead of alpha / r
     #[arg(long)]
     rslora: bool,
-    /// Comma-separated projections to adapt: q_proj,k_proj,v_proj,o_proj,gate_proj,up_proj,down_proj
+    /// Comma-separated projections to adapt (q_proj,k_proj,v_proj,o_proj,gate_proj,up_proj,down_proj; Phi-3: qkv_proj,o_proj,gate_up_proj,down_proj)
     #[arg(long, value_name = "LIST")]
     targets: Option<String>,
     /// Adapt only the last N decoder layers
@@ -251,7 +251,7 @@ macro_rules! config_fields {
         fn field_default(id: &str, c: &TrainConfig) -> Option<String> {
             match id {
                 $(stringify!($option) => Some(c.$field.shown()),)*
-                "targets" if c.targets.is_empty() => Some("all seven projections".into()),
+                "targets" if c.targets.is_empty() => Some("every projection of the model's family".into()),
                 "targets" => Some(c.targets.join(",")),
                 "num_layers" => Some(c.num_layers.map_or("all layers".into(), |n| n.to_string())),
                 _ => None,
@@ -489,7 +489,8 @@ pub fn run(args: TrainArgs) -> Result<()> {
         c.rank,
         c.alpha,
         if c.targets.is_empty() {
-            "all seven projections".to_string()
+            let names = dora_wgpu::nn::projections(m).iter().map(|(_, name)| *name);
+            names.collect::<Vec<_>>().join(",")
         } else {
             c.targets.join(",")
         },
