@@ -8,7 +8,7 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 use common::{fixture, run_cli, temp_dir};
-use dora_wgpu::io::{read_safetensors, AdapterWeights, HostTensor};
+use dora_wgpu::io::{read_safetensors, write_safetensors, AdapterWeights, HostTensor};
 
 fn model(name: &str) -> PathBuf {
     fixture(&format!("models/{name}"))
@@ -274,7 +274,29 @@ fn what_cannot_map_is_refused_in_one_line_and_nothing_is_written() {
         Option<PathBuf>,
         &'a str,
     );
-    let cases: [Case; 5] = [
+    // Layer 1 alone without layers_to_transform: PEFT would read it as every layer.
+    let unlisted = {
+        let mut a = AdapterWeights::load(&model("tiny-llama3-dora")).unwrap();
+        a.modules.retain(|m, _| m.starts_with("model.layers.1."));
+        let p = dir.join("peft-unlisted");
+        a.save(&p).unwrap();
+        p
+    };
+    // An MLX-LM adapter of layer 0 of two: MLX-LM's num_layers 1 means layer 1.
+    let mlx_first = dir.join("mlx-first");
+    std::fs::create_dir_all(&mlx_first).unwrap();
+    let layer0: BTreeMap<String, HostTensor> =
+        read_safetensors(&dir.join("mlx/adapters.safetensors"))
+            .unwrap()
+            .into_iter()
+            .filter(|(k, _)| k.starts_with("model.layers.0."))
+            .collect();
+    write_safetensors(&mlx_first.join("adapters.safetensors"), &layer0, None).unwrap();
+    let mut c1 = json(&dir.join("mlx/adapter_config.json"));
+    c1["num_layers"] = 1.into();
+    std::fs::write(mlx_first.join("adapter_config.json"), c1.to_string()).unwrap();
+
+    let cases: [Case; 7] = [
         (
             "peft",
             "mlx",
@@ -308,6 +330,22 @@ fn what_cannot_map_is_refused_in_one_line_and_nothing_is_written() {
             None,
             "nothing to convert",
         ),
+        (
+            "peft",
+            "mlx",
+            &unlisted,
+            &dir.join("o6"),
+            None,
+            "layer 0 has no adapter tensors",
+        ),
+        (
+            "mlx",
+            "peft",
+            &mlx_first,
+            &dir.join("o7"),
+            Some(model("tiny-llama3")),
+            "do not end at the model's last layer",
+        ),
     ];
     for (from, to, adapter, out, m, needle) in cases {
         let (ok, msg) = convert(from, to, adapter, out, m.as_deref());
@@ -317,7 +355,7 @@ fn what_cannot_map_is_refused_in_one_line_and_nothing_is_written() {
             "{needle}: {msg}"
         );
     }
-    for o in ["o1", "o2", "o3", "o5"] {
+    for o in ["o1", "o2", "o3", "o5", "o6", "o7"] {
         assert!(!dir.join(o).exists(), "{o} was written");
     }
     assert_eq!(

@@ -202,7 +202,14 @@ impl MlxAdapter {
     /// The adapted layers, `num_layers` consecutive ones, each with the same
     /// modules (MLX-LM adapts every key in each of the last `num_layers` layers).
     fn layer_range(&self) -> std::result::Result<std::ops::Range<usize>, String> {
-        layer_range(&self.modules, self.config.num_layers)
+        let range = layer_range(&self.modules)?;
+        let n = self.config.num_layers;
+        if range.len() != n {
+            return Err(format!(
+                "num_layers is {n} but the tensors adapt layers {range:?}; they must be {n} consecutive layers ending at the model's last"
+            ));
+        }
+        Ok(range)
     }
 
     /// Writes `adapters.safetensors` and `adapter_config.json` into `dir`
@@ -225,53 +232,38 @@ impl MlxAdapter {
     /// so an adapter of some layers needs it; one of every layer does not.
     pub fn from_peft(peft: &AdapterWeights, model_layers: Option<usize>) -> Result<MlxAdapter> {
         let c = &peft.config;
-        let refuse = |why: String| {
-            Err(Error::InvalidArgument(format!(
-                "cannot convert to MLX-LM: {why}"
-            )))
-        };
+        let why = |why: String| Error::InvalidArgument(format!("cannot convert to MLX-LM: {why}"));
+        let refuse = |reason: String| Err(why(reason));
         if !c.rank_pattern.is_empty() || !c.alpha_pattern.is_empty() {
             return refuse("the adapter has per-module ranks or alphas (rank_pattern/alpha_pattern); MLX-LM has one rank and scale".into());
         }
-        if let Some(module) = peft.modules.keys().find(|m| split_layer(m).is_none()) {
-            return refuse(format!(
-                "{module} is outside the decoder layers, which MLX-LM's adapters cover"
-            ));
-        }
-        let indices: BTreeSet<usize> = peft
-            .modules
-            .keys()
-            .filter_map(|m| split_layer(m))
-            .map(|(i, _)| i)
-            .collect();
-        let (first, last) = (
-            *indices.first().expect("an adapter has modules"),
-            *indices.last().expect("non-empty"),
-        );
+        let range = layer_range(&peft.modules).map_err(why)?;
         let all_layers = c
             .other
             .get("layers_to_transform")
             .is_none_or(serde_json::Value::is_null);
+        if all_layers && range.start != 0 {
+            return refuse(
+                "layers_to_transform is not set, yet layer 0 has no adapter tensors".into(),
+            );
+        }
         let end = match (model_layers, all_layers) {
             (Some(n), _) => {
-                if last >= n {
-                    return refuse(format!("the adapter has layer {last}, but the model has {n} layers"));
-                }
-                if all_layers && first != 0 {
-                    return refuse("layers_to_transform is not set, yet layer 0 has no adapter tensors".into());
+                if range.end > n {
+                    return refuse(format!("the adapter has layer {}, but the model has {n} layers", range.end - 1));
                 }
                 n
             }
-            (None, true) => last + 1,
+            (None, true) => range.end,
             (None, false) => return refuse("the adapter sets layers_to_transform; give --model so that the layers can be counted from the last one, as MLX-LM counts them".into()),
         };
-        if first + indices.len() != end || last + 1 != end {
+        if range.end != end {
             return refuse(format!(
-                "the adapted layers {indices:?} are not the last {} of {end}; MLX-LM adapts the last num_layers layers",
-                indices.len()
+                "the adapted layers {range:?} are not the last {} of {end}; MLX-LM adapts the last num_layers layers",
+                range.len()
             ));
         }
-        let (r, _) = c.rank_and_alpha("");
+        let r = c.r;
         let scale = if c.use_rslora {
             c.lora_alpha as f64 / (r as f64).sqrt()
         } else {
@@ -280,7 +272,7 @@ impl MlxAdapter {
         let keys = layer_keys(&peft.modules);
         let config = MlxConfig {
             fine_tune_type: if c.use_dora { "dora" } else { "lora" }.into(),
-            num_layers: indices.len(),
+            num_layers: range.len(),
             lora_parameters: LoraParameters {
                 rank: r,
                 scale,
@@ -290,21 +282,24 @@ impl MlxAdapter {
             },
             other: Default::default(),
         };
-        let adapter = MlxAdapter {
+        Ok(MlxAdapter {
             config,
             modules: peft.modules.clone(),
-        };
-        adapter
-            .layer_range()
-            .map_err(|why| Error::InvalidArgument(format!("cannot convert to MLX-LM: {why}")))?;
-        Ok(adapter)
+        })
     }
 
     /// The PEFT form: the same tensors, `lora_alpha` = scale · r, the adapted
     /// layers listed in `layers_to_transform` unless they start at layer 0.
-    pub fn to_peft(&self) -> Result<AdapterWeights> {
+    /// `model_layers` (the model's `num_hidden_layers`), when known, must be
+    /// where the adapted layers end: MLX-LM counts them from the last one.
+    pub fn to_peft(&self, model_layers: Option<usize>) -> Result<AdapterWeights> {
         let p = &self.config.lora_parameters;
         let range = self.layer_range().map_err(Error::InvalidArgument)?;
+        if let Some(n) = model_layers.filter(|&n| n != range.end) {
+            return Err(Error::InvalidArgument(format!(
+                "cannot convert to PEFT: the adapter's layers {range:?} do not end at the model's last layer ({n} layers), where MLX-LM's num_layers counts from"
+            )));
+        }
         let keys = layer_keys(&self.modules);
         let targets: Vec<&str> = keys.into_iter().collect();
         let mut config = AdapterConfig::new(
@@ -336,23 +331,23 @@ fn layer_keys(modules: &BTreeMap<String, ModuleAdapter>) -> BTreeSet<&str> {
         .collect()
 }
 
-/// The layers `modules` adapt, checked to be `num_layers` consecutive layers
+/// The layers `modules` adapt, checked to be consecutive decoder layers
 /// holding the same module paths.
 fn layer_range(
     modules: &BTreeMap<String, ModuleAdapter>,
-    num_layers: usize,
 ) -> std::result::Result<std::ops::Range<usize>, String> {
     let mut per_layer: BTreeMap<usize, BTreeSet<&str>> = BTreeMap::new();
     for m in modules.keys() {
-        let (i, rest) =
-            split_layer(m).ok_or_else(|| format!("{m} is outside the decoder layers"))?;
+        let (i, rest) = split_layer(m).ok_or_else(|| {
+            format!("{m} is outside the decoder layers, which MLX-LM's adapters cover")
+        })?;
         per_layer.entry(i).or_default().insert(rest);
     }
     let (&first, keys) = per_layer.first_key_value().ok_or("no adapted modules")?;
     let last = *per_layer.keys().last().expect("non-empty");
-    if per_layer.len() != last - first + 1 || per_layer.len() != num_layers {
+    if per_layer.len() != last - first + 1 {
         return Err(format!(
-            "num_layers is {num_layers} but the tensors adapt layers {:?}; they must be {num_layers} consecutive layers ending at the model's last",
+            "the tensors adapt layers {:?}, which are not consecutive; MLX-LM adapts the last num_layers layers",
             per_layer.keys().collect::<Vec<_>>()
         ));
     }

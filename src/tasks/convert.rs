@@ -63,7 +63,7 @@ pub fn convert_adapter(
         }
         AdapterFormat::Mlx => {
             let mlx = MlxAdapter::load(adapter_dir)?;
-            (mlx.to_peft()?, mlx)
+            (mlx.to_peft(model_layers)?, mlx)
         }
     };
     if let Some(dir) = model_dir {
