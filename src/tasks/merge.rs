@@ -48,7 +48,6 @@ fn write_merged(
     base: &MappedWeights,
     merged: &BTreeMap<String, Tensor>,
 ) -> Result<()> {
-    std::fs::create_dir_all(dir).map_err(io_err(dir))?;
     let entries: Vec<TensorEntry> = base
         .names()
         .filter_map(|name| {
