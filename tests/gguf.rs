@@ -1,6 +1,8 @@
 //! The GGUF reader and its block decoders against gguf-py (the llama.cpp
 //! project's Python package): tests/fixtures/gguf/ from tools/gen_gguf_fixture.py.
 
+mod common;
+
 use dora_wgpu::io::gguf::{GgmlType, GgufFile, Value};
 use std::path::{Path, PathBuf};
 
@@ -107,18 +109,11 @@ fn every_block_format_decodes_bit_for_bit_as_gguf_py() {
     }
 }
 
-/// Writes `bytes` to a temporary file and opens it as GGUF.
-fn open_bytes(bytes: &[u8]) -> dora_wgpu::Result<GgufFile> {
-    let dir = std::env::temp_dir().join(format!("dora-gguf-test-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
-    let path = dir.join(format!(
-        "{:x}.gguf",
-        bytes.len() ^ (bytes.iter().map(|&b| b as usize).sum::<usize>() << 20)
-    ));
+/// Writes `bytes` as `name`.gguf in a fresh temporary folder and opens it.
+fn open_bytes(name: &str, bytes: &[u8]) -> dora_wgpu::Result<GgufFile> {
+    let path = common::temp_dir(&format!("gguf-{name}")).join(format!("{name}.gguf"));
     std::fs::write(&path, bytes).unwrap();
-    let r = GgufFile::open(&path);
-    std::fs::remove_file(&path).ok();
-    r
+    GgufFile::open(&path)
 }
 
 #[test]
@@ -164,7 +159,7 @@ fn damaged_files_are_one_line_errors() {
         ),
     ];
     for (what, bytes, needle) in cases {
-        let e = open_bytes(&bytes)
+        let e = open_bytes(&what.replace(' ', "-"), &bytes)
             .err()
             .unwrap_or_else(|| panic!("{what}: accepted"));
         let msg = e.to_string();
@@ -189,7 +184,7 @@ fn a_type_not_read_here_is_named_when_its_tensor_is_asked_for() {
     let ty = at + 8 + name.len() + 4 + 2 * 8; // name, n_dims, two dims
     assert_eq!(bytes[ty..ty + 4], 2u32.to_le_bytes());
     bytes[ty..ty + 4].copy_from_slice(&16u32.to_le_bytes());
-    let file = open_bytes(&bytes).unwrap();
+    let file = open_bytes("unknown-type", &bytes).unwrap();
     let msg = file.tensor_f32("Q4_0.q").unwrap_err().to_string();
     assert!(
         msg.contains("Q4_0.q") && msg.contains("type id 16") && msg.contains("Q4_K"),
