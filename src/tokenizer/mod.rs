@@ -5,7 +5,9 @@
 //! `tokenizers` crate, the same Rust code as the Python fast tokenizer), the
 //! special tokens and flags from `tokenizer_config.json`, the chat template from
 //! `chat_template.jinja` or `tokenizer_config.json`, and the stop tokens from
-//! `generation_config.json`.
+//! `generation_config.json`. [`Tokenizer::from_gguf`] builds the same from a
+//! GGUF file's `tokenizer.ggml.*` metadata (see `gguf.rs`), and
+//! [`Tokenizer::load`] picks one of the two by what the path is.
 //!
 //! What transformers changes on top of `tokenizer.json`, and this module copies:
 //! - encoding never truncates or pads, whatever `tokenizer.json` stores;
@@ -45,6 +47,8 @@ use tokenizers::AddedToken;
 
 use crate::error::{Error, Result};
 
+mod gguf;
+
 /// One chat turn. Deserializes from `{"role": ..., "content": ...}` (other keys
 /// are ignored), so a JSONL line `{"messages": [...]}` parses into a
 /// `Vec<ChatMessage>`.
@@ -65,6 +69,7 @@ impl ChatMessage {
 
 /// A Hugging Face tokenizer with its special tokens and chat template.
 pub struct Tokenizer {
+    /// The model directory, or the GGUF file.
     dir: PathBuf,
     inner: tokenizers::Tokenizer,
     bos_token: Option<String>,
@@ -402,7 +407,7 @@ impl Tokenizer {
         })
     }
 
-    /// The directory this tokenizer was loaded from.
+    /// The model directory, or the GGUF file, this tokenizer was loaded from.
     pub fn dir(&self) -> &Path {
         &self.dir
     }
@@ -531,7 +536,11 @@ impl Tokenizer {
             TemplateState::Missing => {
                 return Err(Error::Format {
                     path: show(&self.dir),
-                    message: "the model has no chat template (no chat_template.jinja, no \"chat_template\" in tokenizer_config.json)".into(),
+                    message: if self.dir.is_file() {
+                        "the model has no chat template (no tokenizer.chat_template in the GGUF metadata)".into()
+                    } else {
+                        "the model has no chat template (no chat_template.jinja, no \"chat_template\" in tokenizer_config.json)".into()
+                    },
                 })
             }
             TemplateState::NoDefault(path) => {
