@@ -270,6 +270,11 @@ fn damaged_files_name_the_key() {
             "tokenizer.ggml.bos_token_id",
         ),
         (
+            "unknown-arch",
+            Box::new(|kv| set(kv, "general.architecture", V::Str("gemma".into()))),
+            "general.architecture",
+        ),
+        (
             "no-model",
             Box::new(|kv| kv.retain(|(k, _)| *k != "tokenizer.ggml.model")),
             "tokenizer.ggml.model",

@@ -18,7 +18,7 @@
 //!   merges from the file, or derived from the vocabulary ranked by scores.
 //! - `llama` + `phi3`: the same, with the prefix space from a
 //!   Prepend+Replace normalizer (Phi-3's own tokenizer.json).
-//! - `llama` + `gemma`/`gemma2`/`gemma3`: GemmaTokenizer: spaces become `▁`
+//! - `llama` + `gemma2`/`gemma3`: GemmaTokenizer: spaces become `▁`
 //!   in a normalizer, no prefix space, `<unk>` as unknown token, runs of real
 //!   spaces in the file respelled as `▁`s, merges derived in file order.
 //!
@@ -27,7 +27,8 @@
 //! (bos/eos/unk/pad from their ids) special; the post-processor adds BOS/EOS
 //! per `add_bos_token`/`add_eos_token` (default true for `llama` files);
 //! `tokenizer.ggml.add_space_prefix` is ignored, as transformers ignores it;
-//! no decode space clean-up.
+//! no decode space clean-up. An architecture transformers' GGUF loader
+//! refuses (e.g. `gemma`) is refused here too.
 
 use std::collections::HashMap;
 use std::path::Path;
@@ -220,13 +221,19 @@ impl Tokenizer {
         let arch = m
             .str_opt(arch_key)?
             .ok_or_else(|| m.err(arch_key, "missing"))?;
+        if !supported_architecture(arch) {
+            return Err(m.err(
+                arch_key,
+                format!("architecture {arch:?} is not one transformers can load from a GGUF file"),
+            ));
+        }
         let model_key = "tokenizer.ggml.model";
         let model = m
             .str_opt(model_key)?
             .ok_or_else(|| m.err(model_key, "missing (the file has no tokenizer)"))?;
         let kind = match (model, arch) {
             ("gpt2", _) => Kind::ByteLevel,
-            ("llama", "gemma" | "gemma2" | "gemma3") => Kind::Gemma,
+            ("llama", "gemma2" | "gemma3") => Kind::Gemma,
             ("llama", "phi3") => Kind::Phi3,
             ("llama", _) => Kind::Llama,
             (other, _) => {
@@ -563,6 +570,41 @@ impl Tokenizer {
             Tokenizer::from_dir(path)
         }
     }
+}
+
+/// The architectures transformers' GGUF loader accepts (it refuses to build
+/// a tokenizer for any other, Gemma 1's `gemma` included).
+fn supported_architecture(arch: &str) -> bool {
+    matches!(
+        arch,
+        "llama"
+            | "mistral"
+            | "qwen2"
+            | "qwen2moe"
+            | "gpt_oss"
+            | "gpt-oss"
+            | "lfm2"
+            | "qwen3"
+            | "qwen3moe"
+            | "qwen35"
+            | "qwen35moe"
+            | "falcon"
+            | "phi3"
+            | "bloom"
+            | "t5"
+            | "t5encoder"
+            | "umt5"
+            | "stablelm"
+            | "gpt2"
+            | "starcoder2"
+            | "mamba"
+            | "nemotron"
+            | "gemma2"
+            | "gemma3"
+            | "gemma4"
+            | "deci"
+            | "minimax-m2"
+    )
 }
 
 fn is_gguf_name(path: &Path) -> bool {
