@@ -147,6 +147,28 @@ impl<'a> Meta<'a> {
             .map(Some)
     }
 
+    /// An array with one entry per token, each converted by `value`
+    /// (`what` names the expected kind in the error).
+    fn per_token<T>(
+        &self,
+        key: &str,
+        n: usize,
+        what: &str,
+        value: impl Fn(&Value) -> Option<T>,
+    ) -> Result<Option<Vec<T>>> {
+        let Some(a) = self.array_opt(key)? else {
+            return Ok(None);
+        };
+        if a.len() != n {
+            return Err(self.err(key, format!("{} entries for {n} tokens", a.len())));
+        }
+        a.iter()
+            .enumerate()
+            .map(|(i, v)| value(v).ok_or_else(|| self.err(key, format!("entry {i} is not {what}"))))
+            .collect::<Result<Vec<_>>>()
+            .map(Some)
+    }
+
     /// A token id key, checked against the vocabulary size.
     fn token_id(&self, key: &str, n: usize) -> Result<Option<usize>> {
         match self.file.get(key) {
@@ -255,40 +277,11 @@ impl Tokenizer {
             return Err(m.err(tokens_key, "the vocabulary is empty"));
         }
         let types_key = "tokenizer.ggml.token_type";
-        let types: Vec<u64> = match m.array_opt(types_key)? {
-            None => vec![],
-            Some(a) => {
-                if a.len() != n {
-                    return Err(m.err(types_key, format!("{} entries for {n} tokens", a.len())));
-                }
-                a.iter()
-                    .enumerate()
-                    .map(|(i, v)| {
-                        v.as_u64()
-                            .ok_or_else(|| m.err(types_key, format!("entry {i} is not an integer")))
-                    })
-                    .collect::<Result<_>>()?
-            }
-        };
+        let types: Vec<u64> = m
+            .per_token(types_key, n, "an integer", Value::as_u64)?
+            .unwrap_or_default();
         let scores_key = "tokenizer.ggml.scores";
-        let scores: Option<Vec<f64>> = match m.array_opt(scores_key)? {
-            None => None,
-            Some(a) => {
-                if a.len() != n {
-                    return Err(m.err(scores_key, format!("{} entries for {n} tokens", a.len())));
-                }
-                Some(
-                    a.iter()
-                        .enumerate()
-                        .map(|(i, v)| {
-                            v.as_f64().ok_or_else(|| {
-                                m.err(scores_key, format!("entry {i} is not a number"))
-                            })
-                        })
-                        .collect::<Result<_>>()?,
-                )
-            }
-        };
+        let scores = m.per_token(scores_key, n, "a number", Value::as_f64)?;
 
         // The vocabulary as the builder spells it.
         let alphabet = byte_alphabet();
@@ -343,7 +336,7 @@ impl Tokenizer {
                 let ranks: Vec<f64> = if kind == Kind::Gemma {
                     (0..n).map(|i| -(i as f64)).collect()
                 } else {
-                    scores.clone().ok_or_else(|| {
+                    scores.ok_or_else(|| {
                         m.err(
                             scores_key,
                             "missing (needed to derive the merges, which the file lacks)",
@@ -555,17 +548,13 @@ impl Tokenizer {
     }
 
     /// Loads a tokenizer from a GGUF file ([`Tokenizer::from_gguf`]) when
-    /// `path` is a file (named `.gguf`, or starting with the bytes `GGUF`),
-    /// else from a model directory ([`Tokenizer::from_dir`]).
+    /// `path` is a file (whatever its name), else from a model directory
+    /// ([`Tokenizer::from_dir`]).
     pub fn load(path: impl AsRef<Path>) -> Result<Tokenizer> {
         let path = path.as_ref();
-        if path.is_file() && (is_gguf_name(path) || starts_with_magic(path)) {
+        // A file that is not GGUF is refused by the GGUF reader's magic check.
+        if path.is_file() {
             Tokenizer::from_gguf(path)
-        } else if path.is_file() {
-            Err(format_err(
-                path,
-                "not a GGUF file (no GGUF magic) and not a model directory",
-            ))
         } else {
             Tokenizer::from_dir(path)
         }
@@ -605,19 +594,4 @@ fn supported_architecture(arch: &str) -> bool {
             | "deci"
             | "minimax-m2"
     )
-}
-
-fn is_gguf_name(path: &Path) -> bool {
-    path.extension()
-        .and_then(|e| e.to_str())
-        .is_some_and(|e| e.eq_ignore_ascii_case("gguf"))
-}
-
-fn starts_with_magic(path: &Path) -> bool {
-    use std::io::Read;
-    let mut magic = [0u8; 4];
-    std::fs::File::open(path)
-        .and_then(|mut f| f.read_exact(&mut magic))
-        .is_ok()
-        && &magic == b"GGUF"
 }
