@@ -59,7 +59,7 @@ fn main() -> dora_wgpu::Result<()> {
     let max_seconds: f64 =
         arg("--max-seconds").map_or(f64::INFINITY, |s| s.parse().unwrap_or(f64::INFINITY));
 
-    let tokenizer = Tokenizer::from_dir(&model_dir)?;
+    let tokenizer = Tokenizer::load(&model_dir)?;
     let train = read_jsonl(&data_dir.join("train.jsonl"), &tokenizer)?;
     let valid = read_jsonl(&data_dir.join("valid.jsonl"), &tokenizer)?;
     let model = Llama::load(&gpu, &model_dir)?;

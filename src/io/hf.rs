@@ -6,8 +6,10 @@ use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
 
+use super::gguf::{GgufFile, GgufModel};
 use super::safetensors::{read_safetensors, HostTensor, MappedSafetensors, TensorRef};
 use crate::error::{Error, Result};
+use crate::tensor::DType;
 
 /// What the decoder needs from `config.json`: the Llama-family shape plus
 /// the few switches that set Qwen3 and Gemma 3 apart.
@@ -456,8 +458,12 @@ fn parse_rope(
 }
 
 impl ModelConfig {
-    pub fn load(dir: &Path) -> Result<ModelConfig> {
-        let path = dir.join("config.json");
+    /// The config of a model directory (`config.json`) or a GGUF file (its metadata).
+    pub fn load(model: &Path) -> Result<ModelConfig> {
+        if model.is_file() {
+            return Self::from_gguf(&open_gguf(model)?);
+        }
+        let path = model.join("config.json");
         let text = std::fs::read_to_string(&path).map_err(|source| Error::Io {
             path: path.display().to_string(),
             source,
@@ -488,6 +494,16 @@ impl ModelConfig {
             Some(_) => {}
         }
         let raw: RawConfig = super::parse_json(&text).map_err(format_err)?;
+        ModelConfig::from_raw(raw).map_err(format_err)
+    }
+
+    /// The config a GGUF file's metadata gives (as `config.json` would state it).
+    pub fn from_gguf(model: &GgufModel) -> Result<ModelConfig> {
+        let format_err = |message: String| Error::Format {
+            path: model.file.path().to_string(),
+            message: format!("{message} (in the config read from the GGUF metadata)"),
+        };
+        let raw: RawConfig = super::parse_json(&model.config.to_string()).map_err(format_err)?;
         ModelConfig::from_raw(raw).map_err(format_err)
     }
 
@@ -800,46 +816,100 @@ impl WeightFiles {
     }
 }
 
-/// Every weight tensor of a model directory, from one file or from the shards
-/// a `model.safetensors.index.json` names.
-pub fn load_weights(dir: &Path) -> Result<BTreeMap<String, HostTensor>> {
-    WeightFiles::find(dir)?.read_all(read_safetensors)
+/// A GGUF file opened as a model (architecture, config, tensor names);
+/// errors name the file.
+pub fn open_gguf(path: &Path) -> Result<GgufModel> {
+    let file = GgufFile::open(path)?;
+    let shown = file.path().to_string();
+    GgufModel::from_file(file).map_err(|message| Error::Format {
+        path: shown,
+        message,
+    })
 }
 
-/// A model directory's weight files mapped into memory, looked up by tensor
-/// name: a loader uploads each tensor from the page cache and never holds a
-/// copy of the whole file.
-pub struct MappedWeights {
-    files: Vec<MappedSafetensors>,
-    /// Which file holds each tensor.
-    by_name: BTreeMap<String, usize>,
+/// Every weight tensor of a model directory (from one file or from the
+/// shards a `model.safetensors.index.json` names) or of a GGUF file (decoded).
+pub fn load_weights(model: &Path) -> Result<BTreeMap<String, HostTensor>> {
+    if !model.is_file() {
+        return WeightFiles::find(model)?.read_all(read_safetensors);
+    }
+    let weights = MappedWeights::open(model)?;
+    Ok(weights
+        .names()
+        .filter_map(|name| {
+            let t = weights.get(name)?;
+            let host = HostTensor {
+                dtype: t.dtype,
+                shape: t.shape.to_vec(),
+                bytes: t.bytes.into_owned(),
+            };
+            Some((name.to_string(), host))
+        })
+        .collect())
+}
+
+/// A model's weights looked up by tensor name: a directory's safetensors
+/// files mapped into memory (a loader uploads each tensor from the page
+/// cache and never holds a copy of the whole file), or a GGUF file whose
+/// tensors are decoded one at a time as asked for.
+pub enum MappedWeights {
+    Safetensors {
+        files: Vec<MappedSafetensors>,
+        /// Which file holds each tensor.
+        by_name: BTreeMap<String, usize>,
+    },
+    Gguf(Box<GgufModel>),
 }
 
 impl MappedWeights {
-    pub fn open(dir: &Path) -> Result<MappedWeights> {
+    /// Opens a model directory or a GGUF file.
+    pub fn open(model: &Path) -> Result<MappedWeights> {
+        if model.is_file() {
+            return Ok(MappedWeights::Gguf(Box::new(open_gguf(model)?)));
+        }
         let mut files = Vec::new();
-        let by_name = WeightFiles::find(dir)?.read_all(|path| {
+        let by_name = WeightFiles::find(model)?.read_all(|path| {
             let file = MappedSafetensors::open(path)?;
             let names = file.names().map(|n| (n.to_string(), files.len())).collect();
             files.push(file);
             Ok(names)
         })?;
-        Ok(MappedWeights { files, by_name })
+        Ok(MappedWeights::Safetensors { files, by_name })
     }
 
+    /// The tensor, borrowed from the map where it is stored as it is used.
     pub fn get(&self, name: &str) -> Option<TensorRef<'_>> {
-        self.files[*self.by_name.get(name)?].get(name)
+        match self {
+            MappedWeights::Safetensors { files, by_name } => files[*by_name.get(name)?].get(name),
+            MappedWeights::Gguf(model) => model.get(name),
+        }
     }
 
     /// Every tensor name, sorted.
-    pub fn names(&self) -> impl Iterator<Item = &str> {
-        self.by_name.keys().map(String::as_str)
+    pub fn names(&self) -> Box<dyn Iterator<Item = &str> + '_> {
+        match self {
+            MappedWeights::Safetensors { by_name, .. } => {
+                Box::new(by_name.keys().map(String::as_str))
+            }
+            MappedWeights::Gguf(model) => Box::new(model.names()),
+        }
     }
 
-    /// Every tensor's shape by name, from the headers (no tensor data is read).
+    /// A tensor's dtype (as `get` gives it) and shape, reading no tensor data.
+    pub fn info(&self, name: &str) -> Option<(DType, &[usize])> {
+        match self {
+            MappedWeights::Safetensors { files, by_name } => {
+                let t = files[*by_name.get(name)?].get(name)?;
+                Some((t.dtype, t.shape))
+            }
+            MappedWeights::Gguf(model) => model.info(name),
+        }
+    }
+
+    /// Every tensor's shape by name (no tensor data is read).
     pub fn shapes(&self) -> BTreeMap<&str, &[usize]> {
         self.names()
-            .filter_map(|name| Some((name, self.get(name)?.shape)))
+            .filter_map(|name| Some((name, self.info(name)?.1)))
             .collect()
     }
 }

@@ -117,22 +117,24 @@ pub fn first_non_finite(dtype: DType, bytes: &[u8]) -> Option<usize> {
     }
 }
 
-/// One tensor of a mapped file: its dtype, shape and bytes in the page cache.
-#[derive(Clone, Copy, Debug)]
+/// One tensor of a mapped file: its dtype, shape and bytes, borrowed from
+/// the page cache (safetensors, unquantized GGUF) or decoded for this call
+/// (a quantized GGUF tensor).
+#[derive(Clone, Debug)]
 pub struct TensorRef<'a> {
     pub dtype: DType,
     pub shape: &'a [usize],
-    pub bytes: &'a [u8],
+    pub bytes: std::borrow::Cow<'a, [u8]>,
 }
 
 impl TensorRef<'_> {
     /// Uploads in the stored dtype, straight from the mapped bytes.
     pub fn to_gpu(&self, gpu: &Gpu) -> Result<Tensor> {
-        Tensor::from_le_bytes(gpu, self.bytes, self.shape, self.dtype)
+        Tensor::from_le_bytes(gpu, &self.bytes, self.shape, self.dtype)
     }
 
     pub fn first_non_finite(&self) -> Option<usize> {
-        first_non_finite(self.dtype, self.bytes)
+        first_non_finite(self.dtype, &self.bytes)
     }
 }
 
@@ -175,7 +177,7 @@ impl MappedSafetensors {
         Some(TensorRef {
             dtype: *dtype,
             shape,
-            bytes: &self.map[range.clone()],
+            bytes: std::borrow::Cow::Borrowed(&self.map[range.clone()]),
         })
     }
 

@@ -428,7 +428,7 @@ impl Llama {
             let plus_one: Vec<f32> = host.to_f32().iter().map(|v| 1.0 + v).collect();
             Tensor::from_f32(gpu, &plus_one, t.shape)
         };
-        let vocab = |t: TensorRef| VocabMatrix::upload(gpu, t.bytes, t.shape, t.dtype);
+        let vocab = |t: TensorRef| VocabMatrix::upload(gpu, &t.bytes, t.shape, t.dtype);
         let embed_tokens = vocab(take(&w, "model.embed_tokens.weight", dir)?)?;
         let mut layers = Vec::with_capacity(c.num_hidden_layers);
         for i in 0..c.num_hidden_layers {

@@ -54,8 +54,8 @@ fn write_merged(
             let (dtype, shape) = match merged.get(name) {
                 Some(t) => (t.dtype(), t.shape().to_vec()),
                 None => {
-                    let t = base.get(name)?;
-                    (t.dtype, t.shape.to_vec())
+                    let (dtype, shape) = base.info(name)?;
+                    (dtype, shape.to_vec())
                 }
             };
             Some(TensorEntry {
@@ -70,9 +70,20 @@ fn write_merged(
     write_safetensors_streamed(&path, &entries, &metadata, |e| {
         Ok(match merged.get(&e.name) {
             Some(t) => Cow::Owned(HostTensor::from_gpu(t)?.bytes),
-            None => Cow::Borrowed(base.get(&e.name).map_or(&[][..], |t| t.bytes)),
+            None => base
+                .get(&e.name)
+                .map_or(Cow::Borrowed(&[][..]), |t| t.bytes),
         })
     })?;
+    if model_dir.is_file() {
+        // A GGUF base: its metadata and vocabulary as Hugging Face files.
+        if let MappedWeights::Gguf(gguf) = base {
+            let path = dir.join("config.json");
+            let text = serde_json::to_string_pretty(&gguf.config).expect("JSON values serialize");
+            std::fs::write(&path, text + "\n").map_err(io_err(&path))?;
+        }
+        return crate::tokenizer::Tokenizer::load(model_dir)?.write_hf_files(dir);
+    }
     for name in COPIED {
         let src = model_dir.join(name);
         if src.exists() {

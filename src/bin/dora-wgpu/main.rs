@@ -53,7 +53,7 @@ enum Command {
 
 #[derive(Args)]
 struct EvalArgs {
-    /// Hugging Face model directory
+    /// Hugging Face model directory, or a GGUF file
     #[arg(long, value_name = "DIR")]
     model: PathBuf,
     /// PEFT adapter directory (LoRA or DoRA) to apply [default: none]
@@ -69,7 +69,7 @@ struct EvalArgs {
 
 #[derive(Args)]
 struct GenerateArgs {
-    /// Hugging Face model directory
+    /// Hugging Face model directory, or a GGUF file
     #[arg(long, value_name = "DIR")]
     model: PathBuf,
     /// PEFT adapter directory (LoRA or DoRA) to apply [default: none]
@@ -97,7 +97,7 @@ struct GenerateArgs {
 
 #[derive(Args)]
 struct MergeArgs {
-    /// Hugging Face model directory
+    /// Hugging Face model directory, or a GGUF file
     #[arg(long, value_name = "DIR")]
     model: PathBuf,
     /// PEFT adapter directory to merge into the model's weights
@@ -130,7 +130,7 @@ struct ConvertArgs {
 #[derive(Args)]
 #[command(group(ArgGroup::new("weights").required(true).args(["adapter", "tuned"])))]
 struct AnalyzeArgs {
-    /// The base model directory
+    /// The base model directory, or a GGUF file
     #[arg(long, value_name = "DIR")]
     base: PathBuf,
     /// PEFT adapter directory of the base model (repeatable)
@@ -196,7 +196,7 @@ fn devices() -> Result<()> {
 fn eval(args: EvalArgs) -> Result<()> {
     let gpu = Gpu::new()?;
     let model = load_model(&gpu, &args.model, args.adapter.as_deref())?;
-    let tokenizer = Tokenizer::from_dir(&args.model)?;
+    let tokenizer = Tokenizer::load(&args.model)?;
     let examples = dora_wgpu::data::read_jsonl(&args.data, &tokenizer)?;
     let vocab = model.config.vocab_size;
     dora_wgpu::data::check_examples_vocabulary(&args.data, &examples, &tokenizer, vocab)?;
@@ -224,7 +224,7 @@ fn generate(args: GenerateArgs) -> Result<()> {
     };
     let gpu = Gpu::new()?;
     let model = load_model(&gpu, &args.model, args.adapter.as_deref())?;
-    let tokenizer = Tokenizer::from_dir(&args.model)?;
+    let tokenizer = Tokenizer::load(&args.model)?;
     let ids = if args.chat {
         let user = [ChatMessage::new("user", &args.prompt)];
         let text = tokenizer.apply_chat_template(&user, true)?;

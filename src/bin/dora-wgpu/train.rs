@@ -32,7 +32,7 @@ use crate::progress::ProgressLine;
     after_help = "Options not given keep their default; with --resume, the checkpoint's setting."
 )]
 pub struct TrainArgs {
-    /// Hugging Face model directory (with --data) [default: the embedded demo model]
+    /// Hugging Face model directory or GGUF file (with --data) [default: the embedded demo model]
     #[arg(long, value_name = "DIR", requires = "data")]
     model: Option<PathBuf>,
     /// Data directory: train.jsonl, optional valid.jsonl and test.jsonl (with --model) [default: the embedded demo data]
@@ -450,7 +450,7 @@ pub fn run(args: TrainArgs) -> Result<()> {
         },
         ..GpuOptions::default()
     })?;
-    let tokenizer = Tokenizer::from_dir(&model_dir)?;
+    let tokenizer = Tokenizer::load(&model_dir)?;
     let model = Llama::load(&gpu, &model_dir)?;
     let vocab = model.config.vocab_size;
     // train.jsonl must exist; valid.jsonl and test.jsonl may not.

@@ -12,11 +12,13 @@
 //! a huge allocation or a read past the end.
 
 pub mod blocks;
+mod model;
 
 use std::collections::BTreeMap;
 use std::path::Path;
 
 pub use blocks::GgmlType;
+pub use model::GgufModel;
 
 use crate::{Error, Result};
 

@@ -1,0 +1,238 @@
+//! Models loaded from single GGUF files (tests/fixtures/gguf_model, written
+//! by tools/gen_gguf_model_fixture.py): the tiny Llama (q/k rows permuted),
+//! Qwen3 (q/k norms, head_dim ≠ hidden/heads) and Gemma 3 (norms stored as
+//! 1 + w, sliding windows, linear rope scaling) with their weights in Q8_0,
+//! Q4_0, Q4_1, Q5_0, Q5_1, F16, BF16 and F32; logits against transformers
+//! on the weights gguf-py decodes (for the llama file, transformers'
+//! own GGUF loader gives the same), the tokenizer from the same file, and
+//! the commands taking `--model FILE.gguf`.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+
+use common::*;
+use dora_wgpu::io::hf::{load_weights, ModelConfig};
+use dora_wgpu::io::read_safetensors;
+use dora_wgpu::nn::Llama;
+use dora_wgpu::tokenizer::Tokenizer;
+use dora_wgpu::{no_grad, Tensor};
+use serde_json::Value;
+
+const FILES: [&str; 3] = ["tiny-llama.gguf", "tiny-qwen3.gguf", "tiny-gemma3.gguf"];
+
+fn dir() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/gguf_model")
+}
+
+fn expected() -> Value {
+    serde_json::from_str(&std::fs::read_to_string(dir().join("expected.json")).unwrap()).unwrap()
+}
+
+#[test]
+fn logits_match_transformers_on_the_decoded_weights() {
+    let want = read_safetensors(&dir().join("expected.safetensors")).unwrap();
+    let meta = expected();
+    for name in FILES {
+        let ids: Vec<i32> = meta[name]["ids"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|v| v.as_i64().unwrap() as i32)
+            .collect();
+        let m = Llama::load(gpu(), &dir().join(name)).unwrap_or_else(|e| panic!("{name}: {e}"));
+        let _g = no_grad();
+        let t = Tensor::from_i32(gpu(), &ids, &[1, ids.len()]).unwrap();
+        let logits = m.logits(&m.forward_hidden(&t, None).unwrap()).unwrap();
+        assert_eq!(logits.shape(), &[1, ids.len(), m.config.vocab_size]);
+        let e = rel_err(&logits.to_vec_f32().unwrap(), &want[name].to_f32());
+        eprintln!("{name}: logits relative error {e:.2e}");
+        assert!(e < 1e-4, "{name}: logits differ by {e:e}");
+    }
+}
+
+#[test]
+fn config_comes_from_the_metadata() {
+    let llama = ModelConfig::load(&dir().join("tiny-llama.gguf")).unwrap();
+    let from_dir = ModelConfig::load(&fixture("models/tiny-llama")).unwrap();
+    // Everything the file states equals config.json's; eos comes from the tokenizer.
+    assert_eq!(
+        ModelConfig {
+            eos_token_ids: from_dir.eos_token_ids.clone(),
+            ..llama
+        },
+        from_dir
+    );
+    let qwen3 = ModelConfig::load(&dir().join("tiny-qwen3.gguf")).unwrap();
+    assert_eq!((qwen3.head_dim, qwen3.qk_norm), (32, true));
+    let gemma = ModelConfig::load(&dir().join("tiny-gemma3.gguf")).unwrap();
+    let gemma_dir = ModelConfig::load(&fixture("models/tiny-gemma3")).unwrap();
+    // llama.cpp's Gemma 3 layout, which the file cannot change: every sixth layer full.
+    assert_eq!(gemma.sliding_windows, vec![Some(6); 3]);
+    assert_eq!(gemma.rope, gemma_dir.rope);
+    assert_eq!(gemma.sliding_rope, gemma_dir.sliding_rope);
+    assert!(gemma.tie_word_embeddings && gemma.gemma_norms);
+}
+
+#[test]
+fn decoded_weights_equal_gguf_py_up_to_the_undone_changes() {
+    // Unquantized tensors come back bit for bit: the F32 token embedding of
+    // no file here is quantized, so compare a norm (F32, gemma: minus one).
+    let gguf = load_weights(&dir().join("tiny-gemma3.gguf")).unwrap();
+    let st = load_weights(&fixture("models/tiny-gemma3")).unwrap();
+    let name = "model.layers.0.input_layernorm.weight";
+    let (a, b) = (gguf[name].to_f32(), st[name].to_f32());
+    // (w + 1) - 1 in f32 is w up to one rounding of the sum.
+    let e = a
+        .iter()
+        .zip(&b)
+        .map(|(x, y)| (x - y).abs())
+        .fold(0f32, f32::max);
+    assert!(e < 1e-6, "{name}: {e}");
+    assert_eq!(
+        gguf.keys().collect::<Vec<_>>(),
+        st.keys()
+            .filter(|k| *k != "lm_head.weight")
+            .collect::<Vec<_>>()
+    );
+}
+
+#[test]
+fn tokenizer_comes_from_the_same_file() {
+    let meta = expected();
+    let r = &meta["tiny-llama.gguf"];
+    let t = Tokenizer::load(dir().join("tiny-llama.gguf")).unwrap();
+    let ids = t.encode(r["text"].as_str().unwrap(), true).unwrap();
+    let want: Vec<u32> = r["text_ids"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v.as_u64().unwrap() as u32)
+        .collect();
+    assert_eq!(ids, want);
+}
+
+#[test]
+fn commands_take_a_gguf_file_as_the_model() {
+    let model = dir().join("tiny-llama.gguf");
+    let root = temp_dir("gguf-cli");
+    let data = data_dir_with(
+        &root,
+        "{\"text\": \"the keeper asks, and the assistant answers\"}\n{\"text\": \"Hello world, the ships that sail\"}\n",
+    );
+    let (ok, out, err) = run_cli(&[
+        "eval".as_ref(),
+        "--model".as_ref(),
+        model.as_os_str(),
+        "--data".as_ref(),
+        data.join("train.jsonl").as_os_str(),
+    ]);
+    assert!(ok, "eval: {err}");
+    assert!(out.contains("loss"), "{out}");
+    let run = root.join("run");
+    let (ok, _, err) = run_cli(&[
+        "train".as_ref(),
+        "--model".as_ref(),
+        model.as_os_str(),
+        "--data".as_ref(),
+        data.as_os_str(),
+        "--adapter-path".as_ref(),
+        run.as_os_str(),
+        "--iters".as_ref(),
+        "2".as_ref(),
+        "--steps-per-eval".as_ref(),
+        "2".as_ref(),
+    ]);
+    assert!(ok, "train: {err}");
+    // Merged into a Hugging Face directory: config, tokenizer and weights
+    // that give what the GGUF base with the adapter gives.
+    let merged = root.join("merged");
+    let (ok, _, err) = run_cli(&[
+        "merge".as_ref(),
+        "--model".as_ref(),
+        model.as_os_str(),
+        "--adapter".as_ref(),
+        run.as_os_str(),
+        "--out".as_ref(),
+        merged.as_os_str(),
+    ]);
+    assert!(ok, "merge: {err}");
+    let with_adapter = {
+        let mut m = Llama::load(gpu(), &model).unwrap();
+        m.attach_adapter(&dora_wgpu::io::AdapterWeights::load(&run).unwrap())
+            .unwrap();
+        m
+    };
+    let plain = Llama::load(gpu(), &merged).unwrap();
+    let ids: Vec<i32> = vec![3, 14, 15, 92, 65, 35];
+    let _g = no_grad();
+    let t = Tensor::from_i32(gpu(), &ids, &[1, ids.len()]).unwrap();
+    let logits = |m: &Llama| {
+        m.logits(&m.forward_hidden(&t, None).unwrap())
+            .unwrap()
+            .to_vec_f32()
+            .unwrap()
+    };
+    let e = rel_err(&logits(&plain), &logits(&with_adapter));
+    // The merged weights are rounded to their stored dtype (F16 and BF16 here).
+    assert!(e < 5e-3, "merged logits differ by {e:e}");
+    let text = "Hello world, the keeper asks.";
+    assert_eq!(
+        Tokenizer::load(&merged)
+            .unwrap()
+            .encode(text, true)
+            .unwrap(),
+        Tokenizer::load(&model).unwrap().encode(text, true).unwrap()
+    );
+    let (ok, out, err) = run_cli(&[
+        "generate".as_ref(),
+        "--model".as_ref(),
+        model.as_os_str(),
+        "--prompt".as_ref(),
+        "Hello".as_ref(),
+        "--max-tokens".as_ref(),
+        "3".as_ref(),
+    ]);
+    assert!(ok, "generate: {err}");
+    assert!(!out.trim().is_empty(), "generate printed nothing: {err}");
+}
+
+#[test]
+fn damaged_or_foreign_files_are_refused_naming_what_is_wrong() {
+    let src = std::fs::read(dir().join("tiny-llama.gguf")).unwrap();
+    let root = temp_dir("gguf-model-bad");
+    // Another architecture: rename "llama" in general.architecture's value.
+    let at = src
+        .windows(b"general.architecture".len())
+        .position(|w| w == b"general.architecture")
+        .unwrap();
+    let mut other = src.clone();
+    // key, u32 type, u64 length, then the 5 bytes "llama".
+    let value = at + b"general.architecture".len() + 4 + 8;
+    assert_eq!(&other[value..value + 5], b"llama");
+    other[value..value + 5].copy_from_slice(b"mamba");
+    let path = root.join("mamba.gguf");
+    std::fs::write(&path, &other).unwrap();
+    one_line_error(
+        ModelConfig::load(&path),
+        &[
+            "mamba.gguf",
+            "general.architecture",
+            "mamba",
+            "not supported",
+        ],
+    );
+    // A tensor name no transformers module has.
+    let at = src
+        .windows(b"blk.0.ffn_gate.weight".len())
+        .position(|w| w == b"blk.0.ffn_gate.weight")
+        .unwrap();
+    let mut renamed = src.clone();
+    renamed[at..at + 14].copy_from_slice(b"blk.0.ffn_gxte");
+    let path = root.join("renamed.gguf");
+    std::fs::write(&path, &renamed).unwrap();
+    one_line_error(
+        Llama::load(gpu(), &path).map(|_| ()),
+        &["renamed.gguf", "blk.0.ffn_gxte.weight"],
+    );
+}
