@@ -12,6 +12,7 @@ mod common;
 use std::path::{Path, PathBuf};
 
 use common::*;
+use dora_wgpu::io::gguf::{blocks, GgmlType, GgufFile};
 use dora_wgpu::io::hf::{load_weights, ModelConfig};
 use dora_wgpu::io::read_safetensors;
 use dora_wgpu::nn::Llama;
@@ -176,6 +177,7 @@ fn commands_take_a_gguf_file_as_the_model() {
     let e = rel_err(&logits(&plain), &logits(&with_adapter));
     // The merged weights are rounded to their stored dtype (F16 and BF16 here).
     assert!(e < 5e-3, "merged logits differ by {e:e}");
+    merged_gguf_files_hold_the_merged_weights(&model, &run, &merged, &root);
     let text = "Hello world, the keeper asks.";
     assert_eq!(
         Tokenizer::load(&merged)
@@ -235,4 +237,113 @@ fn damaged_or_foreign_files_are_refused_naming_what_is_wrong() {
         Llama::load(gpu(), &path).map(|_| ()),
         &["renamed.gguf", "blk.0.ffn_gxte.weight"],
     );
+}
+
+/// `merge --out FILE.gguf`: every tensor is the merged model's (the HF
+/// directory `merged` holds them) within the written format's rounding, in
+/// llama.cpp's layout (read back through the loader, which undoes it);
+/// tensors not merged keep the base file's bytes with `same`.
+fn merged_gguf_files_hold_the_merged_weights(model: &Path, run: &Path, merged: &Path, root: &Path) {
+    let want = load_weights(merged).unwrap();
+    // Bounds relative to a tensor's largest value: Q8_0 rounds to amax/254;
+    // Q4_0 (in `same`) can clamp a value by amax/8.
+    for (outtype, bound) in [("q8_0", 1.0 / 100.0), ("same", 1.0 / 7.0), ("f16", 1e-3)] {
+        let out = root.join(format!("merged-{outtype}.gguf"));
+        let (ok, stdout, err) = run_cli(&[
+            "merge".as_ref(),
+            "--model".as_ref(),
+            model.as_os_str(),
+            "--adapter".as_ref(),
+            run.as_os_str(),
+            "--out".as_ref(),
+            out.as_os_str(),
+            "--outtype".as_ref(),
+            outtype.as_ref(),
+        ]);
+        assert!(ok, "merge --outtype {outtype}: {err}");
+        assert!(stdout.contains("merged"), "{stdout}");
+        let got = load_weights(&out).unwrap();
+        for (name, t) in &got {
+            let (a, b) = (t.to_f32(), want[name].to_f32());
+            let scale = b.iter().fold(0f32, |m, v| m.max(v.abs()));
+            let e = a
+                .iter()
+                .zip(&b)
+                .map(|(x, y)| (x - y).abs())
+                .fold(0f32, f32::max);
+            assert!(
+                e <= bound * scale + 1e-6,
+                "{outtype}: {name} differs by {e} (largest value {scale})"
+            );
+        }
+        let (base, written) = (
+            GgufFile::open(model).unwrap(),
+            GgufFile::open(&out).unwrap(),
+        );
+        let keys = |f: &GgufFile| {
+            let mut k: Vec<String> = f.metadata.keys().cloned().collect();
+            k.retain(|k| k != "general.file_type");
+            k
+        };
+        assert_eq!(keys(&written), keys(&base), "{outtype}: metadata keys");
+        assert_eq!(
+            written.get("tokenizer.ggml.tokens"),
+            base.get("tokenizer.ggml.tokens")
+        );
+        if outtype == "same" {
+            for name in ["token_embd.weight", "blk.0.attn_norm.weight"] {
+                assert_eq!(
+                    written.tensor_bytes(name).unwrap().1,
+                    base.tensor_bytes(name).unwrap().1,
+                    "{name} should be copied as stored"
+                );
+            }
+        }
+    }
+    // Nothing replaced, nothing from a directory base.
+    let existing = root.join("merged-same.gguf");
+    let before = std::fs::read(&existing).unwrap();
+    cli_fails_with(
+        &[
+            "merge".as_ref(),
+            "--model".as_ref(),
+            model.as_os_str(),
+            "--adapter".as_ref(),
+            run.as_os_str(),
+            "--out".as_ref(),
+            existing.as_os_str(),
+        ],
+        &["already exists"],
+    );
+    assert_eq!(std::fs::read(&existing).unwrap(), before);
+    cli_fails_with(
+        &[
+            "merge".as_ref(),
+            "--model".as_ref(),
+            merged.as_os_str(),
+            "--adapter".as_ref(),
+            run.as_os_str(),
+            "--out".as_ref(),
+            root.join("from-dir.gguf").as_os_str(),
+        ],
+        &["GGUF --model"],
+    );
+    assert!(!root.join("from-dir.gguf").exists());
+}
+
+#[test]
+fn quantizers_write_gguf_py_bytes() {
+    let f = GgufFile::open(&dir().join("quantize.gguf")).unwrap();
+    for kind in [
+        GgmlType::F16,
+        GgmlType::BF16,
+        GgmlType::Q8_0,
+        GgmlType::Q4_0,
+        GgmlType::Q4_1,
+    ] {
+        let (_, source) = f.tensor_f32(&format!("{}.source", kind.name())).unwrap();
+        let (_, want) = f.tensor_bytes(&format!("{}.q", kind.name())).unwrap();
+        let got = blocks::quantize(kind, &source).unwrap();
+        assert!(got == want, "{}: bytes differ from gguf-py's", kind.name());
+    }
 }

@@ -3,7 +3,8 @@
 models written as GGUF files the way llama.cpp's convert_hf_to_gguf.py writes
 them (its tensor names, q/k rows permuted for the `llama` architecture, Gemma's
 norms stored as 1 + w, the tokenizer in tokenizer.ggml.*), with their weights
-in a mix of block formats, and expected.safetensors + expected.json with the
+in a mix of block formats, quantize.gguf (random values and gguf-py's
+encoding of them in each format `merge --out FILE.gguf` writes), and expected.safetensors + expected.json with the
 logits transformers computes from each file's weights.
 
     pip install torch transformers gguf numpy
@@ -173,8 +174,29 @@ def write(name, model_dir, arch_name, arch, pre, eos):
     return logits, record
 
 
+def quantize_fixture():
+    """quantize.gguf: for each format merge writes, `<type>.source` (F32,
+    random rows with a zero block, a constant block and ties) and `<type>.q`,
+    the same values quantized by gguf-py."""
+    rng = np.random.default_rng(7)
+    src = rng.standard_normal((6, 64)).astype(np.float32) * np.float32(0.05)
+    src[1, :32] = 0
+    src[2, 32:] = np.float32(0.25)
+    src[3, :4] = [0.5, -0.5, 0.5, -0.5]
+    src[4] *= 1000
+    w = gguf.GGUFWriter(os.path.join(OUT, "quantize.gguf"), "llama")
+    for qtype in [T.F16, T.BF16, T.Q8_0, T.Q4_0, T.Q4_1]:
+        w.add_tensor(f"{qtype.name}.source", src)
+        w.add_tensor(f"{qtype.name}.q", gguf.quants.quantize(src, qtype), raw_dtype=qtype)
+    w.write_header_to_file()
+    w.write_kv_data_to_file()
+    w.write_tensors_to_file()
+    w.close()
+
+
 def main():
     os.makedirs(OUT, exist_ok=True)
+    quantize_fixture()
     torch.manual_seed(0)
     tensors, records = {}, {}
     for name, model_dir, arch_name, arch, pre, eos in [

@@ -9,6 +9,7 @@ mod safetensors;
 pub use self::peft::{
     AdapterConfig, AdapterWeights, ModuleAdapter, TargetModules, CONFIG_FILE, WEIGHTS_FILE,
 };
+pub(crate) use self::safetensors::write_atomically_with;
 pub use self::safetensors::{
     read_safetensors, unique_suffix, write_atomically, write_safetensors,
     write_safetensors_streamed, HostTensor, MappedSafetensors, TensorEntry, TensorRef,

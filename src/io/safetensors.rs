@@ -352,7 +352,7 @@ pub fn write_atomically(path: &Path, bytes: &[u8]) -> Result<()> {
 
 /// [`write_atomically`] for contents produced piece by piece by `write`; on
 /// any error the temporary file is removed and the target left as it was.
-fn write_atomically_with(
+pub(crate) fn write_atomically_with(
     path: &Path,
     write: impl FnOnce(&mut std::io::BufWriter<std::fs::File>) -> Result<()>,
 ) -> Result<()> {

@@ -6,7 +6,7 @@ use std::collections::BTreeMap;
 use std::path::Path;
 
 use super::new_dir::{io_err, write_new_dir};
-use crate::error::Result;
+use crate::error::{arg_err, Result};
 use crate::gpu::Gpu;
 use crate::io::hf::MappedWeights;
 use crate::io::{write_safetensors_streamed, AdapterWeights, HostTensor, TensorEntry};
@@ -91,4 +91,148 @@ fn write_merged(
         }
     }
     Ok(())
+}
+
+/// The tensor format of a merged GGUF file (`--outtype`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum OutType {
+    F16,
+    Bf16,
+    Q8_0,
+    /// Each tensor in its base format; merged ones the base cannot be
+    /// re-encoded to (Q5_x, K-quants) go to Q8_0.
+    Same,
+}
+
+impl OutType {
+    pub const NAMES: [&'static str; 4] = ["f16", "bf16", "q8_0", "same"];
+
+    pub fn parse(name: &str) -> Option<OutType> {
+        match name {
+            "f16" => Some(OutType::F16),
+            "bf16" => Some(OutType::Bf16),
+            "q8_0" => Some(OutType::Q8_0),
+            "same" => Some(OutType::Same),
+            _ => None,
+        }
+    }
+}
+
+/// Folds the adapter into a GGUF base and writes a complete GGUF file
+/// `out` (which must not exist): the base's metadata and tokenizer, every
+/// tensor in llama.cpp's layout, weights re-encoded as `out_type` asks
+/// (1-D tensors, the norms, stay as stored). Returns a summary line.
+pub fn merge_to_gguf(
+    gpu: &Gpu,
+    model: &Path,
+    adapter_dir: &Path,
+    out: &Path,
+    out_type: OutType,
+) -> Result<String> {
+    use crate::io::gguf::{blocks, write_gguf, GgmlType, OutTensor, Value};
+    if !model.is_file() {
+        arg_err!(
+            "--out {} is a GGUF file, which merge writes from a GGUF --model only; for a Hugging Face model write a directory",
+            out.display()
+        );
+    }
+    if out.exists() {
+        arg_err!(
+            "--out {} already exists; merge writes a new file and never replaces one",
+            out.display()
+        );
+    }
+    let mut llama = Llama::load(gpu, model)?;
+    llama.attach_adapter(&AdapterWeights::load(adapter_dir)?)?;
+    let merged = llama.merged_weights()?;
+    drop(llama);
+    let base = crate::io::hf::open_gguf(model)?;
+    let mut fell_back = Vec::new();
+    let plan: Vec<(OutTensor, Option<&str>, bool)> = base
+        .file_tensors()
+        .into_iter()
+        .map(|(info, hf)| {
+            let stored = info.kind.expect("open_gguf refuses unreadable types");
+            let is_merged = hf.is_some_and(|n| merged.contains_key(n));
+            let wanted = match out_type {
+                _ if info.shape.len() < 2 => stored,
+                OutType::F16 => GgmlType::F16,
+                OutType::Bf16 => GgmlType::BF16,
+                OutType::Q8_0 => GgmlType::Q8_0,
+                OutType::Same if is_merged && !blocks::WRITABLE.contains(&stored) => {
+                    fell_back.push(info.name.clone());
+                    GgmlType::Q8_0
+                }
+                OutType::Same => stored,
+            };
+            // A row that is not whole blocks of the wanted format keeps its own.
+            let kind = if info
+                .shape
+                .last()
+                .is_some_and(|&c| c % wanted.block().0 == 0)
+            {
+                wanted
+            } else {
+                stored
+            };
+            let tensor = OutTensor {
+                name: info.name.clone(),
+                kind,
+                shape: info.shape.clone(),
+            };
+            (tensor, hf, is_merged)
+        })
+        .collect();
+    let mut metadata: std::collections::BTreeMap<String, Value> = base.file.metadata.clone();
+    let file_type = match out_type {
+        OutType::F16 => Some(1),
+        OutType::Bf16 => Some(32),
+        OutType::Q8_0 => Some(7),
+        OutType::Same => None,
+    };
+    if let Some(t) = file_type {
+        metadata.insert("general.file_type".into(), Value::U32(t));
+    }
+    let tensors: Vec<OutTensor> = plan
+        .iter()
+        .map(|(t, ..)| OutTensor {
+            name: t.name.clone(),
+            kind: t.kind,
+            shape: t.shape.clone(),
+        })
+        .collect();
+    let by_name: BTreeMap<&str, (Option<&str>, bool)> = plan
+        .iter()
+        .map(|(t, hf, m)| (t.name.as_str(), (*hf, *m)))
+        .collect();
+    write_gguf(out, &metadata, &tensors, |t| {
+        let (hf, is_merged) = by_name[t.name.as_str()];
+        let (info, bytes) = base.file.tensor_bytes(&t.name)?;
+        let stored = info.kind.expect("open_gguf refuses unreadable types");
+        if !is_merged && t.kind == stored {
+            return Ok(bytes.to_vec());
+        }
+        let values = match hf.filter(|_| is_merged) {
+            Some(name) => base.to_stored(name, HostTensor::from_gpu(&merged[name])?.to_f32()),
+            None => {
+                let mut v = Vec::with_capacity(info.len());
+                blocks::dequantize(stored, bytes, &mut v);
+                v
+            }
+        };
+        Ok(blocks::quantize(t.kind, &values).expect("only writable formats are planned"))
+    })?;
+    let mut summary = format!(
+        "{} tensors, {} merged",
+        tensors.len(),
+        plan.iter().filter(|p| p.2).count()
+    );
+    if !fell_back.is_empty() {
+        summary += &format!(
+            "; {} merged tensors written as Q8_0 (their base format cannot be re-encoded here: {}...)",
+            fell_back.len(),
+            fell_back[0]
+        );
+    }
+    Ok(summary)
 }

@@ -12,4 +12,4 @@ pub use analyze::{analyze_adapters, analyze_tuned, Record};
 pub use convert::{convert_adapter, AdapterFormat};
 pub use eval::{evaluate, EvalReport};
 pub use generate::{generate, Sampling};
-pub use merge::merge_model;
+pub use merge::{merge_model, merge_to_gguf, OutType};

@@ -103,9 +103,12 @@ struct MergeArgs {
     /// PEFT adapter directory to merge into the model's weights
     #[arg(long, value_name = "DIR")]
     adapter: PathBuf,
-    /// New (or empty) output directory
-    #[arg(long, value_name = "DIR")]
+    /// New (or empty) output directory, or a new .gguf file (from a GGUF --model)
+    #[arg(long, value_name = "DIR|FILE.gguf")]
     out: PathBuf,
+    /// Tensor format of a merged .gguf file: f16, bf16, q8_0, or the base's own (same) [default: same]
+    #[arg(long, value_name = "TYPE", value_parser = tasks::OutType::NAMES)]
+    outtype: Option<String>,
 }
 
 #[derive(Args)]
@@ -249,7 +252,20 @@ fn generate(args: GenerateArgs) -> Result<()> {
 }
 
 fn merge(args: MergeArgs) -> Result<()> {
+    let to_gguf = args.out.extension().is_some_and(|e| e == "gguf");
     let gpu = Gpu::new()?;
+    if to_gguf {
+        let name = args.outtype.as_deref().unwrap_or("same");
+        let out_type = tasks::OutType::parse(name).expect("clap checked the name");
+        let summary = tasks::merge_to_gguf(&gpu, &args.model, &args.adapter, &args.out, out_type)?;
+        println!("wrote {} ({summary})", args.out.display());
+        return Ok(());
+    }
+    if args.outtype.is_some() {
+        return Err(Error::InvalidArgument(
+            "--outtype applies to a .gguf --out only".into(),
+        ));
+    }
     tasks::merge_model(&gpu, &args.model, &args.adapter, &args.out)?;
     println!("wrote {}", args.out.display());
     Ok(())

@@ -313,3 +313,66 @@ fn q6_k(b: &[u8], out: &mut Vec<f32>) {
         out.extend_from_slice(&y);
     }
 }
+
+/// The formats [`quantize`] writes.
+pub const WRITABLE: [GgmlType; 6] = [
+    GgmlType::F32,
+    GgmlType::F16,
+    GgmlType::BF16,
+    GgmlType::Q8_0,
+    GgmlType::Q4_0,
+    GgmlType::Q4_1,
+];
+
+/// Encodes `values` (a whole number of blocks) as `kind`, as ggml's
+/// `quantize_row_*_ref` and gguf-py's `quants.quantize` do (same operations
+/// in f32, the same bytes); None for a format not in [`WRITABLE`].
+pub fn quantize(kind: GgmlType, values: &[f32]) -> Option<Vec<u8>> {
+    let (per_block, block_bytes) = kind.block();
+    debug_assert_eq!(values.len() % per_block, 0);
+    let mut out = Vec::with_capacity(values.len() / per_block * block_bytes);
+    let f16_bytes = |v: f32| f16::from_f32(v).to_le_bytes();
+    let inverse = |d: f32| if d == 0.0 { 0.0 } else { 1.0 / d };
+    match kind {
+        GgmlType::F32 => values.iter().for_each(|v| out.extend(v.to_le_bytes())),
+        GgmlType::F16 => values.iter().for_each(|&v| out.extend(f16_bytes(v))),
+        GgmlType::BF16 => values
+            .iter()
+            .for_each(|&v| out.extend(half::bf16::from_f32(v).to_le_bytes())),
+        GgmlType::Q8_0 => {
+            for b in values.chunks_exact(32) {
+                let d = b.iter().fold(0f32, |m, v| m.max(v.abs())) / 127.0;
+                let id = inverse(d);
+                out.extend(f16_bytes(d));
+                out.extend(b.iter().map(|v| (v * id).round() as i8 as u8));
+            }
+        }
+        GgmlType::Q4_0 => {
+            for b in values.chunks_exact(32) {
+                // The value of largest magnitude, the first one on ties, with its sign.
+                let max = b
+                    .iter()
+                    .fold(0f32, |m, &v| if v.abs() > m.abs() { v } else { m });
+                let d = max / -8.0;
+                let id = inverse(d);
+                out.extend(f16_bytes(d));
+                let q = |v: f32| ((v * id + 8.5) as i8).clamp(0, 15) as u8;
+                out.extend((0..16).map(|j| q(b[j]) | (q(b[j + 16]) << 4)));
+            }
+        }
+        GgmlType::Q4_1 => {
+            for b in values.chunks_exact(32) {
+                let min = b.iter().copied().fold(f32::INFINITY, f32::min);
+                let max = b.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+                let d = (max - min) / 15.0;
+                let id = inverse(d);
+                out.extend(f16_bytes(d));
+                out.extend(f16_bytes(min));
+                let q = |v: f32| (((v - min) * id + 0.5) as i8).clamp(0, 15) as u8;
+                out.extend((0..16).map(|j| q(b[j]) | (q(b[j + 16]) << 4)));
+            }
+        }
+        _ => return None,
+    }
+    Some(out)
+}

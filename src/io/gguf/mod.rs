@@ -13,12 +13,14 @@
 
 pub mod blocks;
 mod model;
+mod write;
 
 use std::collections::BTreeMap;
 use std::path::Path;
 
 pub use blocks::GgmlType;
 pub use model::GgufModel;
+pub use write::{write_gguf, OutTensor};
 
 use crate::{Error, Result};
 

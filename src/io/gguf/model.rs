@@ -178,6 +178,31 @@ impl GgufModel {
     }
 }
 
+impl GgufModel {
+    /// The file's tensors in file order, each with its Hugging Face name
+    /// (None for `rope_freqs.weight`, which no module holds).
+    pub fn file_tensors(&self) -> Vec<(&super::TensorInfo, Option<&str>)> {
+        let mut by_index: Vec<Option<&str>> = vec![None; self.file.tensors.len()];
+        for (name, &(i, _)) in &self.tensors {
+            by_index[i] = Some(name);
+        }
+        self.file.tensors.iter().zip(by_index).collect()
+    }
+
+    /// Values of Hugging Face tensor `name` laid out as the file stores
+    /// them (llama.cpp's permutation and Gemma's `1 + w` redone).
+    pub fn to_stored(&self, name: &str, values: Vec<f32>) -> Vec<f32> {
+        let Some(&(i, fix)) = self.tensors.get(name) else {
+            return values;
+        };
+        match fix {
+            Fix::None => values,
+            Fix::MinusOne => values.into_iter().map(|v| v + 1.0).collect(),
+            Fix::Unpermute { heads } => permute(&values, &self.file.tensors[i].shape, heads),
+        }
+    }
+}
+
 fn output_dtype(kind: GgmlType, fix: Fix) -> DType {
     match (kind, fix) {
         (GgmlType::F16, Fix::None) => DType::F16,
@@ -198,6 +223,25 @@ fn unpermute(values: &[f32], shape: &[usize], heads: usize) -> Vec<f32> {
             for j in 0..2 {
                 let from = h * 2 * half + i * 2 + j;
                 let to = h * 2 * half + j * half + i;
+                out[to * cols..(to + 1) * cols]
+                    .copy_from_slice(&values[from * cols..(from + 1) * cols]);
+            }
+        }
+    }
+    out
+}
+
+/// llama.cpp's permutation, the inverse of [`unpermute`].
+fn permute(values: &[f32], shape: &[usize], heads: usize) -> Vec<f32> {
+    let rows = shape[0];
+    let cols = values.len() / rows.max(1);
+    let half = rows / heads / 2;
+    let mut out = vec![0.0; values.len()];
+    for h in 0..heads {
+        for i in 0..half {
+            for j in 0..2 {
+                let to = h * 2 * half + i * 2 + j;
+                let from = h * 2 * half + j * half + i;
                 out[to * cols..(to + 1) * cols]
                     .copy_from_slice(&values[from * cols..(from + 1) * cols]);
             }
@@ -437,17 +481,10 @@ mod tests {
         let (heads, half, cols) = (2, 3, 2);
         let rows = heads * 2 * half;
         let original: Vec<f32> = (0..rows * cols).map(|v| v as f32).collect();
-        let mut permuted = vec![0.0; original.len()];
-        for h in 0..heads {
-            for j in 0..2 {
-                for i in 0..half {
-                    let from = h * 2 * half + j * half + i;
-                    let to = h * 2 * half + i * 2 + j;
-                    permuted[to * cols..(to + 1) * cols]
-                        .copy_from_slice(&original[from * cols..(from + 1) * cols]);
-                }
-            }
-        }
+        let permuted = permute(&original, &[rows, cols], heads);
+        // Row h·2·half + 2i + j of the file is row h·2·half + j·half + i of the model.
+        assert_eq!(permuted[cols * 2], original[cols]);
+        assert_ne!(permuted, original);
         assert_eq!(unpermute(&permuted, &[rows, cols], heads), original);
     }
 
