@@ -26,6 +26,36 @@ fn dir() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/gguf_model")
 }
 
+/// A path as a command-line argument (the test paths are UTF-8).
+fn s(p: &Path) -> String {
+    p.to_str().unwrap().to_string()
+}
+
+/// `merge --model M --adapter A --out OUT` plus `extra`.
+fn merge_args(model: &Path, adapter: &Path, out: &Path, extra: &[&str]) -> Vec<String> {
+    let mut args: Vec<String> = [
+        "merge",
+        "--model",
+        &s(model),
+        "--adapter",
+        &s(adapter),
+        "--out",
+        &s(out),
+    ]
+    .map(String::from)
+    .to_vec();
+    args.extend(extra.iter().map(|a| a.to_string()));
+    args
+}
+
+fn merge_cli(model: &Path, adapter: &Path, out: &Path, extra: &[&str]) -> (bool, String, String) {
+    run_cli(&merge_args(model, adapter, out, extra))
+}
+
+fn merge_fails_with(model: &Path, adapter: &Path, out: &Path, needles: &[&str]) {
+    cli_fails_with(&merge_args(model, adapter, out, &[]), needles)
+}
+
 fn expected() -> Value {
     serde_json::from_str(&std::fs::read_to_string(dir().join("expected.json")).unwrap()).unwrap()
 }
@@ -122,41 +152,33 @@ fn commands_take_a_gguf_file_as_the_model() {
         "{\"text\": \"the keeper asks, and the assistant answers\"}\n{\"text\": \"Hello world, the ships that sail\"}\n",
     );
     let (ok, out, err) = run_cli(&[
-        "eval".as_ref(),
-        "--model".as_ref(),
-        model.as_os_str(),
-        "--data".as_ref(),
-        data.join("train.jsonl").as_os_str(),
+        "eval",
+        "--model",
+        &s(&model),
+        "--data",
+        &s(&data.join("train.jsonl")),
     ]);
     assert!(ok, "eval: {err}");
     assert!(out.contains("loss"), "{out}");
     let run = root.join("run");
     let (ok, _, err) = run_cli(&[
-        "train".as_ref(),
-        "--model".as_ref(),
-        model.as_os_str(),
-        "--data".as_ref(),
-        data.as_os_str(),
-        "--adapter-path".as_ref(),
-        run.as_os_str(),
-        "--iters".as_ref(),
-        "2".as_ref(),
-        "--steps-per-eval".as_ref(),
-        "2".as_ref(),
+        "train",
+        "--model",
+        &s(&model),
+        "--data",
+        &s(&data),
+        "--adapter-path",
+        &s(&run),
+        "--iters",
+        "2",
+        "--steps-per-eval",
+        "2",
     ]);
     assert!(ok, "train: {err}");
     // Merged into a Hugging Face directory: config, tokenizer and weights
     // that give what the GGUF base with the adapter gives.
     let merged = root.join("merged");
-    let (ok, _, err) = run_cli(&[
-        "merge".as_ref(),
-        "--model".as_ref(),
-        model.as_os_str(),
-        "--adapter".as_ref(),
-        run.as_os_str(),
-        "--out".as_ref(),
-        merged.as_os_str(),
-    ]);
+    let (ok, _, err) = merge_cli(&model, &run, &merged, &[]);
     assert!(ok, "merge: {err}");
     let with_adapter = {
         let mut m = Llama::load(gpu(), &model).unwrap();
@@ -187,13 +209,13 @@ fn commands_take_a_gguf_file_as_the_model() {
         Tokenizer::load(&model).unwrap().encode(text, true).unwrap()
     );
     let (ok, out, err) = run_cli(&[
-        "generate".as_ref(),
-        "--model".as_ref(),
-        model.as_os_str(),
-        "--prompt".as_ref(),
-        "Hello".as_ref(),
-        "--max-tokens".as_ref(),
-        "3".as_ref(),
+        "generate",
+        "--model",
+        &s(&model),
+        "--prompt",
+        "Hello",
+        "--max-tokens",
+        "3",
     ]);
     assert!(ok, "generate: {err}");
     assert!(!out.trim().is_empty(), "generate printed nothing: {err}");
@@ -249,17 +271,7 @@ fn merged_gguf_files_hold_the_merged_weights(model: &Path, run: &Path, merged: &
     // Q4_0 (in `same`) can clamp a value by amax/8.
     for (outtype, bound) in [("q8_0", 1.0 / 100.0), ("same", 1.0 / 7.0), ("f16", 1e-3)] {
         let out = root.join(format!("merged-{outtype}.gguf"));
-        let (ok, stdout, err) = run_cli(&[
-            "merge".as_ref(),
-            "--model".as_ref(),
-            model.as_os_str(),
-            "--adapter".as_ref(),
-            run.as_os_str(),
-            "--out".as_ref(),
-            out.as_os_str(),
-            "--outtype".as_ref(),
-            outtype.as_ref(),
-        ]);
+        let (ok, stdout, err) = merge_cli(model, run, &out, &["--outtype", outtype]);
         assert!(ok, "merge --outtype {outtype}: {err}");
         assert!(stdout.contains("merged"), "{stdout}");
         let got = load_weights(&out).unwrap();
@@ -303,31 +315,9 @@ fn merged_gguf_files_hold_the_merged_weights(model: &Path, run: &Path, merged: &
     // Nothing replaced, nothing from a directory base.
     let existing = root.join("merged-same.gguf");
     let before = std::fs::read(&existing).unwrap();
-    cli_fails_with(
-        &[
-            "merge".as_ref(),
-            "--model".as_ref(),
-            model.as_os_str(),
-            "--adapter".as_ref(),
-            run.as_os_str(),
-            "--out".as_ref(),
-            existing.as_os_str(),
-        ],
-        &["already exists"],
-    );
+    merge_fails_with(model, run, &existing, &["already exists"]);
     assert_eq!(std::fs::read(&existing).unwrap(), before);
-    cli_fails_with(
-        &[
-            "merge".as_ref(),
-            "--model".as_ref(),
-            merged.as_os_str(),
-            "--adapter".as_ref(),
-            run.as_os_str(),
-            "--out".as_ref(),
-            root.join("from-dir.gguf").as_os_str(),
-        ],
-        &["GGUF --model"],
-    );
+    merge_fails_with(merged, run, &root.join("from-dir.gguf"), &["GGUF --model"]);
     assert!(!root.join("from-dir.gguf").exists());
 }
 

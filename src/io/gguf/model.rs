@@ -214,25 +214,17 @@ fn output_dtype(kind: GgmlType, fix: Fix) -> DType {
 /// transformers' `reverse_permute_weights`: rows viewed as
 /// `[heads, half, 2, cols]` become `[heads, 2, half, cols]`.
 fn unpermute(values: &[f32], shape: &[usize], heads: usize) -> Vec<f32> {
-    let rows = shape[0];
-    let cols = values.len() / rows.max(1);
-    let half = rows / heads / 2;
-    let mut out = vec![0.0; values.len()];
-    for h in 0..heads {
-        for i in 0..half {
-            for j in 0..2 {
-                let from = h * 2 * half + i * 2 + j;
-                let to = h * 2 * half + j * half + i;
-                out[to * cols..(to + 1) * cols]
-                    .copy_from_slice(&values[from * cols..(from + 1) * cols]);
-            }
-        }
-    }
-    out
+    reorder_rows(values, shape, heads, false)
 }
 
 /// llama.cpp's permutation, the inverse of [`unpermute`].
 fn permute(values: &[f32], shape: &[usize], heads: usize) -> Vec<f32> {
+    reorder_rows(values, shape, heads, true)
+}
+
+/// Row `h·2·half + 2i + j` of the file is row `h·2·half + j·half + i` of the
+/// model; `to_file` picks the direction.
+fn reorder_rows(values: &[f32], shape: &[usize], heads: usize, to_file: bool) -> Vec<f32> {
     let rows = shape[0];
     let cols = values.len() / rows.max(1);
     let half = rows / heads / 2;
@@ -240,8 +232,12 @@ fn permute(values: &[f32], shape: &[usize], heads: usize) -> Vec<f32> {
     for h in 0..heads {
         for i in 0..half {
             for j in 0..2 {
-                let to = h * 2 * half + i * 2 + j;
-                let from = h * 2 * half + j * half + i;
+                let (file, model) = (h * 2 * half + i * 2 + j, h * 2 * half + j * half + i);
+                let (from, to) = if to_file {
+                    (model, file)
+                } else {
+                    (file, model)
+                };
                 out[to * cols..(to + 1) * cols]
                     .copy_from_slice(&values[from * cols..(from + 1) * cols]);
             }
