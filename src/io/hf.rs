@@ -877,6 +877,20 @@ impl MappedWeights {
         Ok(MappedWeights::Safetensors { files, by_name })
     }
 
+    /// A model's config and weights: a GGUF file is opened and parsed once
+    /// for both; a directory's config.json is read first, as
+    /// [`ModelConfig::load`] alone would.
+    pub fn open_with_config(model: &Path) -> Result<(ModelConfig, MappedWeights)> {
+        if model.is_file() {
+            let gguf = open_gguf(model)?;
+            return Ok((
+                ModelConfig::from_gguf(&gguf)?,
+                MappedWeights::Gguf(Box::new(gguf)),
+            ));
+        }
+        Ok((ModelConfig::load(model)?, MappedWeights::open(model)?))
+    }
+
     /// The tensor, borrowed from the map where it is stored as it is used.
     pub fn get(&self, name: &str) -> Option<TensorRef<'_>> {
         match self {

@@ -409,8 +409,7 @@ fn check_finite(t: &TensorRef, name: &str, dir: &Path) -> Result<()> {
 impl Llama {
     /// Loads `config.json` and the weights of a Hugging Face model directory.
     pub fn load(gpu: &Gpu, dir: &Path) -> Result<Llama> {
-        let config = ModelConfig::load(dir)?;
-        let w = MappedWeights::open(dir)?;
+        let (config, w) = MappedWeights::open_with_config(dir)?;
         check_weights_fit(&config, dir, &w.shapes())?;
         let c = &config;
         let up = |t: TensorRef| t.to_gpu(gpu);

@@ -115,8 +115,7 @@ pub fn analyze_adapters(
     if adapter_dirs.is_empty() {
         arg_err!("the analysis needs at least one adapter directory");
     }
-    let config = ModelConfig::load(base_dir)?;
-    let held = MappedWeights::open(base_dir)?;
+    let (config, held) = MappedWeights::open_with_config(base_dir)?;
     crate::nn::check_weights_fit(&config, base_dir, &held.shapes())?;
     let mut weights = load_weights(base_dir)?;
     let modules = projection_shapes(&config, &weights, base_dir)?;
@@ -166,8 +165,7 @@ pub fn analyze_adapters(
 /// Records for a fully fine-tuned (or merged) model in `tuned_dir` against
 /// its base in `base_dir`: every projection of every layer, method "FT".
 pub fn analyze_tuned(gpu: &Gpu, base_dir: &Path, tuned_dir: &Path) -> Result<Vec<Record>> {
-    let config = ModelConfig::load(base_dir)?;
-    let held = MappedWeights::open(base_dir)?;
+    let (config, held) = MappedWeights::open_with_config(base_dir)?;
     crate::nn::check_weights_fit(&config, base_dir, &held.shapes())?;
     let mut base = load_weights(base_dir)?;
     let modules = projection_shapes(&config, &base, base_dir)?;

@@ -75,14 +75,15 @@ fn write_merged(
                 .map_or(Cow::Borrowed(&[][..]), |t| t.bytes),
         })
     })?;
-    if model_dir.is_file() {
+    if let MappedWeights::Gguf(gguf) = base {
         // A GGUF base: its metadata and vocabulary as Hugging Face files.
-        if let MappedWeights::Gguf(gguf) = base {
-            let path = dir.join("config.json");
-            let text = serde_json::to_string_pretty(&gguf.config).expect("JSON values serialize");
-            std::fs::write(&path, text + "\n").map_err(io_err(&path))?;
+        let config = serde_json::to_string_pretty(&gguf.config).expect("JSON values serialize");
+        let tokenizer = crate::tokenizer::Tokenizer::load(model_dir)?.hf_files()?;
+        for (name, text) in std::iter::once(("config.json", config + "\n")).chain(tokenizer) {
+            let path = dir.join(name);
+            std::fs::write(&path, text).map_err(io_err(&path))?;
         }
-        return crate::tokenizer::Tokenizer::load(model_dir)?.write_hf_files(dir);
+        return Ok(());
     }
     for name in COPIED {
         let src = model_dir.join(name);
@@ -148,7 +149,8 @@ pub fn merge_to_gguf(
     drop(llama);
     let base = crate::io::hf::open_gguf(model)?;
     let mut fell_back = Vec::new();
-    let plan: Vec<(OutTensor, Option<&str>, bool)> = base
+    // Each tensor to write, with its Hugging Face name and whether it was merged.
+    let (tensors, sources): (Vec<OutTensor>, Vec<(Option<&str>, bool)>) = base
         .file_tensors()
         .into_iter()
         .map(|(info, hf)| {
@@ -180,10 +182,10 @@ pub fn merge_to_gguf(
                 kind,
                 shape: info.shape.clone(),
             };
-            (tensor, hf, is_merged)
+            (tensor, (hf, is_merged))
         })
-        .collect();
-    let mut metadata: std::collections::BTreeMap<String, Value> = base.file.metadata.clone();
+        .unzip();
+    let mut metadata: BTreeMap<String, Value> = base.file.metadata.clone();
     let file_type = match out_type {
         OutType::F16 => Some(1),
         OutType::Bf16 => Some(32),
@@ -193,20 +195,8 @@ pub fn merge_to_gguf(
     if let Some(t) = file_type {
         metadata.insert("general.file_type".into(), Value::U32(t));
     }
-    let tensors: Vec<OutTensor> = plan
-        .iter()
-        .map(|(t, ..)| OutTensor {
-            name: t.name.clone(),
-            kind: t.kind,
-            shape: t.shape.clone(),
-        })
-        .collect();
-    let by_name: BTreeMap<&str, (Option<&str>, bool)> = plan
-        .iter()
-        .map(|(t, hf, m)| (t.name.as_str(), (*hf, *m)))
-        .collect();
-    write_gguf(out, &metadata, &tensors, |t| {
-        let (hf, is_merged) = by_name[t.name.as_str()];
+    write_gguf(out, &metadata, &tensors, |i, t| {
+        let (hf, is_merged) = sources[i];
         let (info, bytes) = base.file.tensor_bytes(&t.name)?;
         let stored = info.kind.expect("open_gguf refuses unreadable types");
         if !is_merged && t.kind == stored {
@@ -214,18 +204,14 @@ pub fn merge_to_gguf(
         }
         let values = match hf.filter(|_| is_merged) {
             Some(name) => base.to_stored(name, HostTensor::from_gpu(&merged[name])?.to_f32()),
-            None => {
-                let mut v = Vec::with_capacity(info.len());
-                blocks::dequantize(stored, bytes, &mut v);
-                v
-            }
+            None => base.file.tensor_f32(&t.name)?.1,
         };
         Ok(blocks::quantize(t.kind, &values).expect("only writable formats are planned"))
     })?;
     let mut summary = format!(
         "{} tensors, {} merged",
         tensors.len(),
-        plan.iter().filter(|p| p.2).count()
+        sources.iter().filter(|(_, merged)| *merged).count()
     );
     if !fell_back.is_empty() {
         summary += &format!(

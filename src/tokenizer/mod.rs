@@ -417,22 +417,14 @@ impl Tokenizer {
         &self.inner
     }
 
-    /// Writes `tokenizer.json` and `tokenizer_config.json` into `dir`, so a
-    /// tokenizer built from a GGUF file loads with `AutoTokenizer` from a
-    /// Hugging Face directory (the special tokens and chat template included).
-    pub fn write_hf_files(&self, dir: &Path) -> Result<()> {
-        let io_err = |path: PathBuf| {
-            move |source| Error::Io {
-                path: path.display().to_string(),
-                source,
-            }
-        };
+    /// The texts of `tokenizer.json` and `tokenizer_config.json` (by file
+    /// name), so a tokenizer built from a GGUF file loads with `AutoTokenizer`
+    /// from a Hugging Face directory (special tokens and chat template included).
+    pub fn hf_files(&self) -> Result<[(&'static str, String); 2]> {
         let json = self.inner.to_string(true).map_err(|e| Error::Format {
             path: self.dir.display().to_string(),
             message: format!("the tokenizer cannot be written as tokenizer.json: {e}"),
         })?;
-        let path = dir.join("tokenizer.json");
-        std::fs::write(&path, json).map_err(io_err(path.clone()))?;
         let mut config = serde_json::Map::new();
         for (key, value) in &self.special_tokens_map {
             config.insert((*key).to_string(), value.clone().into());
@@ -444,9 +436,11 @@ impl Tokenizer {
         if let TemplateState::Found(t) = &self.chat_template {
             config.insert("chat_template".into(), t.source.clone().into());
         }
-        let path = dir.join("tokenizer_config.json");
-        let text = serde_json::to_string_pretty(&config).expect("JSON values serialize");
-        std::fs::write(&path, text + "\n").map_err(io_err(path.clone()))
+        let config = serde_json::to_string_pretty(&config).expect("JSON values serialize");
+        Ok([
+            ("tokenizer.json", json),
+            ("tokenizer_config.json", config + "\n"),
+        ])
     }
 
     /// Token ids of `text`, as `AutoTokenizer.encode(text, add_special_tokens=...)`.

@@ -163,8 +163,7 @@ impl GgufModel {
                 bytes: Cow::Borrowed(bytes),
             });
         }
-        let mut values = Vec::with_capacity(info.len());
-        super::blocks::dequantize(kind, bytes, &mut values);
+        let (_, values) = self.file.tensor_f32(&info.name).ok()?;
         let values = match fix {
             Fix::None => values,
             Fix::MinusOne => values.into_iter().map(|v| v - 1.0).collect(),
@@ -176,9 +175,7 @@ impl GgufModel {
             bytes: Cow::Owned(bytemuck::cast_slice(&values).to_vec()),
         })
     }
-}
 
-impl GgufModel {
     /// The file's tensors in file order, each with its Hugging Face name
     /// (None for `rope_freqs.weight`, which no module holds).
     pub fn file_tensors(&self) -> Vec<(&super::TensorInfo, Option<&str>)> {

@@ -68,13 +68,13 @@ fn put_value(out: &mut Vec<u8>, v: &Value) {
 }
 
 /// Writes `path` atomically (it must not exist): `metadata`, then each of
-/// `tensors` in order with the bytes `data` gives for it (checked against
-/// its format and shape), aligned to `general.alignment` (default 32).
+/// `tensors` in order with the bytes `data(index, tensor)` gives for it
+/// (checked against its format and shape), aligned to `general.alignment` (default 32).
 pub fn write_gguf(
     path: &Path,
     metadata: &BTreeMap<String, Value>,
     tensors: &[OutTensor],
-    mut data: impl FnMut(&OutTensor) -> Result<Vec<u8>>,
+    mut data: impl FnMut(usize, &OutTensor) -> Result<Vec<u8>>,
 ) -> Result<()> {
     let alignment = metadata
         .get("general.alignment")
@@ -119,8 +119,8 @@ pub fn write_gguf(
     };
     crate::io::write_atomically_with(path, |out| {
         out.write_all(&head).map_err(io)?;
-        for t in tensors {
-            let bytes = data(t)?;
+        for (i, t) in tensors.iter().enumerate() {
+            let bytes = data(i, t)?;
             let size = t.bytes().unwrap_or(0);
             if bytes.len() != size {
                 return Err(Error::Format {
