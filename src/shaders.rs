@@ -5,7 +5,7 @@
 //! elementwise op). `all()` lists every variant so tests can validate and
 //! cross-compile each one with naga.
 
-use crate::tensor::DType;
+use crate::tensor::{DType, Quant};
 
 const COMMON: &str = include_str!("../shaders/common.wgsl");
 const MATMUL_IO: &str = include_str!("../shaders/matmul_io.wgsl");
@@ -27,6 +27,7 @@ const COLUMNS: &str = include_str!("../shaders/columns.wgsl");
 const ATTENTION: &str = include_str!("../shaders/attention.wgsl");
 const RMSNORM: &str = include_str!("../shaders/rmsnorm.wgsl");
 const BENCH: &str = include_str!("../shaders/bench.wgsl");
+const QUANT: &str = include_str!("../shaders/quant.wgsl");
 
 /// How a kernel declares a storage binding.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -373,10 +374,11 @@ impl Kernel {
     /// Every kernel variant the library can launch.
     pub fn all() -> Vec<Kernel> {
         let weight_types = [DType::F32, DType::BF16, DType::F16];
+        let quants = Quant::ALL.map(DType::Quant);
         let mut v = Vec::new();
         for trans_a in [false, true] {
             for trans_b in [false, true] {
-                for b_dtype in weight_types {
+                for b_dtype in weight_types.into_iter().chain(quants) {
                     for epilogue in [false, true] {
                         let broadcast = [8, 16].into_iter().flat_map(|lanes| {
                             [(false, false), (true, false), (false, true), (true, true)].map(
@@ -392,6 +394,9 @@ impl Kernel {
                             .chain(broadcast)
                         {
                             let unused = match kind {
+                                // A quantized B is a frozen weight: A is
+                                // never transposed against it.
+                                _ if matches!(b_dtype, DType::Quant(_)) && trans_a => true,
                                 MatmulKind::Tiled => false,
                                 MatmulKind::Skinny => trans_a,
                                 // Sizes that meet every alignment: a vector
@@ -422,6 +427,12 @@ impl Kernel {
             v.push(Kernel::Embedding(dtype));
             v.push(Kernel::RmsNormForward(dtype));
             v.push(Kernel::RmsNormBackward(dtype));
+        }
+        for dtype in quants {
+            v.push(Kernel::RowNorm { dtype });
+            v.push(Kernel::Recompose { dtype });
+            v.push(Kernel::Widen(dtype));
+            v.push(Kernel::Embedding(dtype));
         }
         v.push(Kernel::Pack16(DType::BF16));
         v.push(Kernel::Pack16(DType::F16));
@@ -555,7 +566,7 @@ fn load_b_pair(bi: u32, sk: u32, sn: u32) -> BPair {
 }
 "
         .to_string(),
-        (DType::F32, _, false) => weight_loader("BWord", "load_b", "b", b_dtype)
+        (DType::F32 | DType::Quant(_), _, false) => weight_loader("BWord", "load_b", "b", b_dtype)
             + "fn load_b_pair(bi: u32, sk: u32, sn: u32) -> BPair {
     let j = bi + sk;
     return BPair(
@@ -653,6 +664,11 @@ fn weight_loader(word: &str, fun: &str, array: &str, dtype: DType) -> String {
             "alias {word} = u32;\nfn {fun}(i: u32) -> f32 {{\n    \
              return f16_to_f32(({array}[i >> 1u] >> ((i & 1u) * 16u)) & 0xffffu);\n}}\n{}",
             unpack_pair_fn(dtype)
+        ),
+        DType::Quant(q) => format!(
+            "alias {word} = u32;\nfn q_word(word: u32) -> u32 {{ return {array}[word]; }}\n\
+             fn {fun}(i: u32) -> f32 {{ return dequant_{}(i); }}\n{F16_DECODE}{QUANT}",
+            q.name()
         ),
         DType::I32 => unreachable!("integer tensors are never weight operands"),
     }

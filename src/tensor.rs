@@ -10,29 +10,114 @@ use crate::error::{arg_err, shape_err, Error, Result};
 use crate::gpu::{Gpu, GpuBuffer};
 
 /// Element types. Everything trained is f32; frozen weights may be stored as
-/// bf16 or f16, packed two per `u32` and unpacked inside the kernels.
+/// bf16 or f16, packed two per `u32`, or as llama.cpp's quantized blocks,
+/// and are decoded inside the kernels.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum DType {
     F32,
     BF16,
     F16,
     I32,
+    Quant(Quant),
 }
 
-impl DType {
-    /// Bytes of `n` elements as stored on the GPU (16-bit types round up to whole words).
-    pub fn storage_bytes(self, n: usize) -> u64 {
+/// llama.cpp's block formats (ggml's `block_q4_0` ...), held on the GPU
+/// exactly as a GGUF file stores them. A block never spans two rows.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[allow(non_camel_case_types)]
+pub enum Quant {
+    Q4_0,
+    Q4_1,
+    Q5_0,
+    Q5_1,
+    Q8_0,
+    Q2_K,
+    Q3_K,
+    Q4_K,
+    Q5_K,
+    Q6_K,
+}
+
+impl Quant {
+    pub const ALL: [Quant; 10] = [
+        Quant::Q4_0,
+        Quant::Q4_1,
+        Quant::Q5_0,
+        Quant::Q5_1,
+        Quant::Q8_0,
+        Quant::Q2_K,
+        Quant::Q3_K,
+        Quant::Q4_K,
+        Quant::Q5_K,
+        Quant::Q6_K,
+    ];
+
+    /// (values per block, bytes per block), as ggml defines them.
+    pub fn block(self) -> (usize, usize) {
         match self {
-            DType::F32 | DType::I32 => 4 * n as u64,
-            DType::BF16 | DType::F16 => 4 * n.div_ceil(2) as u64,
+            Quant::Q4_0 => (32, 18),
+            Quant::Q4_1 => (32, 20),
+            Quant::Q5_0 => (32, 22),
+            Quant::Q5_1 => (32, 24),
+            Quant::Q8_0 => (32, 34),
+            Quant::Q2_K => (256, 84),
+            Quant::Q3_K => (256, 110),
+            Quant::Q4_K => (256, 144),
+            Quant::Q5_K => (256, 176),
+            Quant::Q6_K => (256, 210),
         }
     }
 
-    /// Bytes of one element as stored in a file.
-    pub fn element_bytes(self) -> usize {
+    pub fn name(self) -> &'static str {
         match self {
-            DType::F32 | DType::I32 => 4,
-            DType::BF16 | DType::F16 => 2,
+            Quant::Q4_0 => "q4_0",
+            Quant::Q4_1 => "q4_1",
+            Quant::Q5_0 => "q5_0",
+            Quant::Q5_1 => "q5_1",
+            Quant::Q8_0 => "q8_0",
+            Quant::Q2_K => "q2_k",
+            Quant::Q3_K => "q3_k",
+            Quant::Q4_K => "q4_k",
+            Quant::Q5_K => "q5_k",
+            Quant::Q6_K => "q6_k",
+        }
+    }
+}
+
+impl DType {
+    /// Bytes of `n` elements as stored on the GPU (16-bit types and blocks
+    /// round up to whole words).
+    pub fn storage_bytes(self, n: usize) -> u64 {
+        (self.file_bytes(n) as u64).next_multiple_of(4)
+    }
+
+    /// Bytes of `n` elements as stored in a file (blocks: `n` rounded up to
+    /// whole blocks).
+    pub fn file_bytes(self, n: usize) -> usize {
+        match self {
+            DType::F32 | DType::I32 => 4 * n,
+            DType::BF16 | DType::F16 => 2 * n,
+            DType::Quant(q) => {
+                let (values, bytes) = q.block();
+                n.div_ceil(values) * bytes
+            }
+        }
+    }
+
+    /// The dtype a weight derived from one of this dtype is held in (a
+    /// merged weight): itself, or f32 for blocks, which are only ever read.
+    pub fn dense(self) -> DType {
+        match self {
+            DType::Quant(_) => DType::F32,
+            other => other,
+        }
+    }
+
+    /// Elements per storage unit: 1, or a block's values.
+    pub fn block_values(self) -> usize {
+        match self {
+            DType::Quant(q) => q.block().0,
+            _ => 1,
         }
     }
 
@@ -42,6 +127,7 @@ impl DType {
             DType::BF16 => "bf16",
             DType::F16 => "f16",
             DType::I32 => "i32",
+            DType::Quant(q) => q.name(),
         }
     }
 
@@ -102,12 +188,24 @@ impl Tensor {
     }
 
     /// Uploads little-endian values of `dtype` as stored in a file (16-bit
-    /// types stay packed two per word).
+    /// types stay packed two per word, blocks stay blocks).
     pub fn from_le_bytes(gpu: &Gpu, bytes: &[u8], shape: &[usize], dtype: DType) -> Result<Tensor> {
-        let size = match dtype {
-            DType::F32 | DType::I32 => 4,
-            DType::BF16 | DType::F16 => 2,
-        };
+        if let DType::Quant(_) = dtype {
+            let cols = shape.last().copied().unwrap_or(1);
+            if !cols.is_multiple_of(dtype.block_values())
+                || bytes.len() != dtype.file_bytes(numel(shape))
+            {
+                shape_err!(
+                    "{} bytes are not a {} tensor of shape {shape:?} (rows of whole {}-value blocks)",
+                    bytes.len(),
+                    dtype.name(),
+                    dtype.block_values()
+                );
+            }
+            let buf = gpu.upload(bytes)?;
+            return Ok(Tensor::from_parts(gpu, Arc::new(buf), shape, dtype, None));
+        }
+        let size = dtype.file_bytes(1);
         if !bytes.len().is_multiple_of(size) {
             shape_err!(
                 "{} bytes are not whole {} values",
@@ -163,7 +261,9 @@ impl Tensor {
                 let v: Vec<f16> = data.iter().map(|&x| f16::from_f32(x)).collect();
                 Tensor::from_f16(gpu, &v, shape)
             }
-            DType::I32 => arg_err!("from_f32_as: cannot store floats as i32"),
+            DType::I32 | DType::Quant(_) => {
+                arg_err!("from_f32_as: cannot store floats as {}", dtype.name())
+            }
         }
     }
 
@@ -299,8 +399,13 @@ impl Tensor {
         Arc::strong_count(&self.0) > 1 || Arc::strong_count(&self.0.buffer) > 1
     }
 
-    /// Downloads the values as f32 (16-bit types are widened on the host).
+    /// Downloads the values as f32 (16-bit types are widened on the host,
+    /// blocks decoded on the GPU by the kernels' own decoder).
     pub fn to_vec_f32(&self) -> Result<Vec<f32>> {
+        if let DType::Quant(_) = self.dtype() {
+            let _g = crate::autograd::no_grad();
+            return crate::ops::to_f32(self)?.to_vec_f32();
+        }
         let n = self.numel();
         let bytes = self
             .gpu()
@@ -319,6 +424,7 @@ impl Tensor {
                 .iter()
                 .map(|&x| x as f32)
                 .collect(),
+            DType::Quant(_) => unreachable!("decoded above"),
         })
     }
 

@@ -11,6 +11,7 @@ use safetensors::{Dtype, SafeTensors};
 
 use crate::error::{Error, Result};
 use crate::gpu::Gpu;
+use crate::io::gguf::blocks::dequantize;
 use crate::tensor::{DType, Tensor};
 
 /// A tensor on the host as stored in a file: its dtype, shape and raw
@@ -56,6 +57,11 @@ impl HostTensor {
                 .iter()
                 .map(|&x| x as f32)
                 .collect(),
+            DType::Quant(q) => {
+                let mut out = Vec::with_capacity(self.numel());
+                dequantize(q.into(), &self.bytes, &mut out);
+                out
+            }
         }
     }
 
@@ -74,12 +80,17 @@ impl HostTensor {
             DType::I32 => {
                 Tensor::from_i32(gpu, &bytemuck::pod_collect_to_vec(&self.bytes), &self.shape)
             }
+            DType::Quant(_) => Tensor::from_le_bytes(gpu, &self.bytes, &self.shape, self.dtype),
         }
     }
 
-    /// Downloads a GPU tensor in its own dtype.
+    /// Downloads a GPU tensor in its own dtype (quantized blocks decoded to
+    /// f32: what is saved is always a dense tensor).
     pub fn from_gpu(t: &Tensor) -> Result<HostTensor> {
         let bytes = match t.dtype() {
+            DType::Quant(_) => {
+                return Ok(HostTensor::from_f32(&t.to_vec_f32()?, t.shape()));
+            }
             DType::F32 => bytemuck::cast_slice(&t.to_vec_f32()?).to_vec(),
             DType::I32 => bytemuck::cast_slice(&t.to_vec_i32()?).to_vec(),
             DType::BF16 => {
@@ -114,6 +125,19 @@ pub fn first_non_finite(dtype: DType, bytes: &[u8]) -> Option<usize> {
                 .position(|b| exponent_all_ones(u16::from_le_bytes([b[0], b[1]]) as u32, mask))
         }
         DType::I32 => None,
+        DType::Quant(q) => {
+            let (values, block_bytes) = q.block();
+            let mut decoded = Vec::with_capacity(values);
+            bytes
+                .chunks_exact(block_bytes)
+                .enumerate()
+                .find_map(|(b, block)| {
+                    decoded.clear();
+                    dequantize(q.into(), block, &mut decoded);
+                    let at = decoded.iter().position(|v| !v.is_finite())?;
+                    Some(b * values + at)
+                })
+        }
     }
 }
 
@@ -127,7 +151,7 @@ pub struct TensorRef<'a> {
     pub bytes: std::borrow::Cow<'a, [u8]>,
 }
 
-impl TensorRef<'_> {
+impl<'a> TensorRef<'a> {
     /// Uploads in the stored dtype, straight from the mapped bytes.
     pub fn to_gpu(&self, gpu: &Gpu) -> Result<Tensor> {
         Tensor::from_le_bytes(gpu, &self.bytes, self.shape, self.dtype)
@@ -135,6 +159,21 @@ impl TensorRef<'_> {
 
     pub fn first_non_finite(&self) -> Option<usize> {
         first_non_finite(self.dtype, &self.bytes)
+    }
+
+    /// The same values with quantized blocks decoded to f32, for files that
+    /// hold no blocks (safetensors).
+    pub fn into_dense(self) -> TensorRef<'a> {
+        let DType::Quant(q) = self.dtype else {
+            return self;
+        };
+        let mut values = Vec::with_capacity(self.shape.iter().product());
+        dequantize(q.into(), &self.bytes, &mut values);
+        TensorRef {
+            dtype: DType::F32,
+            shape: self.shape,
+            bytes: std::borrow::Cow::Owned(bytemuck::cast_slice(&values).to_vec()),
+        }
     }
 }
 
@@ -186,14 +225,23 @@ impl MappedSafetensors {
     }
 }
 
-/// The file dtype for one of the library's.
-fn file_dtype(dtype: DType) -> Dtype {
-    match dtype {
+/// The file dtype for one of the library's; quantized blocks have none.
+fn file_dtype(path: &Path, name: &str, dtype: DType) -> Result<Dtype> {
+    Ok(match dtype {
         DType::F32 => Dtype::F32,
         DType::BF16 => Dtype::BF16,
         DType::F16 => Dtype::F16,
         DType::I32 => Dtype::I32,
-    }
+        DType::Quant(q) => {
+            return Err(format_err(
+                path,
+                format!(
+                    "tensor {name} is held as {} blocks, which safetensors cannot store",
+                    q.name()
+                ),
+            ))
+        }
+    })
 }
 
 /// The library's dtype for a stored one, or an error naming the tensor.
@@ -251,9 +299,13 @@ pub fn write_safetensors(
     let views: Vec<(String, safetensors::tensor::TensorView)> = tensors
         .iter()
         .map(|(name, t)| {
-            safetensors::tensor::TensorView::new(file_dtype(t.dtype), t.shape.clone(), &t.bytes)
-                .map(|v| (name.clone(), v))
-                .map_err(|e| format_err(path, format!("tensor {name}: {e}")))
+            safetensors::tensor::TensorView::new(
+                file_dtype(path, name, t.dtype)?,
+                t.shape.clone(),
+                &t.bytes,
+            )
+            .map(|v| (name.clone(), v))
+            .map_err(|e| format_err(path, format!("tensor {name}: {e}")))
         })
         .collect::<Result<_>>()?;
     let bytes = safetensors::serialize(views, metadata)
@@ -291,8 +343,7 @@ pub fn write_safetensors_streamed<'a>(
     metadata: &BTreeMap<String, String>,
     mut bytes_of: impl FnMut(&TensorEntry) -> Result<std::borrow::Cow<'a, [u8]>>,
 ) -> Result<()> {
-    let bytes_len =
-        |e: &TensorEntry| e.shape.iter().product::<usize>() * (file_dtype(e.dtype).bitsize() / 8);
+    let bytes_len = |e: &TensorEntry| e.dtype.file_bytes(e.shape.iter().product());
     let mut header = serde_json::Map::new();
     if !metadata.is_empty() {
         header.insert("__metadata__".into(), serde_json::json!(metadata));
@@ -300,9 +351,10 @@ pub fn write_safetensors_streamed<'a>(
     let mut offset = 0usize;
     for e in entries {
         let len = bytes_len(e);
+        let dtype = file_dtype(path, &e.name, e.dtype)?;
         header.insert(
             e.name.clone(),
-            serde_json::json!({"dtype": file_dtype(e.dtype).to_string(), "shape": e.shape, "data_offsets": [offset, offset + len]}),
+            serde_json::json!({"dtype": dtype.to_string(), "shape": e.shape, "data_offsets": [offset, offset + len]}),
         );
         offset += len;
     }

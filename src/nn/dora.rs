@@ -244,11 +244,12 @@ impl DoraLinear {
     }
 
     /// Folds the adapter into the base weight with the recomposition kernel:
-    /// W' = (m / ‖W + s·B·A‖) ⊙ (W + s·B·A), in the base weight's dtype. Also
+    /// W' = (m / ‖W + s·B·A‖) ⊙ (W + s·B·A), in the base weight's dtype (f32
+    /// over a quantized base: see [`crate::tensor::DType::dense`]). Also
     /// returns the row norms, which [`DoraLinear::unmerge`] needs.
     pub fn merge(&self) -> Result<(Tensor, Tensor)> {
         let (merged, norms) = self.merge_f32()?;
-        Ok((ops::cast(&merged, self.base.weight.dtype())?, norms))
+        Ok((ops::cast(&merged, self.base.weight.dtype().dense())?, norms))
     }
 
     /// [`DoraLinear::merge`] before the cast back to the base dtype: the f32
@@ -288,7 +289,7 @@ impl DoraLinear {
             1.0,
             Some(&w),
         )?;
-        ops::cast(&w, merged.dtype())
+        ops::cast(&w, merged.dtype().dense())
     }
 
     /// The adapter tensors for saving in PEFT's format.

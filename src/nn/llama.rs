@@ -97,7 +97,7 @@ impl Projection {
     /// The weight with any adapter folded in, in the base dtype.
     pub fn merged_weight(&self) -> Result<Tensor> {
         match self {
-            Projection::Frozen(l) => Ok(l.weight.clone()),
+            Projection::Frozen(l) => ops::cast(&l.weight, l.weight.dtype().dense()),
             Projection::Lora(l) => l.merged_weight(),
             Projection::Dora(l) => Ok(l.merge()?.0),
         }

@@ -155,9 +155,9 @@ impl LoraLinear {
         vec![self.lora_a.clone(), self.lora_b.clone()]
     }
 
-    /// W + s·B·A in the base weight's dtype.
+    /// W + s·B·A in the base weight's dtype (f32 over a quantized base).
     pub fn merged_weight(&self) -> Result<Tensor> {
-        ops::cast(&self.merged_weight_f32()?, self.base.weight.dtype())
+        ops::cast(&self.merged_weight_f32()?, self.base.weight.dtype().dense())
     }
 
     /// W + s·B·A in f32, before any cast back to the base dtype (for analyses

@@ -414,8 +414,10 @@ pub fn cast(x: &Tensor, dtype: DType) -> Result<Tensor> {
             )?;
             Ok(out)
         }
-        (DType::BF16 | DType::F16, DType::F32) => to_f32(x),
-        (DType::BF16 | DType::F16, _) => cast(&to_f32(x)?, dtype),
+        (DType::BF16 | DType::F16 | DType::Quant(_), DType::F32) => to_f32(x),
+        (DType::BF16 | DType::F16 | DType::Quant(_), DType::BF16 | DType::F16) => {
+            cast(&to_f32(x)?, dtype)
+        }
         (from, to) => crate::error::arg_err!("cast: {} cannot become {}", from.name(), to.name()),
     }
 }

@@ -103,7 +103,7 @@ impl VocabMatrix {
         let &[rows, cols] = shape else {
             shape_err!("a vocabulary matrix must be [rows, cols], got {shape:?}");
         };
-        let row_bytes = cols * dtype.element_bytes();
+        let row_bytes = dtype.file_bytes(cols);
         if bytes.len() != rows * row_bytes {
             shape_err!(
                 "{} bytes do not hold a {} matrix of shape {shape:?}",

@@ -134,7 +134,7 @@ fn choose_kind(
 ) -> MatmulKind {
     // The broadcast kernel clamps its 8 columns into [0, N) and reads 16-bit
     // B two neighbours per word; TT is never on a training path.
-    let words_align = b_dtype == DType::F32
+    let words_align = matches!(b_dtype, DType::F32 | DType::Quant(_))
         || if tb {
             p.k.is_multiple_of(2)
         } else {
@@ -190,6 +190,12 @@ pub(crate) fn matmul_epilogue(
     if !b.dtype().is_float() {
         arg_err!(
             "matmul: B must be f32, bf16 or f16, got {}",
+            b.dtype().name()
+        );
+    }
+    if matches!(b.dtype(), DType::Quant(_)) && matches!(t, Transpose::TN | Transpose::TT) {
+        arg_err!(
+            "matmul {t:?}: a {} B is a frozen weight, multiplied by an untransposed A",
             b.dtype().name()
         );
     }

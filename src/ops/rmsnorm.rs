@@ -19,9 +19,12 @@ struct Params {
 pub fn rms_norm(x: &Tensor, weight: &Tensor, eps: f32) -> Result<Tensor> {
     x.expect_f32("rms_norm", "input")?;
     let (rows, cols) = rows_cols(x);
-    if weight.shape() != [cols] || !weight.dtype().is_float() {
+    if weight.shape() != [cols]
+        || weight.dtype().dense() != weight.dtype()
+        || !weight.dtype().is_float()
+    {
         shape_err!(
-            "rms_norm: weight is {:?} {}, expected [{cols}] float",
+            "rms_norm: weight is {:?} {}, expected [{cols}] f32, bf16 or f16",
             weight.shape(),
             weight.dtype().name()
         );

@@ -55,7 +55,7 @@ fn write_merged(
                 Some(t) => (t.dtype(), t.shape().to_vec()),
                 None => {
                     let (dtype, shape) = base.info(name)?;
-                    (dtype, shape.to_vec())
+                    (dtype.dense(), shape.to_vec())
                 }
             };
             Some(TensorEntry {
@@ -72,7 +72,7 @@ fn write_merged(
             Some(t) => Cow::Owned(HostTensor::from_gpu(t)?.bytes),
             None => base
                 .get(&e.name)
-                .map_or(Cow::Borrowed(&[][..]), |t| t.bytes),
+                .map_or(Cow::Borrowed(&[][..]), |t| t.into_dense().bytes),
         })
     })?;
     if let MappedWeights::Gguf(gguf) = base {

@@ -6,6 +6,8 @@
 
 use half::f16;
 
+use crate::tensor::{DType, Quant};
+
 /// A GGUF tensor type that dora-wgpu reads, with its ggml type id.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 #[allow(non_camel_case_types)]
@@ -24,9 +26,6 @@ pub enum GgmlType {
     Q5_K,
     Q6_K,
 }
-
-/// Values per K-quant super-block.
-const QK_K: usize = 256;
 
 impl GgmlType {
     pub const ALL: [GgmlType; 13] = [
@@ -89,19 +88,9 @@ impl GgmlType {
 
     /// Values per block and bytes per block (`GGML_QUANT_SIZES`).
     pub fn block(self) -> (usize, usize) {
-        match self {
-            GgmlType::F32 => (1, 4),
-            GgmlType::F16 | GgmlType::BF16 => (1, 2),
-            GgmlType::Q4_0 => (32, 18),
-            GgmlType::Q4_1 => (32, 20),
-            GgmlType::Q5_0 => (32, 22),
-            GgmlType::Q5_1 => (32, 24),
-            GgmlType::Q8_0 => (32, 34),
-            GgmlType::Q2_K => (QK_K, 84),
-            GgmlType::Q3_K => (QK_K, 110),
-            GgmlType::Q4_K => (QK_K, 144),
-            GgmlType::Q5_K => (QK_K, 176),
-            GgmlType::Q6_K => (QK_K, 210),
+        match self.dtype() {
+            DType::Quant(q) => q.block(),
+            dense => (1, dense.file_bytes(1)),
         }
     }
 
@@ -109,6 +98,44 @@ impl GgmlType {
     pub fn bytes_for(self, n: usize) -> Option<usize> {
         let (values, bytes) = self.block();
         n.is_multiple_of(values).then(|| n / values * bytes)
+    }
+}
+
+impl From<Quant> for GgmlType {
+    fn from(q: Quant) -> GgmlType {
+        match q {
+            Quant::Q4_0 => GgmlType::Q4_0,
+            Quant::Q4_1 => GgmlType::Q4_1,
+            Quant::Q5_0 => GgmlType::Q5_0,
+            Quant::Q5_1 => GgmlType::Q5_1,
+            Quant::Q8_0 => GgmlType::Q8_0,
+            Quant::Q2_K => GgmlType::Q2_K,
+            Quant::Q3_K => GgmlType::Q3_K,
+            Quant::Q4_K => GgmlType::Q4_K,
+            Quant::Q5_K => GgmlType::Q5_K,
+            Quant::Q6_K => GgmlType::Q6_K,
+        }
+    }
+}
+
+impl GgmlType {
+    /// The GPU dtype a tensor of this type is uploaded as, unconverted.
+    pub fn dtype(self) -> DType {
+        match self {
+            GgmlType::F32 => DType::F32,
+            GgmlType::F16 => DType::F16,
+            GgmlType::BF16 => DType::BF16,
+            GgmlType::Q4_0 => DType::Quant(Quant::Q4_0),
+            GgmlType::Q4_1 => DType::Quant(Quant::Q4_1),
+            GgmlType::Q5_0 => DType::Quant(Quant::Q5_0),
+            GgmlType::Q5_1 => DType::Quant(Quant::Q5_1),
+            GgmlType::Q8_0 => DType::Quant(Quant::Q8_0),
+            GgmlType::Q2_K => DType::Quant(Quant::Q2_K),
+            GgmlType::Q3_K => DType::Quant(Quant::Q3_K),
+            GgmlType::Q4_K => DType::Quant(Quant::Q4_K),
+            GgmlType::Q5_K => DType::Quant(Quant::Q5_K),
+            GgmlType::Q6_K => DType::Quant(Quant::Q6_K),
+        }
     }
 }
 

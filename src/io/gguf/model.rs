@@ -40,7 +40,7 @@ enum Family {
 }
 
 /// How a stored tensor becomes the Hugging Face one.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq)]
 enum Fix {
     None,
     /// Undo llama.cpp's interleaving of each head's rotary halves (q: the
@@ -48,8 +48,12 @@ enum Fix {
     Unpermute {
         heads: usize,
     },
-    /// Gemma's norms are stored as `1 + w`.
-    MinusOne,
+    /// Decoded to f32 and shifted: Gemma's norms are stored as `1 + w`
+    /// (offset -1); a quantized vector (legal, though llama.cpp writes none)
+    /// is decoded as is, since only matrices are read as blocks.
+    Decode {
+        offset: f32,
+    },
 }
 
 /// A GGUF model: its file, its `config.json` as transformers would build
@@ -114,7 +118,12 @@ impl GgufModel {
             let fix = match module {
                 "attn_q" if family == Family::Llama => Fix::Unpermute { heads },
                 "attn_k" if family == Family::Llama => Fix::Unpermute { heads: kv_heads },
-                m if family == Family::Gemma3 && m.ends_with("norm") => Fix::MinusOne,
+                m if family == Family::Gemma3 && m.ends_with("norm") => {
+                    Fix::Decode { offset: -1.0 }
+                }
+                _ if t.shape.len() != 2 && t.kind.is_ok_and(|k| k.dtype().block_values() > 1) => {
+                    Fix::Decode { offset: 0.0 }
+                }
                 _ => Fix::None,
             };
             if let Fix::Unpermute { heads } = fix {
@@ -143,36 +152,43 @@ impl GgufModel {
     pub fn info(&self, name: &str) -> Option<(DType, &[usize])> {
         let &(i, fix) = self.tensors.get(name)?;
         let t = &self.file.tensors[i];
-        Some((output_dtype(t.kind.ok()?, fix), &t.shape))
+        let dtype = match fix {
+            Fix::Decode { .. } => DType::F32,
+            _ => t.kind.ok()?.dtype(),
+        };
+        Some((dtype, &t.shape))
     }
 
-    /// Tensor `name` as transformers holds it after loading the file: 16-
-    /// and 32-bit floats as stored (borrowed from the map), everything
-    /// quantized or fixed decoded to f32.
+    /// Tensor `name` with transformers' values: floats and quantized blocks
+    /// as stored (borrowed from the map; the GPU decodes blocks as it reads
+    /// them), q/k rows un-permuted, Gemma's norms and any quantized vector
+    /// decoded to f32.
     pub fn get(&self, name: &str) -> Option<TensorRef<'_>> {
         let &(i, fix) = self.tensors.get(name)?;
         let info = &self.file.tensors[i];
         let (_, bytes) = self.file.tensor_bytes(&info.name).ok()?;
         let kind = info.kind.ok()?;
-        let dtype = output_dtype(kind, fix);
-        let stored_float = matches!(kind, GgmlType::F32 | GgmlType::F16 | GgmlType::BF16);
-        if fix == Fix::None && stored_float {
-            return Some(TensorRef {
-                dtype,
-                shape: &info.shape,
-                bytes: Cow::Borrowed(bytes),
-            });
-        }
-        let (_, values) = self.file.tensor_f32(&info.name).ok()?;
-        let values = match fix {
-            Fix::None => values,
-            Fix::MinusOne => values.into_iter().map(|v| v - 1.0).collect(),
-            Fix::Unpermute { heads } => unpermute(&values, &info.shape, heads),
+        // Stored as the file has it (floats and blocks alike), rows reordered
+        // where llama.cpp permuted them: blocks never span rows.
+        let (dtype, bytes) = match fix {
+            Fix::None => (kind.dtype(), Cow::Borrowed(bytes)),
+            Fix::Unpermute { heads } => (
+                kind.dtype(),
+                Cow::Owned(unpermute(bytes, &info.shape, heads)),
+            ),
+            Fix::Decode { offset } => {
+                let (_, values) = self.file.tensor_f32(&info.name).ok()?;
+                let values: Vec<f32> = values.into_iter().map(|v| v + offset).collect();
+                (
+                    DType::F32,
+                    Cow::Owned(bytemuck::cast_slice(&values).to_vec()),
+                )
+            }
         };
         Some(TensorRef {
-            dtype: DType::F32,
+            dtype,
             shape: &info.shape,
-            bytes: Cow::Owned(bytemuck::cast_slice(&values).to_vec()),
+            bytes,
         })
     }
 
@@ -194,38 +210,31 @@ impl GgufModel {
         };
         match fix {
             Fix::None => values,
-            Fix::MinusOne => values.into_iter().map(|v| v + 1.0).collect(),
+            Fix::Decode { offset } => values.into_iter().map(|v| v - offset).collect(),
             Fix::Unpermute { heads } => permute(&values, &self.file.tensors[i].shape, heads),
         }
     }
 }
 
-fn output_dtype(kind: GgmlType, fix: Fix) -> DType {
-    match (kind, fix) {
-        (GgmlType::F16, Fix::None) => DType::F16,
-        (GgmlType::BF16, Fix::None) => DType::BF16,
-        _ => DType::F32,
-    }
-}
-
 /// transformers' `reverse_permute_weights`: rows viewed as
-/// `[heads, half, 2, cols]` become `[heads, 2, half, cols]`.
-fn unpermute(values: &[f32], shape: &[usize], heads: usize) -> Vec<f32> {
-    reorder_rows(values, shape, heads, false)
+/// `[heads, half, 2, cols]` become `[heads, 2, half, cols]`. Works on the
+/// stored bytes, whatever the row's format.
+fn unpermute(bytes: &[u8], shape: &[usize], heads: usize) -> Vec<u8> {
+    reorder_rows(bytes, shape[0], heads, false)
 }
 
-/// llama.cpp's permutation, the inverse of [`unpermute`].
+/// llama.cpp's permutation, the inverse of [`unpermute`], on f32 values.
 fn permute(values: &[f32], shape: &[usize], heads: usize) -> Vec<f32> {
-    reorder_rows(values, shape, heads, true)
+    let bytes = reorder_rows(bytemuck::cast_slice(values), shape[0], heads, true);
+    bytemuck::pod_collect_to_vec(&bytes)
 }
 
 /// Row `h·2·half + 2i + j` of the file is row `h·2·half + j·half + i` of the
 /// model; `to_file` picks the direction.
-fn reorder_rows(values: &[f32], shape: &[usize], heads: usize, to_file: bool) -> Vec<f32> {
-    let rows = shape[0];
-    let cols = values.len() / rows.max(1);
+fn reorder_rows(data: &[u8], rows: usize, heads: usize, to_file: bool) -> Vec<u8> {
+    let row = data.len() / rows.max(1);
     let half = rows / heads / 2;
-    let mut out = vec![0.0; values.len()];
+    let mut out = vec![0; data.len()];
     for h in 0..heads {
         for i in 0..half {
             for j in 0..2 {
@@ -235,8 +244,7 @@ fn reorder_rows(values: &[f32], shape: &[usize], heads: usize, to_file: bool) ->
                 } else {
                     (file, model)
                 };
-                out[to * cols..(to + 1) * cols]
-                    .copy_from_slice(&values[from * cols..(from + 1) * cols]);
+                out[to * row..(to + 1) * row].copy_from_slice(&data[from * row..(from + 1) * row]);
             }
         }
     }
@@ -478,7 +486,8 @@ mod tests {
         // Row h·2·half + 2i + j of the file is row h·2·half + j·half + i of the model.
         assert_eq!(permuted[cols * 2], original[cols]);
         assert_ne!(permuted, original);
-        assert_eq!(unpermute(&permuted, &[rows, cols], heads), original);
+        let back = unpermute(bytemuck::cast_slice(&permuted), &[rows, cols], heads);
+        assert_eq!(bytemuck::pod_collect_to_vec::<u8, f32>(&back), original);
     }
 
     #[test]
