@@ -11,9 +11,9 @@ use common::{fixture, gpu, temp_dir};
 use dora_wgpu::data::random_examples_of_lengths;
 use dora_wgpu::data::{read_jsonl, Example};
 use dora_wgpu::io::AdapterWeights;
-use dora_wgpu::nn::Llama;
+use dora_wgpu::nn::{projections, Llama};
 use dora_wgpu::train::{checkpoint, Batcher, Event, Method, Schedule, Stop, TrainConfig, Trainer};
-use dora_wgpu::{Error, Tokenizer};
+use dora_wgpu::{DType, Error, Tokenizer};
 use serde_json::Value;
 
 fn tiny_llama() -> Llama {
@@ -131,13 +131,25 @@ fn batches_equal_the_reference_pipeline_token_by_token() {
 
 fn check_parity(method: &str) {
     let e = parity();
-    let reference = &e[method];
-    let adapter = AdapterWeights::load(&fixture(&format!("train_parity/init-{method}"))).unwrap();
+    check_parity_run(
+        tiny_llama(),
+        "train_parity",
+        method,
+        &e[method],
+        parity_config(&e),
+    );
+}
+
+/// Trains `model` from `{dir}/init-{method}` with the fixture's data and
+/// compares every step, the validation losses and `{dir}/final-{method}`
+/// with PEFT's run recorded in `reference`.
+fn check_parity_run(model: Llama, dir: &str, method: &str, reference: &Value, config: TrainConfig) {
+    let adapter = AdapterWeights::load(&fixture(&format!("{dir}/init-{method}"))).unwrap();
     let data = fixture("train_parity/data");
     let mut trainer = Trainer::with_adapter(
-        tiny_llama(),
+        model,
         &adapter,
-        parity_config(&e),
+        config,
         examples(&data, "train.jsonl"),
         examples(&data, "valid.jsonl"),
     )
@@ -202,7 +214,7 @@ fn check_parity(method: &str) {
         "{method}: final valid loss {valid_final} vs {want_final}"
     );
     // The adapter after training equals PEFT's, tensor by tensor.
-    let want = AdapterWeights::load(&fixture(&format!("train_parity/final-{method}"))).unwrap();
+    let want = AdapterWeights::load(&fixture(&format!("{dir}/final-{method}"))).unwrap();
     let got = trainer.adapter().unwrap();
     assert_eq!(got.modules.len(), want.modules.len());
     for (module, w) in &want.modules {
@@ -243,6 +255,44 @@ fn dora_training_matches_peft_step_by_step() {
 #[test]
 fn lora_training_matches_peft_step_by_step() {
     check_parity("lora");
+}
+
+/// QDoRA: the tiny model as a GGUF file with its projections in Q8_0, Q4_0,
+/// Q4_1, Q5_0, Q5_1, F16, BF16 and F32, trained with those blocks kept on
+/// the GPU, against PEFT training the model gguf-py decodes from the file
+/// (tests/fixtures/train_parity/qdora, made by tools/gen_qdora_fixture.py).
+#[test]
+fn dora_training_on_a_quantized_gguf_base_matches_peft_on_the_decoded_base() {
+    let text = std::fs::read_to_string(fixture("train_parity/qdora/expected.json")).unwrap();
+    let q: Value = serde_json::from_str(&text).unwrap();
+    let model = Llama::load(gpu(), &fixture("gguf_model/tiny-llama.gguf")).unwrap();
+    // Each projection's base is held in the file's own format.
+    let mut quantized = 0;
+    for (l, layer) in model.layers.iter().enumerate() {
+        for (p, (group, name)) in layer.projections.iter().zip(projections(&model.config)) {
+            let key = format!("model.layers.{l}.{group}.{name}.weight");
+            let held = match p.base().weight.dtype() {
+                DType::Quant(k) => {
+                    quantized += 1;
+                    format!("{k:?}")
+                }
+                d => format!("{d:?}"),
+            };
+            assert_eq!(held, q["formats"][&key].as_str().unwrap(), "{key}");
+        }
+    }
+    assert!(
+        quantized >= 8,
+        "only {quantized} projections held quantized"
+    );
+    let e = parity();
+    check_parity_run(
+        model,
+        "train_parity/qdora",
+        "dora",
+        &q["dora"],
+        parity_config(&e),
+    );
 }
 
 /// Fresh DoRA adapters with dropout and shuffling, so resume must restore the
