@@ -330,6 +330,8 @@ fn quantizers_write_gguf_py_bytes() {
         GgmlType::Q8_0,
         GgmlType::Q4_0,
         GgmlType::Q4_1,
+        GgmlType::Q5_0,
+        GgmlType::Q5_1,
     ] {
         let (_, source) = f.tensor_f32(&format!("{}.source", kind.name())).unwrap();
         let (_, want) = f.tensor_bytes(&format!("{}.q", kind.name())).unwrap();

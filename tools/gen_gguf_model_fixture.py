@@ -185,7 +185,7 @@ def quantize_fixture():
     src[3, :4] = [0.5, -0.5, 0.5, -0.5]
     src[4] *= 1000
     w = gguf.GGUFWriter(os.path.join(OUT, "quantize.gguf"), "llama")
-    for qtype in [T.F16, T.BF16, T.Q8_0, T.Q4_0, T.Q4_1]:
+    for qtype in [T.F16, T.BF16, T.Q8_0, T.Q4_0, T.Q4_1, T.Q5_0, T.Q5_1]:
         w.add_tensor(f"{qtype.name}.source", src)
         w.add_tensor(f"{qtype.name}.q", gguf.quants.quantize(src, qtype), raw_dtype=qtype)
     w.write_header_to_file()

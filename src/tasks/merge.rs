@@ -101,7 +101,7 @@ pub enum OutType {
     Bf16,
     Q8_0,
     /// Each tensor in its base format; merged ones the base cannot be
-    /// re-encoded to (Q5_x, K-quants) go to Q8_0.
+    /// re-encoded to (the K-quants) go to Q8_0.
     Same,
 }
 

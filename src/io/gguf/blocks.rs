@@ -342,14 +342,24 @@ fn q6_k(b: &[u8], out: &mut Vec<f32>) {
 }
 
 /// The formats [`quantize`] writes.
-pub const WRITABLE: [GgmlType; 6] = [
+pub const WRITABLE: [GgmlType; 8] = [
     GgmlType::F32,
     GgmlType::F16,
     GgmlType::BF16,
     GgmlType::Q8_0,
     GgmlType::Q4_0,
     GgmlType::Q4_1,
+    GgmlType::Q5_0,
+    GgmlType::Q5_1,
 ];
+
+/// Q5's 32 five-bit values as stored: the fifth bits in a 32-bit word (bit
+/// j for value j), then the low nibbles of values j and j + 16 in byte j.
+fn pack_q5(q: &[u8; 32], out: &mut Vec<u8>) {
+    let qh = (0..32).fold(0u32, |h, j| h | (((q[j] >> 4) as u32 & 1) << j));
+    out.extend(qh.to_le_bytes());
+    out.extend((0..16).map(|j| (q[j] & 0xF) | ((q[j + 16] & 0xF) << 4)));
+}
 
 /// Encodes `values` (a whole number of blocks) as `kind`, as ggml's
 /// `quantize_row_*_ref` and gguf-py's `quants.quantize` do (same operations
@@ -397,6 +407,32 @@ pub fn quantize(kind: GgmlType, values: &[f32]) -> Option<Vec<u8>> {
                 out.extend(f16_bytes(min));
                 let q = |v: f32| (((v - min) * id + 0.5) as i8).clamp(0, 15) as u8;
                 out.extend((0..16).map(|j| q(b[j]) | (q(b[j + 16]) << 4)));
+            }
+        }
+        GgmlType::Q5_0 => {
+            for b in values.chunks_exact(32) {
+                let max = b
+                    .iter()
+                    .fold(0f32, |m, &v| if v.abs() > m.abs() { v } else { m });
+                let d = max / -16.0;
+                let id = inverse(d);
+                out.extend(f16_bytes(d));
+                let q: [u8; 32] =
+                    std::array::from_fn(|j| ((b[j] * id + 16.5) as i32).clamp(0, 31) as u8);
+                pack_q5(&q, &mut out);
+            }
+        }
+        GgmlType::Q5_1 => {
+            for b in values.chunks_exact(32) {
+                let min = b.iter().copied().fold(f32::INFINITY, f32::min);
+                let max = b.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+                let d = (max - min) / 31.0;
+                let id = inverse(d);
+                out.extend(f16_bytes(d));
+                out.extend(f16_bytes(min));
+                let q: [u8; 32] =
+                    std::array::from_fn(|j| (((b[j] - min) * id + 0.5) as i32).clamp(0, 31) as u8);
+                pack_q5(&q, &mut out);
             }
         }
         _ => return None,
