@@ -59,6 +59,31 @@ def gguf_names(arch, layers):
     return lambda hf: name_map.get_name(hf, try_suffixes=(".weight", ".bias"))
 
 
+def decode_file(path, arch, cfg, shapes):
+    """The HF tensors `shapes` names as gguf-py decodes them from the GGUF
+    file at `path` (float32, llama.cpp's q/k permutation and Gemma's 1 + w
+    undone), and each one's stored format. `cfg` is the model's config.json."""
+    heads, kv = cfg["num_attention_heads"], cfg["num_key_value_heads"]
+    to_gguf = gguf_names(arch, cfg["num_hidden_layers"])
+    by_gguf = {t.name: t for t in gguf.GGUFReader(path).tensors}
+    decoded, formats = {}, {}
+    for hf_name, shape in shapes.items():
+        if hf_name == "lm_head.weight" and cfg.get("tie_word_embeddings"):
+            continue
+        g = to_gguf(hf_name)
+        t = by_gguf[g]
+        v = gguf.quants.dequantize(t.data, t.tensor_type).reshape(shape).astype(np.float32)
+        if arch == gguf.MODEL_ARCH.LLAMA and ".attn_q." in g:
+            v = unpermute(v, heads)
+        if arch == gguf.MODEL_ARCH.LLAMA and ".attn_k." in g:
+            v = unpermute(v, kv)
+        if arch == gguf.MODEL_ARCH.GEMMA3 and "norm.weight" in g:
+            v = v - 1
+        decoded[hf_name] = torch.from_numpy(np.ascontiguousarray(v))
+        formats[hf_name] = t.tensor_type.name
+    return decoded, formats
+
+
 def write(name, model_dir, arch_name, arch, pre, eos):
     cfg = json.load(open(os.path.join(FIX, "models", model_dir, "config.json")))
     model = AutoModelForCausalLM.from_pretrained(os.path.join(FIX, "models", model_dir), dtype=torch.float32)
@@ -101,7 +126,7 @@ def write(name, model_dir, arch_name, arch, pre, eos):
         w.add_chat_template(tcfg["chat_template"])
 
     to_gguf = gguf_names(arch, cfg["num_hidden_layers"])
-    formats, decoded = {}, {}
+    formats = {}
     k = 0
     for hf_name, t in state.items():
         if hf_name == "lm_head.weight" and cfg.get("tie_word_embeddings"):
@@ -128,21 +153,7 @@ def write(name, model_dir, arch_name, arch, pre, eos):
     w.close()
 
     # The reference: what gguf-py decodes from the file, the changes undone.
-    reader = gguf.GGUFReader(path)
-    by_gguf = {t.name: t for t in reader.tensors}
-    for hf_name in state:
-        if hf_name == "lm_head.weight" and cfg.get("tie_word_embeddings"):
-            continue
-        g = to_gguf(hf_name)
-        t = by_gguf[g]
-        v = gguf.quants.dequantize(t.data, t.tensor_type).reshape(state[hf_name].shape).astype(np.float32)
-        if arch == gguf.MODEL_ARCH.LLAMA and ".attn_q." in g:
-            v = unpermute(v, heads)
-        if arch == gguf.MODEL_ARCH.LLAMA and ".attn_k." in g:
-            v = unpermute(v, kv)
-        if arch == gguf.MODEL_ARCH.GEMMA3 and "norm.weight" in g:
-            v = v - 1
-        decoded[hf_name] = torch.from_numpy(np.ascontiguousarray(v))
+    decoded, _ = decode_file(path, arch, cfg, {k: v.shape for k, v in state.items()})
     config = AutoConfig.from_pretrained(os.path.join(FIX, "models", model_dir))
     if arch == gguf.MODEL_ARCH.GEMMA3:
         config.query_pre_attn_scalar = head_dim

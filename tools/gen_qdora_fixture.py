@@ -26,58 +26,29 @@ import os
 import pathlib
 import sys
 
-import numpy as np
 import torch
 
 HERE = pathlib.Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 import gen_train_fixture as run  # noqa: E402
-from gen_gguf_model_fixture import gguf_names, unpermute  # noqa: E402
+from gen_gguf_model_fixture import decode_file  # noqa: E402
 
 ROOT = HERE.parent
 GGUF_REL = "tests/fixtures/gguf_model/tiny-llama.gguf"
 OUT = ROOT / "tests" / "fixtures" / "train_parity" / "qdora"
 
 
-def decoded_state(cfg):
-    """The HF state dict as gguf-py decodes it from the file, and each tensor's format."""
-    import gguf
-
-    reader = gguf.GGUFReader(str(ROOT / GGUF_REL))
-    by_name = {t.name: t for t in reader.tensors}
-    to_gguf = gguf_names(gguf.MODEL_ARCH.LLAMA, cfg.num_hidden_layers)
-    template = run.load_base().state_dict()
-    state, formats = {}, {}
-    for hf_name, want in template.items():
-        if hf_name == "lm_head.weight" and cfg.tie_word_embeddings:
-            continue
-        g = to_gguf(hf_name)
-        t = by_name[g]
-        v = gguf.quants.dequantize(t.data, t.tensor_type).reshape(want.shape).astype(np.float32)
-        if ".attn_q." in g:
-            v = unpermute(v, cfg.num_attention_heads)
-        if ".attn_k." in g:
-            v = unpermute(v, cfg.num_key_value_heads)
-        state[hf_name] = torch.from_numpy(np.ascontiguousarray(v))
-        formats[hf_name] = t.tensor_type.name
-    return state, formats
-
-
 def main():
-    import warnings
-
+    import gguf
     import peft
     import transformers
     from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
-    warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*")
-    transformers.logging.set_verbosity_error()
-    transformers.logging.disable_progress_bar()
-    torch.use_deterministic_algorithms(True)
-    torch.set_num_threads(1)
-
+    run.quiet_and_deterministic()
     config = AutoConfig.from_pretrained(str(run.MODEL_DIR))
-    state, formats = decoded_state(config)
+    shapes = {k: v.shape for k, v in run.load_base().state_dict().items()}
+    cfg = json.loads((run.MODEL_DIR / "config.json").read_text())
+    state, formats = decode_file(str(ROOT / GGUF_REL), gguf.MODEL_ARCH.LLAMA, cfg, shapes)
     quantized = sorted({f for f in formats.values() if f.startswith("Q")})
     assert {"Q4_0", "Q4_1"} <= set(quantized), quantized
 

@@ -365,19 +365,26 @@ def dumps(obj, indent=0):
     return json.dumps(obj, ensure_ascii=False)
 
 
-def main():
+def quiet_and_deterministic():
+    """One CPU thread, deterministic kernels, no progress bars or warnings."""
     import warnings
 
-    import peft
-    import safetensors
     import transformers
-    from transformers import AutoTokenizer
 
     warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*")
     transformers.logging.set_verbosity_error()
     transformers.logging.disable_progress_bar()
     torch.use_deterministic_algorithms(True)
     torch.set_num_threads(1)
+
+
+def main():
+    import peft
+    import safetensors
+    import transformers
+    from transformers import AutoTokenizer
+
+    quiet_and_deterministic()
 
     tok = AutoTokenizer.from_pretrained(str(MODEL_DIR))
     assert tok("x", add_special_tokens=True)["input_ids"] == tok("x", add_special_tokens=False)["input_ids"]

@@ -353,6 +353,20 @@ pub const WRITABLE: [GgmlType; 8] = [
     GgmlType::Q5_1,
 ];
 
+/// The value of largest magnitude, the first one on ties, with its sign
+/// (Q4_0's and Q5_0's scale is it over −2^(bits−1)).
+fn signed_absmax(b: &[f32]) -> f32 {
+    b.iter()
+        .fold(0f32, |m, &v| if v.abs() > m.abs() { v } else { m })
+}
+
+/// The smallest and largest value (Q4_1's and Q5_1's range).
+fn min_max(b: &[f32]) -> (f32, f32) {
+    let min = b.iter().copied().fold(f32::INFINITY, f32::min);
+    let max = b.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+    (min, max)
+}
+
 /// Q5's 32 five-bit values as stored: the fifth bits in a 32-bit word (bit
 /// j for value j), then the low nibbles of values j and j + 16 in byte j.
 fn pack_q5(q: &[u8; 32], out: &mut Vec<u8>) {
@@ -386,11 +400,7 @@ pub fn quantize(kind: GgmlType, values: &[f32]) -> Option<Vec<u8>> {
         }
         GgmlType::Q4_0 => {
             for b in values.chunks_exact(32) {
-                // The value of largest magnitude, the first one on ties, with its sign.
-                let max = b
-                    .iter()
-                    .fold(0f32, |m, &v| if v.abs() > m.abs() { v } else { m });
-                let d = max / -8.0;
+                let d = signed_absmax(b) / -8.0;
                 let id = inverse(d);
                 out.extend(f16_bytes(d));
                 let q = |v: f32| ((v * id + 8.5) as i8).clamp(0, 15) as u8;
@@ -399,8 +409,7 @@ pub fn quantize(kind: GgmlType, values: &[f32]) -> Option<Vec<u8>> {
         }
         GgmlType::Q4_1 => {
             for b in values.chunks_exact(32) {
-                let min = b.iter().copied().fold(f32::INFINITY, f32::min);
-                let max = b.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+                let (min, max) = min_max(b);
                 let d = (max - min) / 15.0;
                 let id = inverse(d);
                 out.extend(f16_bytes(d));
@@ -411,10 +420,7 @@ pub fn quantize(kind: GgmlType, values: &[f32]) -> Option<Vec<u8>> {
         }
         GgmlType::Q5_0 => {
             for b in values.chunks_exact(32) {
-                let max = b
-                    .iter()
-                    .fold(0f32, |m, &v| if v.abs() > m.abs() { v } else { m });
-                let d = max / -16.0;
+                let d = signed_absmax(b) / -16.0;
                 let id = inverse(d);
                 out.extend(f16_bytes(d));
                 let q: [u8; 32] =
@@ -424,8 +430,7 @@ pub fn quantize(kind: GgmlType, values: &[f32]) -> Option<Vec<u8>> {
         }
         GgmlType::Q5_1 => {
             for b in values.chunks_exact(32) {
-                let min = b.iter().copied().fold(f32::INFINITY, f32::min);
-                let max = b.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+                let (min, max) = min_max(b);
                 let d = (max - min) / 31.0;
                 let id = inverse(d);
                 out.extend(f16_bytes(d));
