@@ -283,11 +283,6 @@ fn run_full(
     )?;
     let (train, _) = prepare(data.0.to_vec(), config.max_seq_len);
     let mut batcher = Batcher::new(train, config.batch_size, config.shuffle, config.seed);
-    let head = model
-        .lm_head
-        .as_ref()
-        .unwrap_or(&model.embed_tokens)
-        .clone();
     let chunk_rows = (LOSS_CHUNK_ELEMENTS / model.config.vocab_size).max(1);
     let hidden_size = model.config.hidden_size;
     let base_weights = load_weights(model_dir)?;
@@ -302,7 +297,7 @@ fn run_full(
         let ids = Tensor::from_i32(gpu, &batch.ids, &[batch.batch, batch.seq])?;
         let hidden = model.forward_hidden_train(&ids, 0)?;
         let hidden = ops::reshape(&hidden, &[batch.batch * batch.seq, hidden_size])?;
-        let loss = ops::lm_head_cross_entropy(&hidden, &head, &batch.targets, chunk_rows)?;
+        let loss = model.loss(&hidden, &batch.targets, chunk_rows)?;
         loss.backward()?;
         let grads: Vec<Tensor> = optimizer.params().iter().filter_map(Tensor::grad).collect();
         let grad_norm = ops::global_norm(&grads)?.item()?;

@@ -3,11 +3,14 @@
 //   ce_rows:     per row: lse = logsumexp(logits), loss = lse - logits[target]
 //   ce_mean:     one workgroup: stats = [sum(loss) / count, count]
 //   ce_backward: dlogits = g * (softmax(logits) - onehot(target)) / count
+// With `softcap` c > 0 (Gemma's final_logit_softcapping) every logit x is
+// read as c * tanh(x / c), and backward multiplies by its derivative.
 
 struct Params {
     rows: u32,
     classes: u32,
     ignore_index: i32,
+    softcap: f32,
 }
 
 @group(0) @binding(0) var<uniform> p: Params;
@@ -18,6 +21,16 @@ struct Params {
 @group(0) @binding(5) var<storage, read_write> stats: array<f32>;
 @group(0) @binding(6) var<storage, read> grad_out: array<f32>;
 @group(0) @binding(7) var<storage, read_write> dlogits: array<f32>;
+
+// tanh as 1 - 2/(e^2u + 1) with u clamped, so no backend's tanh gives NaN.
+fn logit(i: u32) -> f32 {
+    let x = logits[i];
+    if (p.softcap <= 0.0) {
+        return x;
+    }
+    let u = clamp(x / p.softcap, -15.0, 15.0);
+    return p.softcap * (1.0 - 2.0 / (exp(2.0 * u) + 1.0));
+}
 
 fn is_counted(t: i32) -> bool {
     return t != p.ignore_index && t >= 0;
@@ -36,19 +49,19 @@ fn ce_rows(
     let base = row * p.classes;
     var m = -3.4028235e38;
     for (var j = lid; j < p.classes; j += ROW_LANES) {
-        m = max(m, logits[base + j]);
+        m = max(m, logit(base + j));
     }
     let row_max = workgroup_max(m, lid);
     var s = 0.0;
     for (var j = lid; j < p.classes; j += ROW_LANES) {
-        s = s + exp(logits[base + j] - row_max);
+        s = s + exp(logit(base + j) - row_max);
     }
     let l = row_max + log(workgroup_sum(s, lid));
     if (lid == 0u) {
         lse[row] = l;
         let t = targets[row];
         if (is_counted(t) && u32(t) < p.classes) {
-            row_loss[row] = l - logits[base + u32(t)];
+            row_loss[row] = l - logit(base + u32(t));
         } else {
             row_loss[row] = 0.0;
         }
@@ -93,6 +106,10 @@ fn ce_backward(
     if (u32(t) == i % p.classes) {
         onehot = 1.0;
     }
-    let scale = grad_out[0] / max(stats[1], 1.0);
-    dlogits[i] = scale * (exp(logits[i] - lse[row]) - onehot);
+    let z = logit(i);
+    var scale = grad_out[0] / max(stats[1], 1.0);
+    if (p.softcap > 0.0) {
+        scale = scale * (1.0 - (z / p.softcap) * (z / p.softcap));
+    }
+    dlogits[i] = scale * (exp(z - lse[row]) - onehot);
 }

@@ -49,6 +49,10 @@ pub enum UnaryOp {
     Square,
     Sqrt,
     Exp,
+    /// alpha·tanh(x / alpha): Gemma's logit soft-capping
+    Softcap,
+    /// 1 − (x / alpha)²: the cap's derivative, in terms of its output x
+    SoftcapGrad,
 }
 
 /// Elementwise functions of two arguments.
@@ -437,7 +441,16 @@ impl Kernel {
         v.push(Kernel::Pack16(DType::BF16));
         v.push(Kernel::Pack16(DType::F16));
         use UnaryOp as U;
-        for op in [U::Scale, U::Silu, U::GeluTanh, U::Square, U::Sqrt, U::Exp] {
+        for op in [
+            U::Scale,
+            U::Silu,
+            U::GeluTanh,
+            U::Square,
+            U::Sqrt,
+            U::Exp,
+            U::Softcap,
+            U::SoftcapGrad,
+        ] {
             v.push(Kernel::Unary(op));
         }
         use BinaryOp as B;
@@ -696,9 +709,12 @@ fn unpack_pair_fn(dtype: DType) -> String {
 /// with u clamped, so no backend's tanh overflows to NaN for large |x|.
 const GELU_TANH: &str = "
 const GELU_C: f32 = 0.7978845608028654; // √(2/π)
-fn gelu_tanh_t(x: f32) -> f32 {
-    let u = clamp(GELU_C * (x + 0.044715 * x * x * x), -15.0, 15.0);
+fn tanh_clamped(x: f32) -> f32 {
+    let u = clamp(x, -15.0, 15.0);
     return 1.0 - 2.0 / (exp(2.0 * u) + 1.0);
+}
+fn gelu_tanh_t(x: f32) -> f32 {
+    return tanh_clamped(GELU_C * (x + 0.044715 * x * x * x));
 }
 fn gelu_tanh(x: f32) -> f32 { return 0.5 * x * (1.0 + gelu_tanh_t(x)); }
 fn gelu_tanh_grad(x: f32) -> f32 {
@@ -715,6 +731,8 @@ fn elementwise_header(unary: UnaryOp, binary: BinaryOp, bc: Broadcast, w: DType)
         UnaryOp::Square => "x * x",
         UnaryOp::Sqrt => "sqrt(x)",
         UnaryOp::Exp => "exp(x)",
+        UnaryOp::Softcap => "p.alpha * tanh_clamped(x / p.alpha)",
+        UnaryOp::SoftcapGrad => "1.0 - (x / p.alpha) * (x / p.alpha)",
     };
     let binary = match binary {
         BinaryOp::Add => "a + b",

@@ -339,3 +339,61 @@ fn quantizers_write_gguf_py_bytes() {
         assert!(got == want, "{}: bytes differ from gguf-py's", kind.name());
     }
 }
+
+/// `tiny-gemma3.gguf` rewritten with one metadata key added (tensors copied).
+fn gemma3_gguf_with(root: &Path, key: &str, value: f32) -> PathBuf {
+    use dora_wgpu::io::gguf::{write_gguf, OutTensor, Value as Meta};
+    let src = GgufFile::open(&dir().join("tiny-gemma3.gguf")).unwrap();
+    let mut metadata = src.metadata.clone();
+    metadata.insert(key.into(), Meta::F32(value));
+    let tensors: Vec<OutTensor> = src
+        .tensors
+        .iter()
+        .map(|t| OutTensor {
+            name: t.name.clone(),
+            kind: t.kind.unwrap(),
+            shape: t.shape.clone(),
+        })
+        .collect();
+    let path = root.join(format!("{key}.gguf"));
+    write_gguf(&path, &metadata, &tensors, |_, t| {
+        Ok(src.tensor_bytes(&t.name)?.1.to_vec())
+    })
+    .unwrap();
+    path
+}
+
+/// llama.cpp's soft-capping keys go through config.json's rules: the final
+/// cap is read (and applied to the logits), the attention cap is refused.
+#[test]
+fn soft_capping_keys_in_the_metadata_are_read_or_refused() {
+    let root = temp_dir("gguf-softcap");
+    let plain = Llama::load(gpu(), &dir().join("tiny-gemma3.gguf")).unwrap();
+    assert_eq!(plain.config.final_logit_softcapping, None);
+    let capped_path = gemma3_gguf_with(&root, "gemma3.final_logit_softcapping", 2.0);
+    let capped = Llama::load(gpu(), &capped_path).unwrap();
+    assert_eq!(capped.config.final_logit_softcapping, Some(2.0));
+    let _g = no_grad();
+    let ids = Tensor::from_i32(gpu(), &[5, 9, 17, 33], &[1, 4]).unwrap();
+    let logits = |m: &Llama| {
+        m.logits(&m.forward_hidden(&ids, None).unwrap())
+            .unwrap()
+            .to_vec_f32()
+            .unwrap()
+    };
+    let (raw, got) = (logits(&plain), logits(&capped));
+    assert!(raw.iter().any(|x| x.abs() > 2.0), "the cap must bite");
+    for (r, g) in raw.iter().zip(&got) {
+        let want = 2.0 * (*r as f64 / 2.0).tanh();
+        assert!((*g as f64 - want).abs() < 1e-5, "{g} vs {want}");
+    }
+    one_line_error(
+        ModelConfig::load(&gemma3_gguf_with(
+            &root,
+            "gemma3.attn_logit_softcapping",
+            50.0,
+        )),
+        &["attn_logit_softcapping", "not supported"],
+    );
+    std::fs::remove_dir_all(&root).unwrap();
+}

@@ -134,6 +134,13 @@ fn unary_op_gradients() {
         |p| ops::gelu_tanh(&p[0]),
         |x| x[0].iter().map(|&v| gelu_tanh_ref(v)).collect(),
     );
+    // Inputs in ±1 against a cap of 0.6: the curve is well into its bend.
+    check_grads(
+        "softcap",
+        vec![rand_input(&mut rng, &shape)],
+        |p| ops::softcap(&p[0], 0.6),
+        |x| x[0].iter().map(|&v| 0.6 * (v / 0.6).tanh()).collect(),
+    );
     check_grads(
         "scale",
         vec![rand_input(&mut rng, &shape)],
@@ -237,21 +244,28 @@ fn chunked_lm_head_cross_entropy_gradient() {
         })
         .collect();
     let split = ops::VocabMatrix::from_blocks(blocks).unwrap();
-    for (chunk, head_t) in [
-        (1, &whole),
-        (3, &whole),
-        (7, &split),
-        (100, &whole),
-        (3, &split),
+    // Logits here reach about ±2; a soft cap of 0.8 bends most of them.
+    for (chunk, head_t, softcap) in [
+        (1, &whole, None),
+        (3, &whole, None),
+        (7, &split, None),
+        (100, &whole, None),
+        (3, &split, None),
+        (3, &whole, Some(0.8)),
+        (7, &split, Some(0.8)),
     ] {
         let (ht, tt, h2, t2) = (head_t.clone(), targets.clone(), h2.clone(), t2.clone());
         let blocks = ht.blocks().len();
         check_grads(
-            &format!("lm_head_cross_entropy chunk {chunk}, {blocks} blocks"),
+            &format!("lm_head_cross_entropy chunk {chunk}, {blocks} blocks, softcap {softcap:?}"),
             vec![rand_input(&mut rng, &[rows, dim])],
-            move |p| ops::lm_head_cross_entropy(&p[0], &ht, &tt, chunk),
+            move |p| ops::lm_head_cross_entropy(&p[0], &ht, &tt, chunk, softcap),
             move |x| {
-                let logits = matmul_ref(&x[0], &h2, rows, dim, vocab, false, true);
+                let mut logits = matmul_ref(&x[0], &h2, rows, dim, vocab, false, true);
+                if let Some(c) = softcap {
+                    let c = c as f64;
+                    logits.iter_mut().for_each(|l| *l = c * (*l / c).tanh());
+                }
                 vec![cross_entropy_ref(&logits, &t2, vocab, ops::IGNORE_INDEX)]
             },
         );

@@ -131,44 +131,56 @@ fn logits_match_transformers_with_and_without_adapter() {
     }
 }
 
+/// Summed NLL and scored-token count of `m` over a fixture's eval lines.
+fn eval_nll(m: &Llama, lines: &Value) -> (f64, usize) {
+    let (mut total, mut count) = (0.0, 0);
+    for line in lines.as_array().unwrap() {
+        let ids = ids_of(&line["ids"]);
+        let scored: Vec<usize> = line["targets"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|v| v.as_u64().unwrap() as usize)
+            .collect();
+        // position t - 1 predicts token t
+        let mut targets = vec![dora_wgpu::ops::IGNORE_INDEX; ids.len() - 1];
+        for &t in &scored {
+            targets[t - 1] = ids[t];
+        }
+        let x = Tensor::from_i32(gpu(), &ids[..ids.len() - 1], &[1, ids.len() - 1]).unwrap();
+        let _g = no_grad();
+        let h = m.forward_hidden(&x, None).unwrap();
+        let h = dora_wgpu::ops::reshape(&h, &[ids.len() - 1, m.config.hidden_size]).unwrap();
+        let (nll, n) = m.nll_sum(&h, &targets, 7).unwrap();
+        total += nll;
+        count += n;
+    }
+    (total, count)
+}
+
+/// Asserts the eval loss of `m` equals transformers' `want` (loss, tokens).
+fn check_eval_loss(what: &str, m: &Llama, lines: &Value, want: &Value) {
+    let (total, count) = eval_nll(m, lines);
+    assert_eq!(count as u64, want["tokens"].as_u64().unwrap());
+    let loss = total / count as f64;
+    let want_loss = want["loss"].as_f64().unwrap();
+    eprintln!("{what}: loss {loss:.6} vs transformers {want_loss:.6}");
+    assert!(
+        (loss - want_loss).abs() < 1e-4 * want_loss,
+        "{what}: {loss} vs {want_loss}"
+    );
+}
+
 #[test]
 fn nll_over_the_eval_file_matches_transformers() {
     for (stem, model) in MODELS {
         let r = &reference_file(stem).json;
         for (adapter, key) in [(false, "none"), (true, "dora")] {
-            let m = load(model, adapter);
-            let (mut total, mut count) = (0.0, 0);
-            for line in r["eval"][model]["lines"].as_array().unwrap() {
-                let ids = ids_of(&line["ids"]);
-                let scored: Vec<usize> = line["targets"]
-                    .as_array()
-                    .unwrap()
-                    .iter()
-                    .map(|v| v.as_u64().unwrap() as usize)
-                    .collect();
-                // position t - 1 predicts token t
-                let mut targets = vec![dora_wgpu::ops::IGNORE_INDEX; ids.len() - 1];
-                for &t in &scored {
-                    targets[t - 1] = ids[t];
-                }
-                let x =
-                    Tensor::from_i32(gpu(), &ids[..ids.len() - 1], &[1, ids.len() - 1]).unwrap();
-                let _g = no_grad();
-                let h = m.forward_hidden(&x, None).unwrap();
-                let h =
-                    dora_wgpu::ops::reshape(&h, &[ids.len() - 1, m.config.hidden_size]).unwrap();
-                let (nll, n) = m.nll_sum(&h, &targets, 7).unwrap();
-                total += nll;
-                count += n;
-            }
-            let want = &r["eval_loss"][model][key];
-            assert_eq!(count as u64, want["tokens"].as_u64().unwrap());
-            let loss = total / count as f64;
-            let want_loss = want["loss"].as_f64().unwrap();
-            eprintln!("{model} {key}: loss {loss:.6} vs transformers {want_loss:.6}");
-            assert!(
-                (loss - want_loss).abs() < 1e-4 * want_loss,
-                "{model} {key}: {loss} vs {want_loss}"
+            check_eval_loss(
+                &format!("{model} {key}"),
+                &load(model, adapter),
+                &r["eval"][model]["lines"],
+                &r["eval_loss"][model][key],
             );
         }
     }
@@ -318,13 +330,7 @@ fn fine_tuning_new_adapters_lowers_the_loss_and_the_saved_adapter_reloads() {
             &[n, m.config.hidden_size],
         )
         .unwrap();
-        dora_wgpu::ops::lm_head_cross_entropy(
-            &h,
-            m.lm_head.as_ref().unwrap_or(&m.embed_tokens),
-            &targets,
-            8,
-        )
-        .unwrap()
+        m.loss(&h, &targets, 8).unwrap()
     };
     let mut opt = AdamW::new(
         m.parameters(),
@@ -409,8 +415,7 @@ fn gradient_checkpointing_gives_the_same_gradients_in_less_memory() {
         let base = gpu.memory_stats().live_bytes;
         let h = m.forward_hidden_train(&x, 3).unwrap();
         let h = dora_wgpu::ops::reshape(&h, &[batch * (seq - 1), m.config.hidden_size]).unwrap();
-        let head = m.lm_head.as_ref().unwrap_or(&m.embed_tokens);
-        let loss = dora_wgpu::ops::lm_head_cross_entropy(&h, head, &targets, 64).unwrap();
+        let loss = m.loss(&h, &targets, 64).unwrap();
         drop(h);
         loss.backward().unwrap();
         gpu.synchronize().unwrap();
@@ -445,15 +450,28 @@ fn gradient_checkpointing_gives_the_same_gradients_in_less_memory() {
 /// eval text lines, the same losses and the same adapter after four steps.
 #[test]
 fn training_steps_on_gemma3_match_peft() {
-    use dora_wgpu::optim::{AdamW, AdamWConfig};
     let Reference { json: r, tensors } = reference_file("families");
     let t = &r["train_steps"]["tiny-gemma3"];
     let mut m = Llama::load(gpu(), &models_dir().join("tiny-gemma3")).unwrap();
+    check_peft_steps(&mut m, t, t, tensors);
+}
+
+/// Trains `m` (its initial adapter attached) as PEFT did: the data and
+/// optimizer of `setup` (families.json's train_steps), and after each step
+/// the losses, the loss after and the adapter recorded in `want`, whose
+/// tensors are in `tensors` under `want.prefix`.
+fn check_peft_steps(
+    m: &mut Llama,
+    setup: &Value,
+    want: &Value,
+    tensors: &BTreeMap<String, HostTensor>,
+) {
+    use dora_wgpu::optim::{AdamW, AdamWConfig};
     let init = AdapterWeights::load(&models_dir().join("tiny-gemma3-dora-init")).unwrap();
     m.attach_adapter(&init).unwrap();
     // The sequences right-padded into one batch; padding is never a target,
     // and causal attention keeps it out of the real positions.
-    let seqs: Vec<Vec<i32>> = t["data"]["sequences"]
+    let seqs: Vec<Vec<i32>> = setup["data"]["sequences"]
         .as_array()
         .unwrap()
         .iter()
@@ -483,9 +501,9 @@ fn training_steps_on_gemma3_match_peft() {
             &[seqs.len() * len, m.config.hidden_size],
         )
         .unwrap();
-        dora_wgpu::ops::lm_head_cross_entropy(&h, &m.embed_tokens, &targets, 16).unwrap()
+        m.loss(&h, &targets, 16).unwrap()
     };
-    let o = &t["optimizer"];
+    let o = &setup["optimizer"];
     let f = |v: &Value| v.as_f64().unwrap() as f32;
     let mut opt = AdamW::new(
         m.parameters(),
@@ -498,15 +516,15 @@ fn training_steps_on_gemma3_match_peft() {
         },
     )
     .unwrap();
-    let want: Vec<f64> = t["losses"]
+    let losses: Vec<f64> = want["losses"]
         .as_array()
         .unwrap()
         .iter()
         .map(|v| v.as_f64().unwrap())
         .collect();
-    for (step, want) in want.iter().enumerate() {
+    for (step, want) in losses.iter().enumerate() {
         opt.zero_grad();
-        let loss = loss_of(&m);
+        let loss = loss_of(m);
         let got = loss.item().unwrap() as f64;
         eprintln!("step {step}: loss {got:.6} vs PEFT {want:.6}");
         assert!(
@@ -518,9 +536,9 @@ fn training_steps_on_gemma3_match_peft() {
     }
     let after = {
         let _g = no_grad();
-        loss_of(&m).item().unwrap() as f64
+        loss_of(m).item().unwrap() as f64
     };
-    let want_after = t["loss_after"].as_f64().unwrap();
+    let want_after = want["loss_after"].as_f64().unwrap();
     assert!(
         (after - want_after).abs() < 2e-5 * want_after,
         "{after} vs {want_after}"
@@ -528,9 +546,9 @@ fn training_steps_on_gemma3_match_peft() {
     // Every adapter tensor after the steps, as PEFT saved it. Adam divides
     // by √v, so entries whose gradients are near zero amplify f32 rounding:
     // a bound relative to each tensor's scale, not per entry.
-    let prefix = t["prefix"].as_str().unwrap();
+    let prefix = want["prefix"].as_str().unwrap();
     let named = m.named_parameters();
-    assert_eq!(named.len(), t["keys"].as_array().unwrap().len());
+    assert_eq!(named.len(), want["keys"].as_array().unwrap().len());
     let mut worst = (0.0, String::new());
     for (name, tensor) in named {
         let key = format!("{prefix}base_model.model.{name}");
@@ -549,4 +567,58 @@ fn training_steps_on_gemma3_match_peft() {
         worst.1,
         worst.0
     );
+}
+
+/// tiny-gemma3 with `final_logit_softcapping` set (tools/gen_softcap_fixture.py):
+/// the capped logits, eval losses and PEFT training steps, so the cap is
+/// applied in the logits and in the loss's forward and backward.
+#[test]
+fn soft_capped_gemma3_matches_transformers_and_peft() {
+    let Reference { json: r, tensors } = &read_reference("softcap");
+    let families = &reference_file("families").json;
+    let cap = r["final_logit_softcapping"].as_f64().unwrap();
+    assert!(
+        r["max_abs_uncapped_logit"].as_f64().unwrap() > cap,
+        "the cap must bite"
+    );
+    let dir = temp_dir("softcap-gemma3");
+    copy_dir(&models_dir().join("tiny-gemma3"), &dir);
+    let mut config: Value =
+        serde_json::from_str(&std::fs::read_to_string(dir.join("config.json")).unwrap()).unwrap();
+    config["final_logit_softcapping"] = cap.into();
+    std::fs::write(dir.join("config.json"), config.to_string()).unwrap();
+
+    let ids = ids_of(&r["logits"]["ids"]);
+    let lines = &families["eval"]["tiny-gemma3"]["lines"];
+    for (adapter, key) in [(false, "none"), (true, "dora")] {
+        let mut m = Llama::load(gpu(), &dir).unwrap();
+        assert_eq!(m.config.final_logit_softcapping, Some(cap as f32));
+        if adapter {
+            let a = AdapterWeights::load(&models_dir().join("tiny-gemma3-dora")).unwrap();
+            m.attach_adapter(&a).unwrap();
+        }
+        let logits = {
+            let _g = no_grad();
+            let t = Tensor::from_i32(gpu(), &ids, &[1, ids.len()]).unwrap();
+            m.logits(&m.forward_hidden(&t, None).unwrap()).unwrap()
+        };
+        let want = &tensors[r["logits"][key].as_str().unwrap()];
+        let e = rel_err(&logits.to_vec_f32().unwrap(), &want.to_f32());
+        eprintln!("soft-capped {key}: logits relative error {e:.2e}");
+        assert!(e < 1e-4, "soft-capped {key}: logits differ by {e:e}");
+        check_eval_loss(
+            &format!("soft-capped {key}"),
+            &m,
+            lines,
+            &r["eval_loss"][key],
+        );
+    }
+    let mut m = Llama::load(gpu(), &dir).unwrap();
+    check_peft_steps(
+        &mut m,
+        &families["train_steps"]["tiny-gemma3"],
+        &r["train_steps"],
+        tensors,
+    );
+    std::fs::remove_dir_all(&dir).unwrap();
 }

@@ -544,7 +544,17 @@ fn token_ids_outside_the_vocabulary_are_refused() {
 // 8. Out-of-range settings are refused with the field and its value.
 #[test]
 fn impossible_sizes_and_constants_are_refused() {
-    let cases: [(&str, Value, &str); 9] = [
+    let cases: [(&str, Value, &str); 11] = [
+        (
+            "final_logit_softcapping",
+            30.0.into(),
+            "final_logit_softcapping 30 is read for gemma3_text only",
+        ),
+        (
+            "attn_logit_softcapping",
+            50.0.into(),
+            "attn_logit_softcapping 50 is not supported",
+        ),
         (
             "rope_theta",
             0.0.into(),

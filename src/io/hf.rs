@@ -54,6 +54,8 @@ pub struct ModelConfig {
     pub tie_word_embeddings: bool,
     pub max_position_embeddings: usize,
     pub eos_token_ids: Vec<u32>,
+    /// Gemma's `final_logit_softcapping`: logits become `c·tanh(logits / c)`.
+    pub final_logit_softcapping: Option<f32>,
 }
 
 /// The MLP's gate activation.
@@ -554,14 +556,19 @@ impl ModelConfig {
                 "head_dim {head_dim} is odd; rotary embeddings rotate pairs of dimensions"
             ));
         }
-        for (name, v) in [
-            ("final_logit_softcapping", j.final_logit_softcapping),
-            ("attn_logit_softcapping", j.attn_logit_softcapping),
-        ] {
-            if let Some(v) = v {
-                return Err(format!("{name} {v} is not supported yet (only null)"));
-            }
+        if let Some(v) = j.attn_logit_softcapping {
+            return Err(format!(
+                "attn_logit_softcapping {v} is not supported yet (only null)"
+            ));
         }
+        let final_logit_softcapping = match j.final_logit_softcapping {
+            None => None,
+            Some(c) if gemma => Some(positive("final_logit_softcapping", c)? as f32),
+            Some(c) => return Err(format!(
+                "final_logit_softcapping {c} is read for gemma3_text only, not for model_type {}",
+                j.model_type
+            )),
+        };
         if j.use_bidirectional_attention == Some(true) {
             return Err(
                 "use_bidirectional_attention true is not supported (a causal decoder only)".into(),
@@ -625,6 +632,7 @@ impl ModelConfig {
             tie_word_embeddings: j.tie_word_embeddings.unwrap_or(gemma),
             max_position_embeddings,
             eos_token_ids,
+            final_logit_softcapping,
         })
     }
 

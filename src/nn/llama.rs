@@ -817,9 +817,27 @@ impl Llama {
         self.lm_head.as_ref().unwrap_or(&self.embed_tokens)
     }
 
-    /// Logits [.., vocab] for hidden states [.., hidden].
+    /// Logits [.., vocab] for hidden states [.., hidden], soft-capped where
+    /// the config says so.
     pub fn logits(&self, hidden: &Tensor) -> Result<Tensor> {
-        self.head().logits(hidden)
+        let logits = self.head().logits(hidden)?;
+        match self.config.final_logit_softcapping {
+            Some(cap) => ops::softcap(&logits, cap),
+            None => Ok(logits),
+        }
+    }
+
+    /// The training loss: mean cross-entropy of the (soft-capped) logits of
+    /// hidden states [rows, hidden] against `targets`, chunked as
+    /// [`ops::lm_head_cross_entropy`] does.
+    pub fn loss(&self, hidden: &Tensor, targets: &[i32], chunk_rows: usize) -> Result<Tensor> {
+        ops::lm_head_cross_entropy(
+            hidden,
+            self.head(),
+            targets,
+            chunk_rows,
+            self.config.final_logit_softcapping,
+        )
     }
 
     /// Summed negative log-likelihood and the number of scored targets, for
@@ -841,7 +859,7 @@ impl Llama {
         if tokens == 0 {
             return Ok((0.0, 0));
         }
-        let mean = ops::lm_head_cross_entropy(hidden, self.head(), targets, chunk_rows)?.item()?;
+        let mean = self.loss(hidden, targets, chunk_rows)?.item()?;
         Ok((mean as f64 * tokens as f64, tokens))
     }
 

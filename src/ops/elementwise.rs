@@ -229,6 +229,24 @@ pub fn gelu_tanh(x: &Tensor) -> Result<Tensor> {
     }))
 }
 
+/// `cap·tanh(x / cap)`: Gemma's final-logit soft-capping.
+pub fn softcap(x: &Tensor, cap: f32) -> Result<Tensor> {
+    if !(cap.is_finite() && cap > 0.0) {
+        shape_err!("softcap: the cap must be a positive number, got {cap}");
+    }
+    let out = unary_raw(x, UnaryOp::Softcap, cap)?;
+    let saved = out.clone();
+    Ok(record(out, "softcap", &[x], move |g, _| {
+        let slope = unary_raw(&saved, UnaryOp::SoftcapGrad, cap)?;
+        Ok(vec![Some(binary_raw(
+            g,
+            &slope,
+            BinaryOp::Mul,
+            Broadcast::None,
+        )?)])
+    }))
+}
+
 /// x².
 pub fn square(x: &Tensor) -> Result<Tensor> {
     let out = unary_raw(x, UnaryOp::Square, 1.0)?;

@@ -15,7 +15,8 @@ struct Params {
     rows: u32,
     classes: u32,
     ignore_index: i32,
-    _pad: u32,
+    /// Logits read as `softcap·tanh(x / softcap)`; 0 for none.
+    softcap: f32,
 }
 
 /// Mean over counted rows of `-log softmax(logits)[target]`.
@@ -38,7 +39,7 @@ pub fn cross_entropy(logits: &Tensor, targets: &Tensor, ignore_index: i32) -> Re
             logits.shape()
         );
     }
-    let (loss, saved) = ce_forward(logits, targets, ignore_index)?;
+    let (loss, saved) = ce_forward(logits, targets, ignore_index, None)?;
     Ok(record(loss, "cross_entropy", &[logits], move |g, _| {
         Ok(vec![Some(saved.backward(g)?)])
     }))
@@ -77,14 +78,19 @@ impl SavedCe {
 }
 
 /// The forward kernels: the mean loss as a [1] view, and what backward needs.
-fn ce_forward(logits: &Tensor, targets: &Tensor, ignore_index: i32) -> Result<(Tensor, SavedCe)> {
+fn ce_forward(
+    logits: &Tensor,
+    targets: &Tensor,
+    ignore_index: i32,
+    softcap: Option<f32>,
+) -> Result<(Tensor, SavedCe)> {
     let (rows, classes) = rows_cols(logits);
     let gpu = logits.gpu();
     let params = Params {
         rows: rows as u32,
         classes: classes as u32,
         ignore_index,
-        _pad: 0,
+        softcap: softcap.unwrap_or(0.0),
     };
     let row_loss = Tensor::empty(gpu, &[rows.max(1)], DType::F32)?;
     let lse = Tensor::empty(gpu, &[rows.max(1)], DType::F32)?;
@@ -123,11 +129,14 @@ fn ce_forward(logits: &Tensor, targets: &Tensor, ignore_index: i32) -> Result<(T
 /// the LM head or tied embedding, in one block or several). Chunks are cut
 /// smaller where [chunk_rows, vocab] logits would exceed half the device's
 /// binding limit (Gemma 3's 262k vocabulary on a 128 MiB device).
+/// `softcap` (Gemma's `final_logit_softcapping`) caps every logit to
+/// `c·tanh(x / c)` inside the loss kernels, forward and backward.
 pub fn lm_head_cross_entropy(
     hidden: &Tensor,
     head: &VocabMatrix,
     targets: &[i32],
     chunk_rows: usize,
+    softcap: Option<f32>,
 ) -> Result<Tensor> {
     hidden.expect_f32("lm_head_cross_entropy", "hidden states")?;
     let &[rows, dim] = hidden.shape() else {
@@ -152,6 +161,9 @@ pub fn lm_head_cross_entropy(
             "lm_head_cross_entropy: {} targets for {rows} rows",
             targets.len()
         );
+    }
+    if let Some(c) = softcap.filter(|c| !(c.is_finite() && *c > 0.0)) {
+        shape_err!("lm_head_cross_entropy: the soft cap must be a positive number, got {c}");
     }
     let gpu = hidden.gpu().clone();
     let limits = gpu.limits();
@@ -184,7 +196,7 @@ pub fn lm_head_cross_entropy(
     for &(start, len, share) in &chunks {
         let logits = head.logits_raw(&copy_rows(hidden, start, len)?)?;
         let t = Tensor::from_i32(&gpu, &targets[start..start + len], &[len])?;
-        let (mean, saved) = ce_forward(&logits, &t, IGNORE_INDEX)?;
+        let (mean, saved) = ce_forward(&logits, &t, IGNORE_INDEX, softcap)?;
         super::add_assign(&loss, &mean, share)?;
         if let Some(dhidden) = &dhidden {
             // The chunk's mean carries `share` of the total.

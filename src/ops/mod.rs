@@ -21,8 +21,8 @@ pub use attention::{causal_attention, causal_softmax, merge_heads, split_heads, 
 pub use dora::recompose;
 pub(crate) use dora::{dora_linear_fused, dora_linear_fused_dropout, FusedDora};
 pub use elementwise::{
-    add, add_assign, cast, copy, div, dropout, exp, gelu_tanh, mul, scale, silu, sqrt, square, sub,
-    to_f32, transpose,
+    add, add_assign, cast, copy, div, dropout, exp, gelu_tanh, mul, scale, silu, softcap, sqrt,
+    square, sub, to_f32, transpose,
 };
 pub use embedding::{embedding, VocabMatrix};
 pub(crate) use lora::{lora_linear_fused, FusedLora};

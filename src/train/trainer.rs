@@ -338,13 +338,7 @@ impl Trainer {
         let started = Instant::now();
         let c = &self.config;
         let hidden_size = self.model.config.hidden_size;
-        let head = self
-            .model
-            .lm_head
-            .as_ref()
-            .unwrap_or(&self.model.embed_tokens)
-            .clone();
-        let gpu = head.gpu().clone();
+        let gpu = self.model.head().gpu().clone();
         gpu.reset_peak_memory();
         let chunk_rows = loss_chunk_rows(&self.model);
         let mut losses = Vec::with_capacity(c.grad_accum);
@@ -359,7 +353,7 @@ impl Trainer {
             let ids = Tensor::from_i32(&gpu, &batch.ids, &[batch.batch, batch.seq])?;
             let hidden = self.model.forward_hidden_train(&ids, seed)?;
             let hidden = ops::reshape(&hidden, &[batch.batch * batch.seq, hidden_size])?;
-            let loss = ops::lm_head_cross_entropy(&hidden, &head, &batch.targets, chunk_rows)?;
+            let loss = self.model.loss(&hidden, &batch.targets, chunk_rows)?;
             // Each micro-batch counts 1/grad_accum, as in transformers' Trainer.
             if c.grad_accum > 1 {
                 ops::scale(&loss, 1.0 / c.grad_accum as f32)?.backward()?;

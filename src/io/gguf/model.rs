@@ -385,6 +385,13 @@ fn config_json(
             c.insert("query_pre_attn_scalar".into(), json!(d));
         }
     }
+    // Passed on so config.json's rules apply: Gemma's final cap is read,
+    // the attention cap is refused.
+    for k in ["final_logit_softcapping", "attn_logit_softcapping"] {
+        if let Some(v) = number(k)? {
+            c.insert(k.into(), json!(v));
+        }
+    }
     let embed = file
         .tensor("token_embd.weight")
         .ok_or("tensor token_embd.weight is missing")?;
