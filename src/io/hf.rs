@@ -564,10 +564,12 @@ impl ModelConfig {
         let final_logit_softcapping = match j.final_logit_softcapping {
             None => None,
             Some(c) if gemma => Some(positive("final_logit_softcapping", c)? as f32),
-            Some(c) => return Err(format!(
+            Some(c) => {
+                return Err(format!(
                 "final_logit_softcapping {c} is read for gemma3_text only, not for model_type {}",
                 j.model_type
-            )),
+            ))
+            }
         };
         if j.use_bidirectional_attention == Some(true) {
             return Err(
