@@ -39,6 +39,13 @@ fn workgroup_max(v: f32, lid: u32) -> f32 {
 }
 
 // Linear workgroup id of a 2-D grid (grids split at 65535 groups per dimension).
+// tanh as 1 - 2/(e^2u + 1) with u clamped, so no backend's tanh overflows
+// to NaN for large |x| (GELU's tanh approximation, logit soft-capping).
+fn tanh_clamped(x: f32) -> f32 {
+    let u = clamp(x, -15.0, 15.0);
+    return 1.0 - 2.0 / (exp(2.0 * u) + 1.0);
+}
+
 fn group_index(wid: vec3<u32>, nwg: vec3<u32>) -> u32 {
     return wid.x + wid.y * nwg.x;
 }

@@ -22,14 +22,13 @@ struct Params {
 @group(0) @binding(6) var<storage, read> grad_out: array<f32>;
 @group(0) @binding(7) var<storage, read_write> dlogits: array<f32>;
 
-// tanh as 1 - 2/(e^2u + 1) with u clamped, so no backend's tanh gives NaN.
+// Logit i as the loss reads it: soft-capped when `softcap` is set.
 fn logit(i: u32) -> f32 {
     let x = logits[i];
     if (p.softcap <= 0.0) {
         return x;
     }
-    let u = clamp(x / p.softcap, -15.0, 15.0);
-    return p.softcap * (1.0 - 2.0 / (exp(2.0 * u) + 1.0));
+    return p.softcap * tanh_clamped(x / p.softcap);
 }
 
 fn is_counted(t: i32) -> bool {

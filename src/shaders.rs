@@ -705,14 +705,10 @@ fn unpack_pair_fn(dtype: DType) -> String {
     }
 }
 
-/// GELU (tanh approximation) and its derivative. tanh(u) as 1 - 2/(e^2u + 1)
-/// with u clamped, so no backend's tanh overflows to NaN for large |x|.
+/// GELU (tanh approximation) and its derivative, through common.wgsl's
+/// `tanh_clamped` (no backend's tanh overflows to NaN for large |x|).
 const GELU_TANH: &str = "
 const GELU_C: f32 = 0.7978845608028654; // √(2/π)
-fn tanh_clamped(x: f32) -> f32 {
-    let u = clamp(x, -15.0, 15.0);
-    return 1.0 - 2.0 / (exp(2.0 * u) + 1.0);
-}
 fn gelu_tanh_t(x: f32) -> f32 {
     return tanh_clamped(GELU_C * (x + 0.044715 * x * x * x));
 }
