@@ -10,6 +10,9 @@ echo "== tests on the default adapter (Vulkan where available)"
 cargo test "$@"
 echo "== matmul, layer and gradient tests with the workgroup-tiled kernels (what real GPUs run)"
 DORA_MATMUL_KERNELS=tiled cargo test --test kernels --test layers --test gradients "$@"
+echo "== attention through the fused kernels (what long sequences take): models against transformers, training against PEFT"
+DORA_ATTENTION=fused cargo test --test model_ops --test llama "$@"
+DORA_ATTENTION=fused cargo test --test train "$@" -- matches_peft the_step_memory_estimate
 echo "== benchmark, quick mode (completes and prints finite figures)"
 cargo run --example bench -- --quick
 echo "== tests on the GL backend"

@@ -32,7 +32,10 @@ pub mod train;
 
 pub use autograd::{is_grad_enabled, no_grad, NoGradGuard};
 pub use error::{describe_panic, Error, Result};
-pub use gpu::{list_adapters, Gpu, GpuOptions, KernelTime, MatmulKernels, MemoryStats, PoolLimits};
+pub use gpu::{
+    list_adapters, AttentionKernels, Gpu, GpuOptions, KernelTime, MatmulKernels, MemoryStats,
+    PoolLimits,
+};
 pub use tensor::{DType, Quant, Tensor};
 pub use tokenizer::{ChatMessage, Tokenizer};
 /// The wgpu this crate is built on, for applications that share their device.

@@ -25,6 +25,7 @@ const EMBEDDING: &str = include_str!("../shaders/embedding.wgsl");
 const ROPE: &str = include_str!("../shaders/rope.wgsl");
 const COLUMNS: &str = include_str!("../shaders/columns.wgsl");
 const ATTENTION: &str = include_str!("../shaders/attention.wgsl");
+const FLASH_ATTENTION: &str = include_str!("../shaders/flash_attention.wgsl");
 const RMSNORM: &str = include_str!("../shaders/rmsnorm.wgsl");
 const BENCH: &str = include_str!("../shaders/bench.wgsl");
 const QUANT: &str = include_str!("../shaders/quant.wgsl");
@@ -142,6 +143,48 @@ pub(crate) fn broadcast_vector_b(b_dtype: DType, trans_b: bool, k: usize, n: usi
     }
 }
 
+/// The passes of the fused attention (flash_attention.wgsl).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum AttentionPass {
+    /// The output and each query's log-sum-exp.
+    Forward,
+    /// Σ d_out ⊙ out per query: the softmax backward's row term.
+    Delta,
+    /// dL/dq, one workgroup per block of queries.
+    BackwardQuery,
+    /// dL/dk and dL/dv, one workgroup per block of keys (summing a key/value
+    /// head's query heads), so no two workgroups write one value.
+    BackwardKeys,
+}
+
+/// The fused attention's tiles for heads of up to `head_dim_max` (64, 128
+/// or 256) within `workgroup_bytes` of workgroup memory: queries per
+/// forward and dL/dq workgroup (8, or 4 for heads past 128: three query
+/// tiles and the scores stay under 16 KiB), and keys per dL/dk,dL/dv
+/// workgroup (8 or 4: four key tiles and two of weights must fit). `None`
+/// where even 4 keys do not fit (heads past 128 under a 16 KiB limit).
+pub(crate) fn attention_tiles(head_dim_max: u32, workgroup_bytes: u32) -> Option<(u32, u32)> {
+    let rows = if head_dim_max > 128 { 4 } else { 8 };
+    let key_bytes = |key_rows: u32| 4 * (4 * key_rows * head_dim_max + 2 * key_rows * 64);
+    let key_rows = [8, 4]
+        .into_iter()
+        .find(|&r| key_bytes(r) <= workgroup_bytes)?;
+    Some((rows, key_rows))
+}
+
+/// The fused attention's delta pass: it uses no tiles, so one variant serves all.
+pub(crate) const ATTENTION_DELTA: Kernel = Kernel::FlashAttention {
+    pass: AttentionPass::Delta,
+    head_dim_max: 64,
+    key_rows: 8,
+};
+
+/// The smallest head-dimension class of the fused attention that holds
+/// `head_dim`, or `None` past 256 (such models take the matmul path).
+pub(crate) fn attention_head_dim_max(head_dim: usize) -> Option<u32> {
+    [64, 128, 256].into_iter().find(|&m| head_dim <= m as usize)
+}
+
 /// One compiled kernel variant.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Kernel {
@@ -186,6 +229,13 @@ pub enum Kernel {
     SplitHeads,
     MergeHeads,
     CausalSoftmax,
+    /// One pass of the fused attention, with tiles for heads of up to
+    /// `head_dim_max` and `key_rows` keys per dL/dk,dL/dv workgroup.
+    FlashAttention {
+        pass: AttentionPass,
+        head_dim_max: u32,
+        key_rows: u32,
+    },
     RmsNormForward(DType),
     RmsNormBackward(DType),
     /// The benchmark's FMA loop.
@@ -227,6 +277,12 @@ impl Kernel {
             Kernel::SplitHeads => "split_heads",
             Kernel::MergeHeads => "merge_heads",
             Kernel::CausalSoftmax => "causal_softmax",
+            Kernel::FlashAttention { pass, .. } => match pass {
+                AttentionPass::Forward => "attention_forward",
+                AttentionPass::Delta => "attention_delta",
+                AttentionPass::BackwardQuery => "attention_backward_query",
+                AttentionPass::BackwardKeys => "attention_backward_keys",
+            },
             Kernel::RmsNormForward(_) => "rmsnorm_forward",
             Kernel::RmsNormBackward(_) => "rmsnorm_backward",
             Kernel::FmaPeak => "fma_peak",
@@ -288,6 +344,35 @@ impl Kernel {
             Kernel::SplitHeads | Kernel::MergeHeads | Kernel::CausalSoftmax | Kernel::CopyCols => {
                 &[(1, Read), (2, ReadWrite)]
             }
+            Kernel::FlashAttention { pass, .. } => match pass {
+                AttentionPass::Forward => &[
+                    (1, Read),
+                    (2, Read),
+                    (3, Read),
+                    (4, ReadWrite),
+                    (5, ReadWrite),
+                ],
+                AttentionPass::Delta => &[(4, ReadWrite), (6, Read), (7, ReadWrite)],
+                AttentionPass::BackwardQuery => &[
+                    (1, Read),
+                    (2, Read),
+                    (3, Read),
+                    (5, ReadWrite),
+                    (6, Read),
+                    (7, ReadWrite),
+                    (8, ReadWrite),
+                ],
+                AttentionPass::BackwardKeys => &[
+                    (1, Read),
+                    (2, Read),
+                    (3, Read),
+                    (5, ReadWrite),
+                    (6, Read),
+                    (7, ReadWrite),
+                    (9, ReadWrite),
+                    (10, ReadWrite),
+                ],
+            },
             Kernel::RmsNormForward(_) => &[(1, Read), (2, Read), (4, ReadWrite)],
             Kernel::RmsNormBackward(_) => &[(1, Read), (2, Read), (3, Read), (4, ReadWrite)],
             Kernel::FmaPeak => &[(1, ReadWrite)],
@@ -367,6 +452,20 @@ impl Kernel {
             Kernel::SplitHeads | Kernel::MergeHeads | Kernel::CausalSoftmax => {
                 (String::new(), ATTENTION)
             }
+            Kernel::FlashAttention {
+                head_dim_max,
+                key_rows,
+                ..
+            } => {
+                let rows = if head_dim_max > 128 { 4 } else { 8 };
+                (
+                    format!(
+                        "const D_MAX: u32 = {head_dim_max}u;\nconst ROWS: u32 = {rows}u;\n\
+                         const KEY_ROWS: u32 = {key_rows}u;\n"
+                    ),
+                    FLASH_ATTENTION,
+                )
+            }
             Kernel::RmsNormForward(dtype) | Kernel::RmsNormBackward(dtype) => {
                 (weight_loader("WWord", "load_w", "w", dtype), RMSNORM)
             }
@@ -438,6 +537,29 @@ impl Kernel {
             v.push(Kernel::Widen(dtype));
             v.push(Kernel::Embedding(dtype));
         }
+        // Tiles under WebGPU's 16 KiB of workgroup memory and under the
+        // 32 KiB most adapters give.
+        for head_dim_max in [64, 128, 256] {
+            let key_rows: std::collections::BTreeSet<u32> = [16 << 10, 32 << 10]
+                .into_iter()
+                .filter_map(|bytes| attention_tiles(head_dim_max, bytes))
+                .map(|(_, key_rows)| key_rows)
+                .collect();
+            for key_rows in key_rows {
+                for pass in [
+                    AttentionPass::Forward,
+                    AttentionPass::BackwardQuery,
+                    AttentionPass::BackwardKeys,
+                ] {
+                    v.push(Kernel::FlashAttention {
+                        pass,
+                        head_dim_max,
+                        key_rows,
+                    });
+                }
+            }
+        }
+        v.push(ATTENTION_DELTA);
         v.push(Kernel::Pack16(DType::BF16));
         v.push(Kernel::Pack16(DType::F16));
         use UnaryOp as U;

@@ -405,3 +405,169 @@ fn slicing_rows_copies_and_routes_gradients_back() {
     );
     assert!(ops::slice_cols(&t, 1, 2).is_err());
 }
+
+/// Attention's forward and its gradients in f64, by the chain rule through
+/// the softmax: with P the probabilities and g = dL/d(out),
+/// dV = Pᵀg, dP = g·Vᵀ, dZ = P ⊙ (dP − Σ_s P·dP), dQ = scale·dZ·K, dK = scale·dZᵀ·Q
+/// (summed over the query heads sharing a key/value head).
+#[allow(clippy::too_many_arguments)]
+fn attention_grads_ref(
+    q: &[f64],
+    k: &[f64],
+    v: &[f64],
+    g: &[f64],
+    (b, t, s): (usize, usize, usize),
+    heads: AttentionHeads,
+    d: usize,
+    offset: usize,
+) -> [Vec<f64>; 3] {
+    let (h, hkv) = (heads.heads, heads.kv_heads);
+    let group = h / hkv;
+    let scale = heads.scale as f64;
+    let (mut dq, mut dk, mut dv) = (vec![0.0; q.len()], vec![0.0; k.len()], vec![0.0; v.len()]);
+    for bi in 0..b {
+        for hi in 0..h {
+            let kh = hi / group;
+            for ti in 0..t {
+                let qi = ((bi * t + ti) * h + hi) * d;
+                let kv = |si: usize| ((bi * s + si) * hkv + kh) * d;
+                let visible = offset + ti + 1;
+                let first = heads.window.map_or(0, |w| visible.saturating_sub(w));
+                let keys: Vec<usize> = (first..visible).collect();
+                let z: Vec<f64> = keys
+                    .iter()
+                    .map(|&si| (0..d).map(|i| q[qi + i] * k[kv(si) + i]).sum::<f64>() * scale)
+                    .collect();
+                let m = z.iter().cloned().fold(f64::NEG_INFINITY, f64::max);
+                let sum: f64 = z.iter().map(|x| (x - m).exp()).sum();
+                let pr: Vec<f64> = z.iter().map(|x| (x - m).exp() / sum).collect();
+                let dp: Vec<f64> = keys
+                    .iter()
+                    .map(|&si| (0..d).map(|i| g[qi + i] * v[kv(si) + i]).sum())
+                    .collect();
+                let row: f64 = pr.iter().zip(&dp).map(|(p, x)| p * x).sum();
+                for (j, &si) in keys.iter().enumerate() {
+                    let dz = pr[j] * (dp[j] - row);
+                    for i in 0..d {
+                        dv[kv(si) + i] += pr[j] * g[qi + i];
+                        dq[qi + i] += scale * dz * k[kv(si) + i];
+                        dk[kv(si) + i] += scale * dz * q[qi + i];
+                    }
+                }
+            }
+        }
+    }
+    [dq, dk, dv]
+}
+
+/// A context that always takes the fused attention kernels.
+fn fused_attention_gpu() -> &'static dora_wgpu::Gpu {
+    static GPU: std::sync::OnceLock<dora_wgpu::Gpu> = std::sync::OnceLock::new();
+    GPU.get_or_init(|| {
+        let options = dora_wgpu::GpuOptions {
+            attention: dora_wgpu::AttentionKernels::Fused,
+            ..Default::default()
+        };
+        dora_wgpu::Gpu::with_options(&options).expect("GPU tests need an adapter")
+    })
+}
+
+#[test]
+fn fused_attention_matches_f64_forward_and_backward() {
+    let gpu = fused_attention_gpu();
+    let mut rng = Rng::new(61);
+    // (name, batch, queries, keys, heads, kv heads, head dim, scale, window)
+    // Shapes cross every tile edge: several blocks of queries and chunks of
+    // 64 keys, all three head-dimension classes (64, 128, 256) with partial
+    // tiles, grouped-query heads, Gemma's own scale and a window, and
+    // queries after a cached prefix (keys no query sees get zero gradients).
+    #[allow(clippy::type_complexity)]
+    let cases: [(
+        &str,
+        usize,
+        usize,
+        usize,
+        usize,
+        usize,
+        usize,
+        Option<f32>,
+        Option<usize>,
+    ); 7] = [
+        ("tiny GQA", 2, 5, 5, 4, 2, 3, None, None),
+        ("two key chunks, d 64", 1, 70, 70, 2, 1, 64, None, None),
+        (
+            "d 100, window 20",
+            2,
+            37,
+            37,
+            4,
+            2,
+            100,
+            Some(0.37),
+            Some(20),
+        ),
+        ("d 256", 1, 9, 9, 2, 2, 256, None, None),
+        ("d 130, window 1", 1, 11, 11, 2, 1, 130, None, Some(1)),
+        ("offset 77", 1, 3, 80, 2, 1, 16, None, None),
+        ("offset 77, window 50", 1, 3, 80, 2, 1, 16, None, Some(50)),
+    ];
+    for (name, b, t, s, h, hkv, d, scale, window) in cases {
+        let heads = AttentionHeads {
+            scale: scale.unwrap_or(1.0 / (d as f32).sqrt()),
+            window,
+            ..AttentionHeads::causal(h, hkv, d)
+        };
+        let (q, k, v) = (
+            random(&mut rng, b * t * h * d),
+            random(&mut rng, b * s * hkv * d),
+            random(&mut rng, b * s * hkv * d),
+        );
+        let g = random(&mut rng, b * t * h * d);
+        let params = [(&q, h, t), (&k, hkv, s), (&v, hkv, s)]
+            .map(|(x, n, len)| Tensor::param(gpu, x, &[b, len, n * d]).unwrap());
+        let out = ops::causal_attention(&params[0], &params[1], &params[2], heads, s - t).unwrap();
+        out.backward_with(Tensor::from_f32(gpu, &g, out.shape()).unwrap())
+            .unwrap();
+        let (q64, k64, v64, g64) = (to_f64(&q), to_f64(&k), to_f64(&v), to_f64(&g));
+        let want = attention_ref(&q64, &k64, &v64, b, t, s, heads, d, s - t);
+        assert_close(
+            &format!("{name}: forward"),
+            &out.to_vec_f32().unwrap(),
+            &want,
+            1e-5,
+            1e-6,
+        );
+        let grads = attention_grads_ref(&q64, &k64, &v64, &g64, (b, t, s), heads, d, s - t);
+        for ((p, want), input) in params.iter().zip(&grads).zip(["q", "k", "v"]) {
+            let got = p.grad().unwrap().to_vec_f32().unwrap();
+            assert_close(&format!("{name}: d{input}"), &got, want, 1e-4, 1e-5);
+        }
+    }
+}
+
+#[test]
+fn the_f64_attention_gradients_agree_with_finite_differences() {
+    // The reference the fused backward is held to, checked on its own.
+    let mut rng = Rng::new(62);
+    let (b, t, h, hkv, d) = (1, 4, 2, 1, 3);
+    let heads = AttentionHeads {
+        window: Some(3),
+        ..AttentionHeads::causal(h, hkv, d)
+    };
+    let x: Vec<Vec<f64>> = [t * h * d, t * hkv * d, t * hkv * d]
+        .map(|n| to_f64(&random(&mut rng, n)))
+        .to_vec();
+    let g = to_f64(&random(&mut rng, b * t * h * d));
+    let grads = attention_grads_ref(&x[0], &x[1], &x[2], &g, (b, t, t), heads, d, 0);
+    for (i, analytic) in grads.iter().enumerate() {
+        let f = |xi: &[f64]| {
+            let mut xs = x.clone();
+            xs[i] = xi.to_vec();
+            let out = attention_ref(&xs[0], &xs[1], &xs[2], b, t, t, heads, d, 0);
+            out.iter().zip(&g).map(|(o, g)| o * g).sum::<f64>()
+        };
+        let numeric = numeric_grad(&f, &x[i], 1e-6);
+        let analytic: Vec<f32> = analytic.iter().map(|&v| v as f32).collect();
+        assert_close(&format!("input {i}"), &analytic, &numeric, 1e-5, 1e-6);
+    }
+}

@@ -24,7 +24,7 @@ mod measure;
 use dora_wgpu::nn::{AdapterOptions, DoraLinear, DoraPath, Linear, LoraLinear, Rng};
 use dora_wgpu::ops::{self, Transpose};
 use dora_wgpu::train::Method;
-use dora_wgpu::{DType, Gpu, GpuOptions, MatmulKernels, Tensor};
+use dora_wgpu::{AttentionKernels, DType, Gpu, GpuOptions, MatmulKernels, Tensor};
 use measure::{median, merged_forward_times, paired_ratio, train_throughputs, TrainShape};
 use serde_json::json;
 
@@ -59,6 +59,74 @@ fn profile_clock(gpu: &Gpu) -> &'static str {
 
 fn random(rng: &mut Rng, n: usize) -> Vec<f32> {
     (0..n).map(|_| rng.uniform_in(-1.0, 1.0)).collect()
+}
+
+/// Causal attention forward + backward, the fused kernels against the
+/// matmul path, each on its own context: time and peak GPU memory above what
+/// the inputs hold. Shapes of SmolLM2-135M's attention (9 heads sharing 3
+/// key/value heads of 64), at the README's 4 × 128 and at 512 tokens.
+fn attention_paths(quick: bool, repeats: usize) -> dora_wgpu::Result<Vec<serde_json::Value>> {
+    let shapes: &[(usize, usize, usize, usize, usize)] = if quick {
+        &[(2, 32, 4, 2, 16)]
+    } else {
+        &[(4, 128, 9, 3, 64), (2, 512, 9, 3, 64)]
+    };
+    let contexts = [AttentionKernels::Fused, AttentionKernels::Matmul].map(|attention| {
+        Gpu::with_options(&GpuOptions {
+            attention,
+            ..Default::default()
+        })
+    });
+    let mut rng = Rng::new(3);
+    let mut rows = Vec::new();
+    println!(
+        "
+causal attention forward + backward (heads/kv heads × head dim):"
+    );
+    for &(b, t, h, hkv, d) in shapes {
+        let heads = ops::AttentionHeads::causal(h, hkv, d);
+        let mut figures = Vec::new();
+        for (gpu, kind) in contexts.iter().zip(["fused", "matmul"]) {
+            let gpu = gpu
+                .as_ref()
+                .map_err(|e| dora_wgpu::Error::Device(e.to_string()))?;
+            let input = |rng: &mut Rng, n: usize| {
+                Tensor::param(gpu, &random(rng, b * t * n * d), &[b, t, n * d])
+            };
+            let (q, k, v) = (
+                input(&mut rng, h)?,
+                input(&mut rng, hkv)?,
+                input(&mut rng, hkv)?,
+            );
+            gpu.synchronize()?;
+            gpu.reset_peak_memory();
+            let base = gpu.memory_stats().live_bytes;
+            let (_, steady) = time(gpu, repeats, || {
+                ops::sum_all(&ops::causal_attention(&q, &k, &v, heads, 0)?)?.backward()
+            })?;
+            let peak = gpu.memory_stats().peak_live_bytes - base;
+            figures.push((kind, steady, peak));
+        }
+        let [(_, fused_s, fused_mem), (_, matmul_s, matmul_mem)] = [figures[0], figures[1]];
+        println!(
+            "  {b} × {t}, {h}/{hkv} × {d}: fused {:.2} ms, {:.2} MiB; matmul {:.2} ms, {:.2} MiB; \
+             fused/matmul time {:.3}, memory {:.3}",
+            fused_s * 1e3,
+            fused_mem as f64 / 1048576.0,
+            matmul_s * 1e3,
+            matmul_mem as f64 / 1048576.0,
+            fused_s / matmul_s,
+            fused_mem as f64 / matmul_mem as f64
+        );
+        rows.push(
+            json!({"batch": b, "seq": t, "heads": h, "kv_heads": hkv, "head_dim": d,
+            "fused_ms": fused_s * 1e3, "fused_peak_bytes": fused_mem,
+            "matmul_ms": matmul_s * 1e3, "matmul_peak_bytes": matmul_mem,
+            "fused_matmul_time_ratio": fused_s / matmul_s,
+            "fused_matmul_memory_ratio": fused_mem as f64 / matmul_mem as f64}),
+        );
+    }
+    Ok(rows)
 }
 
 fn main() {
@@ -221,6 +289,8 @@ fn run() -> dora_wgpu::Result<()> {
         dora_mem as f64 / lora_mem as f64,
         dora_t / direct_t
     );
+
+    let attention = attention_paths(quick, repeats)?;
 
     // End-to-end training steps: the embedded model, then --model if given.
     let default_dir = dora_wgpu::assets::default_model_dir()?;
@@ -436,6 +506,7 @@ fn run() -> dora_wgpu::Result<()> {
         "dora_lora_time_ratio": dora_t / lora_t,
         "dora_lora_memory_ratio": dora_mem as f64 / lora_mem as f64,
         "dora_factored_direct_time_ratio": dora_t / direct_t,
+        "attention": attention,
         "train": train,
         "train_ratios": train_ratios,
         "memory_runs": memory_runs,

@@ -14,7 +14,8 @@ use crate::error::{Error, Result};
 /// variables: `WGPU_BACKEND` (vulkan, metal, dx12, gl), `WGPU_ADAPTER_NAME`
 /// (a case-insensitive substring of the adapter's name) and `WGPU_POWER_PREF`
 /// (low, high); without them the high-performance adapter is preferred.
-/// `DORA_MATMUL_KERNELS` (auto, tiled, broadcast) forces a matmul kernel family.
+/// `DORA_MATMUL_KERNELS` (auto, tiled, broadcast) forces a matmul kernel family,
+/// `DORA_ATTENTION` (auto, fused, matmul) an attention path.
 #[derive(Clone, Debug)]
 pub struct GpuOptions {
     pub backends: wgpu::Backends,
@@ -26,6 +27,8 @@ pub struct GpuOptions {
     /// `Some(16)` forces one, e.g. to test the 16-lane kernels on a device
     /// that would get 8.
     pub broadcast_lanes: Option<u32>,
+    /// How causal attention is computed (see [`AttentionKernels`]).
+    pub attention: AttentionKernels,
     /// How much memory the buffer pool may keep idle, and a hard cap on all of it.
     pub memory: PoolLimits,
 }
@@ -68,6 +71,34 @@ impl MatmulKernels {
     }
 }
 
+/// How a context computes causal attention.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum AttentionKernels {
+    /// `Fused` where the score matrices would be large (long sequences),
+    /// `Matmul` for short ones, where the batched matmuls are faster.
+    #[default]
+    Auto,
+    /// The fused flash-style kernels: no [queries, keys] matrix is ever held,
+    /// forward or backward (memory O(T·d) per head instead of O(T²)).
+    Fused,
+    /// Batched matmuls around a causal softmax, keeping the probabilities for backward.
+    Matmul,
+}
+
+impl AttentionKernels {
+    fn from_env() -> Result<AttentionKernels> {
+        match std::env::var("DORA_ATTENTION").as_deref() {
+            Err(_) | Ok("auto") | Ok("") => Ok(AttentionKernels::Auto),
+            Ok("fused") => Ok(AttentionKernels::Fused),
+            Ok("matmul") => Ok(AttentionKernels::Matmul),
+            Ok(other) => Err(Error::InvalidArgument(format!(
+                "DORA_ATTENTION={other:?}: expected auto, fused or matmul"
+            ))),
+        }
+    }
+}
+
 impl Default for GpuOptions {
     fn default() -> Self {
         GpuOptions {
@@ -77,6 +108,7 @@ impl Default for GpuOptions {
                 .unwrap_or(wgpu::PowerPreference::HighPerformance),
             matmul_kernels: MatmulKernels::Auto,
             broadcast_lanes: None,
+            attention: AttentionKernels::Auto,
             memory: PoolLimits::default(),
         }
     }
@@ -105,6 +137,8 @@ pub(crate) struct GpuInner {
     pub matmul_kernels: MatmulKernels,
     /// Invocations per broadcast-matmul group ([`crate::shaders::broadcast_lanes_for`]).
     pub broadcast_lanes: u32,
+    /// The attention path (`Auto` decides per call, by size).
+    pub attention: AttentionKernels,
     /// The first uncaptured device error, reported at the next synchronisation.
     pub device_error: Arc<Mutex<Option<String>>>,
     /// Per-kernel times while profiling is on (see [`Gpu::start_profiling`]).
@@ -204,7 +238,18 @@ impl Gpu {
             trace: wgpu::Trace::Off,
         }))
         .map_err(|e| Error::NoAdapter(format!("{} ({:?}): {e}", info.name, info.backend)))?;
-        let gpu = Gpu::with_device(device, queue, info, kernels, options.broadcast_lanes)?;
+        let attention = match options.attention {
+            AttentionKernels::Auto => AttentionKernels::from_env()?,
+            chosen => chosen,
+        };
+        let gpu = Gpu::with_device(
+            device,
+            queue,
+            info,
+            kernels,
+            options.broadcast_lanes,
+            attention,
+        )?;
         gpu.set_memory_limits(options.memory);
         // Our own device: route uncaptured errors to the next sync instead of panicking.
         let slot = gpu.inner.device_error.clone();
@@ -235,7 +280,14 @@ impl Gpu {
         queue: wgpu::Queue,
         info: wgpu::AdapterInfo,
     ) -> Result<Gpu> {
-        Gpu::with_device(device, queue, info, MatmulKernels::Auto, None)
+        Gpu::with_device(
+            device,
+            queue,
+            info,
+            MatmulKernels::Auto,
+            None,
+            AttentionKernels::Auto,
+        )
     }
 
     fn with_device(
@@ -244,6 +296,7 @@ impl Gpu {
         info: wgpu::AdapterInfo,
         matmul_kernels: MatmulKernels,
         broadcast_lanes: Option<u32>,
+        attention: AttentionKernels,
     ) -> Result<Gpu> {
         let limits = device.limits();
         // The most storage buffers any kernel binds (WebGPU guarantees 8).
@@ -274,6 +327,7 @@ impl Gpu {
                 batch: Mutex::new(batch),
                 matmul_kernels,
                 broadcast_lanes,
+                attention,
                 device_error: Arc::new(Mutex::new(None)),
                 profile: Mutex::new(None),
                 pass_timer,
@@ -289,6 +343,11 @@ impl Gpu {
     /// The backend in use: Vulkan, Metal, Dx12 or Gl.
     pub fn backend(&self) -> wgpu::Backend {
         self.inner.info.backend
+    }
+
+    /// How this context computes attention ([`GpuOptions::attention`]).
+    pub fn attention_kernels(&self) -> AttentionKernels {
+        self.inner.attention
     }
 
     /// The matmul kernel family this context launches (`Tiled` or `Broadcast`).

@@ -6,7 +6,7 @@ mod context;
 mod pipeline;
 mod pool;
 
-pub use context::{list_adapters, Gpu, GpuOptions, KernelTime, MatmulKernels};
+pub use context::{list_adapters, AttentionKernels, Gpu, GpuOptions, KernelTime, MatmulKernels};
 pub use pool::{MemoryStats, PoolLimits};
 
 use crate::error::{Error, Result};

@@ -1,12 +1,16 @@
-//! Causal grouped-query attention, built from batched matmuls and three small
-//! kernels (head split/merge with repeat_kv, and a causal scaled softmax),
-//! each with its backward rule.
+//! Causal grouped-query attention, two ways: batched matmuls around three
+//! small kernels (head split/merge with repeat_kv, and a causal scaled
+//! softmax), each with its backward rule; or the fused flash-style kernels
+//! (`flash_attention.wgsl`), which never hold a [queries, keys] matrix.
 
 use super::matmul::Transpose;
 use super::{groups, groups_for_elements, launch};
 use crate::autograd::record;
 use crate::error::{shape_err, Result};
-use crate::shaders::Kernel;
+use crate::gpu::{AttentionKernels, Gpu};
+use crate::shaders::{
+    attention_head_dim_max, attention_tiles, AttentionPass, Kernel, ATTENTION_DELTA,
+};
 use crate::tensor::{DType, Tensor};
 
 #[repr(C)]
@@ -214,6 +218,26 @@ pub fn causal_attention(
             v.shape()
         );
     }
+    if let Some(tiles) = fused_tiles(q.gpu(), batch, heads, seq, keys, d) {
+        let p = FusedParams {
+            batch: batch as u32,
+            seq: seq as u32,
+            keys: keys as u32,
+            heads: heads as u32,
+            kv_heads: kv_heads as u32,
+            head_dim: d as u32,
+            offset: offset as u32,
+            window: window.map_or(0, |w| w.clamp(1, u32::MAX as usize) as u32),
+            scale,
+        };
+        if offset + seq > keys {
+            shape_err!(
+                "attention: {seq} queries at offset {offset} need {} keys, got {keys}",
+                offset + seq
+            );
+        }
+        return fused_attention(q, k, v, p, tiles);
+    }
     let group = heads / kv_heads;
     let qh = super::reshape(&split_heads(q, heads, d, 1)?, &[batch * heads, seq, d])?;
     let kh = super::reshape(
@@ -228,4 +252,138 @@ pub fn causal_attention(
     let probs = causal_softmax(&scores, scale, offset, window)?;
     let out = super::matmul(&probs, &vh)?;
     merge_heads(&super::reshape(&out, &[batch, heads, seq, d])?)
+}
+
+/// Score matrices (scores and probabilities, [B·H, T, S] each) above this
+/// many bytes send `AttentionKernels::Auto` to the fused kernels.
+const FUSED_ABOVE_BYTES: usize = 8 << 20;
+
+/// The fused kernels' tiles (head-dimension class, queries and keys per
+/// workgroup) when this call takes them: where chosen and where the head
+/// dimension fits the adapter's workgroup memory.
+fn fused_tiles(
+    gpu: &Gpu,
+    batch: usize,
+    heads: usize,
+    seq: usize,
+    keys: usize,
+    d: usize,
+) -> Option<FusedTiles> {
+    let fused = match gpu.attention_kernels() {
+        AttentionKernels::Fused => true,
+        AttentionKernels::Matmul => false,
+        AttentionKernels::Auto => batch * heads * seq * keys * 4 > FUSED_ABOVE_BYTES,
+    };
+    let head_dim_max = attention_head_dim_max(d).filter(|_| fused)?;
+    let workgroup_bytes = gpu.inner.limits.max_compute_workgroup_storage_size;
+    let (rows, key_rows) = attention_tiles(head_dim_max, workgroup_bytes)?;
+    Some(FusedTiles {
+        head_dim_max,
+        rows,
+        key_rows,
+    })
+}
+
+/// Whether [`causal_attention`] on `gpu` takes the fused kernels for
+/// `batch` sequences of `seq` queries against `keys` keys in `heads` heads
+/// of `head_dim` (for estimates of what a step holds).
+pub fn attention_is_fused(
+    gpu: &Gpu,
+    batch: usize,
+    heads: usize,
+    seq: usize,
+    keys: usize,
+    head_dim: usize,
+) -> bool {
+    fused_tiles(gpu, batch, heads, seq, keys, head_dim).is_some()
+}
+
+#[derive(Clone, Copy)]
+struct FusedTiles {
+    head_dim_max: u32,
+    rows: u32,
+    key_rows: u32,
+}
+
+#[repr(C)]
+#[derive(Clone, Copy, bytemuck::Pod, bytemuck::Zeroable)]
+struct FusedParams {
+    batch: u32,
+    seq: u32,
+    keys: u32,
+    heads: u32,
+    kv_heads: u32,
+    head_dim: u32,
+    offset: u32,
+    window: u32,
+    scale: f32,
+}
+
+/// Workgroups for a pass over `items` rows (queries or keys) in blocks of `rows`, per head.
+fn fused_groups(p: &FusedParams, items: u32, rows: u32, heads: u32) -> [u32; 3] {
+    groups((items.div_ceil(rows) * heads * p.batch) as usize)
+}
+
+/// The fused attention: q [B, T, H·d], k and v [B, S, Hkv·d] as they come out
+/// of the projections (no head split copies), out [B, T, H·d]. Backward
+/// recomputes the probabilities block by block from the saved per-query
+/// log-sum-exp, so nothing of size T·S is ever held.
+fn fused_attention(
+    q: &Tensor,
+    k: &Tensor,
+    v: &Tensor,
+    p: FusedParams,
+    tiles: FusedTiles,
+) -> Result<Tensor> {
+    let gpu = q.gpu();
+    let kernel = move |pass| Kernel::FlashAttention {
+        pass,
+        head_dim_max: tiles.head_dim_max,
+        key_rows: tiles.key_rows,
+    };
+    let FusedTiles { rows, key_rows, .. } = tiles;
+    let stats_shape = [p.batch as usize, p.heads as usize, p.seq as usize];
+    let out = Tensor::empty(gpu, q.shape(), DType::F32)?;
+    let lse = Tensor::empty(gpu, &stats_shape, DType::F32)?;
+    launch(
+        kernel(AttentionPass::Forward),
+        &p,
+        &[q, k, v, &out, &lse],
+        fused_groups(&p, p.seq, rows, p.heads),
+    )?;
+    let saved = [q, k, v, &out].map(Tensor::detach);
+    Ok(record(out, "attention", &[q, k, v], move |g, needs| {
+        let [q, k, v, out] = &saved;
+        let delta = Tensor::empty(g.gpu(), &stats_shape, DType::F32)?;
+        launch(
+            ATTENTION_DELTA,
+            &p,
+            &[out, g, &delta],
+            groups((p.batch * p.seq * p.heads).div_ceil(64) as usize),
+        )?;
+        let mut grads = vec![None, None, None];
+        if needs[0] {
+            let dq = Tensor::empty(g.gpu(), q.shape(), DType::F32)?;
+            launch(
+                kernel(AttentionPass::BackwardQuery),
+                &p,
+                &[q, k, v, &lse, g, &delta, &dq],
+                fused_groups(&p, p.seq, rows, p.heads),
+            )?;
+            grads[0] = Some(dq);
+        }
+        if needs[1] || needs[2] {
+            let dk = Tensor::empty(g.gpu(), k.shape(), DType::F32)?;
+            let dv = Tensor::empty(g.gpu(), v.shape(), DType::F32)?;
+            launch(
+                kernel(AttentionPass::BackwardKeys),
+                &p,
+                &[q, k, v, &lse, g, &delta, &dk, &dv],
+                fused_groups(&p, p.keys, key_rows, p.kv_heads),
+            )?;
+            grads[1] = Some(dk);
+            grads[2] = Some(dv);
+        }
+        Ok(grads)
+    }))
 }

@@ -17,7 +17,9 @@ mod rope;
 mod shape;
 mod softmax;
 
-pub use attention::{causal_attention, causal_softmax, merge_heads, split_heads, AttentionHeads};
+pub use attention::{
+    attention_is_fused, causal_attention, causal_softmax, merge_heads, split_heads, AttentionHeads,
+};
 pub use dora::recompose;
 pub(crate) use dora::{dora_linear_fused, dora_linear_fused_dropout, FusedDora};
 pub use elementwise::{

@@ -34,6 +34,9 @@ pub struct StepShape {
     pub grad_checkpoint: bool,
     /// Rows of LM-head logits computed at once.
     pub loss_chunk_rows: usize,
+    /// Attention through the fused kernels (`ops::attention_is_fused`),
+    /// which keep no per-head copies and no [queries, keys] matrices.
+    pub fused_attention: bool,
 }
 
 /// Estimates a step from the model's sizes: `resident` bytes already on the
@@ -41,7 +44,8 @@ pub struct StepShape {
 /// count follows what the decoder records for backward, per token and layer:
 /// the norms' inputs and outputs, the q/k/v/o products and their per-head
 /// copies, the attention probabilities (heads × keys per token), the MLP's
-/// four intermediate vectors. With gradient checkpointing only each layer's input
+/// four intermediate vectors. Fused attention keeps neither the copies nor
+/// the probabilities, only one log-sum-exp per head and token. With gradient checkpointing only each layer's input
 /// is kept, plus one layer recomputed during backward.
 pub fn estimate_step_memory(
     c: &ModelConfig,
@@ -57,9 +61,15 @@ pub fn estimate_step_memory(
     let tokens = (shape.batch * shape.seq_len) as u64;
     // LoRA and DoRA layers are single recorded ops that keep their input and
     // output (and x·Aᵀ), with or without dropout: its mask is regenerated.
-    let per_token_layer = 7 * d + 6 * dq + 3 * dkv + 4 * f;
-    // Probabilities kept for backward, plus the scores they came from while both exist.
-    let attention = 2 * heads * t * tokens;
+    let (per_token_layer, attention) = if shape.fused_attention {
+        // q, k, v, roped q and k, the output; and the log-sum-exps.
+        (7 * d + 3 * dq + 3 * dkv + 4 * f, heads * tokens)
+    } else {
+        // Also q and the repeated k and v split per head, the per-head
+        // output; probabilities kept for backward, plus the scores they came
+        // from while both exist.
+        (7 * d + 6 * dq + 3 * dkv + 4 * f, 2 * heads * t * tokens)
+    };
     let layer = (per_token_layer * tokens + attention) * f32_bytes;
     let layers = c.num_hidden_layers as u64;
     let kept = if shape.grad_checkpoint {
@@ -67,8 +77,15 @@ pub fn estimate_step_memory(
     } else {
         layers * layer
     };
-    // Backward holds one layer's gradients besides what forward kept.
-    let backward = layer;
+    // Backward holds one layer's gradients besides what forward kept. With
+    // fused attention and checkpointing about half of that at once (measured
+    // on the tiny Llama: the recomputed layer's activations are freed as its
+    // backward proceeds, and no per-head gradients are ever held).
+    let backward = if shape.fused_attention && shape.grad_checkpoint {
+        layer / 2
+    } else {
+        layer
+    };
     let rows = (shape.loss_chunk_rows as u64).min(tokens);
     // Logits, their softmax gradient and the final hidden states.
     let head = 2 * rows * c.vocab_size as u64 * f32_bytes + 2 * tokens * d * f32_bytes;
@@ -76,7 +93,10 @@ pub fn estimate_step_memory(
         resident,
         adapter_and_optimizer: 4 * trainable as u64 * f32_bytes,
         activations: kept + backward + head,
-        largest_buffer: (heads * t * tokens).max(rows * c.vocab_size as u64) * f32_bytes,
+        largest_buffer: (attention / 2)
+            .max(tokens * f)
+            .max(rows * c.vocab_size as u64)
+            * f32_bytes,
     }
 }
 

@@ -639,6 +639,14 @@ fn check_step_memory(model: &Llama, c: &TrainConfig, longest: usize) -> Result<M
             seq_len,
             grad_checkpoint,
             loss_chunk_rows: loss_chunk_rows(model),
+            fused_attention: crate::ops::attention_is_fused(
+                gpu,
+                batch,
+                model.config.num_attention_heads,
+                seq_len,
+                seq_len,
+                model.config.head_dim,
+            ),
         };
         estimate_step_memory(&model.config, &shape, resident, trainable)
     };
