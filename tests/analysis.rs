@@ -294,11 +294,14 @@ struct Png {
     texts: BTreeMap<String, String>,
 }
 
-/// Decodes a PNG with the `png` crate, checksums (chunk CRCs, zlib's
-/// Adler-32) verified, through IEND: an 8-bit RGB image and its text chunks.
+/// Decodes a PNG with the `png` crate, every checksum verified (the CRC of
+/// each chunk, text chunks included, and zlib's Adler-32), through IEND: an
+/// 8-bit RGB image and its text chunks.
 fn parse_png(bytes: &[u8]) -> Png {
-    let mut decoder = png::Decoder::new(std::io::Cursor::new(bytes));
-    decoder.ignore_checksums(false);
+    let mut options = png::DecodeOptions::default();
+    options.set_ignore_checksums(false);
+    options.set_skip_ancillary_crc_failures(false);
+    let decoder = png::Decoder::new_with_options(std::io::Cursor::new(bytes), options);
     let mut reader = decoder.read_info().expect("PNG header");
     let mut rgb = vec![0; reader.output_buffer_size().unwrap()];
     let frame = reader.next_frame(&mut rgb).expect("PNG image data");
