@@ -1,5 +1,5 @@
 //! Small charts: line and marker series on one pair of linear axes, drawn
-//! once through a [`Painter`] into an SVG (text) and into a PNG (rasterised
+//! once through a `Painter` into an SVG (text) and into a PNG (rasterised
 //! by `tiny-skia`, text from the glyph outlines of DejaVu Sans Mono, embedded
 //! by the `dejavu` crate and read by `ttf-parser`; encoded by `png`).
 //!
