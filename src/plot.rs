@@ -1,6 +1,7 @@
-//! Small charts without a plotting dependency: line and marker series on one
-//! pair of linear axes, written as SVG (text) and PNG (an RGB raster drawn
-//! here, with a built-in 5×7 bitmap font).
+//! Small charts: line and marker series on one pair of linear axes, drawn
+//! once through a `Painter` into an SVG (text) and into a PNG (rasterised
+//! by `tiny-skia`, text from the glyph outlines of DejaVu Sans Mono, embedded
+//! by the `dejavu` crate and read by `ttf-parser`; encoded by `png`).
 //!
 //! ```no_run
 //! use dora_wgpu::plot::{Chart, Series};
@@ -24,7 +25,9 @@ use std::path::{Path, PathBuf};
 
 use serde::Serialize;
 
-use crate::error::Result;
+use tiny_skia::{FillRule, Paint, PathBuilder, Pixmap, Stroke, Transform};
+
+use crate::error::{Error, Result};
 use crate::io::write_atomically;
 
 /// An sRGB colour.
@@ -162,7 +165,7 @@ impl Chart {
     /// Writes `<stem>.svg` and `<stem>.png`, each atomically.
     pub fn save(&self, stem: &Path) -> Result<()> {
         write_atomically(&with_suffix(stem, "svg"), self.to_svg().as_bytes())?;
-        write_atomically(&with_suffix(stem, "png"), &self.to_png())
+        write_atomically(&with_suffix(stem, "png"), &self.to_png()?)
     }
 
     fn color(&self, i: usize) -> Rgb {
@@ -226,11 +229,11 @@ impl Chart {
     /// The chart as an SVG document.
     pub fn to_svg(&self) -> String {
         let l = Layout::new(self);
-        let mut s = String::new();
+        let mut svg = Svg(String::new());
         let _ = writeln!(
-            s,
+            svg.0,
             r#"<?xml version="1.0" encoding="UTF-8"?>
-<svg xmlns="http://www.w3.org/2000/svg" width="{w}" height="{h}" viewBox="0 0 {w} {h}" font-family="DejaVu Sans Mono, Menlo, Consolas, monospace" font-size="10">
+<svg xmlns="http://www.w3.org/2000/svg" width="{w}" height="{h}" viewBox="0 0 {w} {h}" font-family="{FONT_FAMILY}" font-size="{FONT_SIZE}">
 <title>{title}</title>
 <metadata id="chart-data">{data}</metadata>
 <rect width="{w}" height="{h}" fill="white"/>"#,
@@ -244,96 +247,130 @@ impl Chart {
                 .replace('<', "\\u003c")
                 .replace('>', "\\u003e"),
         );
-        // Grid, frame, ticks and tick labels.
+        self.draw(&l, &mut svg);
+        svg.0.push_str("</svg>\n");
+        svg.0
+    }
+
+    /// The chart as a PNG file (8-bit RGB): the same drawing as the SVG,
+    /// rasterised by `tiny-skia` with the embedded DejaVu Sans Mono, encoded
+    /// by `png` with the title and the drawn series in text chunks.
+    pub fn to_png(&self) -> Result<Vec<u8>> {
+        let l = Layout::new(self);
+        let fail = |e: &dyn std::fmt::Display| Error::InvalidArgument(format!("chart PNG: {e}"));
+        let mut pixmap = Pixmap::new(l.width as u32, l.height as u32)
+            .ok_or_else(|| fail(&format!("no {}×{} image", l.width, l.height)))?;
+        pixmap.fill(tiny_skia::Color::WHITE);
+        let face =
+            ttf_parser::Face::parse(dejavu::sans_mono::regular(), 0).map_err(|e| fail(&e))?;
+        self.draw(
+            &l,
+            &mut Raster {
+                pixmap: &mut pixmap,
+                face,
+            },
+        );
+        // Opaque pixels: premultiplied RGBA is plain RGBA; drop the alpha.
+        let rgb: Vec<u8> = pixmap
+            .data()
+            .chunks_exact(4)
+            .flat_map(|p| [p[0], p[1], p[2]])
+            .collect();
+        let mut out = Vec::new();
+        let mut encoder = png::Encoder::new(&mut out, pixmap.width(), pixmap.height());
+        encoder.set_color(png::ColorType::Rgb);
+        encoder.set_depth(png::BitDepth::Eight);
+        encoder.set_compression(png::Compression::High);
+        let texts = [
+            encoder.add_text_chunk("Title".into(), latin1(&self.title)),
+            encoder.add_text_chunk("Software".into(), "dora-wgpu".into()),
+            encoder.add_ztxt_chunk("chart-data".into(), self.data_json(&l)),
+        ];
+        texts
+            .into_iter()
+            .try_for_each(|r| r.map_err(|e| fail(&e)))?;
+        let mut writer = encoder.write_header().map_err(|e| fail(&e))?;
+        writer.write_image_data(&rgb).map_err(|e| fail(&e))?;
+        writer.finish().map_err(|e| fail(&e))?;
+        Ok(out)
+    }
+
+    /// Draws the chart once, for either file.
+    fn draw(&self, l: &Layout, p: &mut impl Painter) {
+        const GRID: Rgb = [0xeb, 0xeb, 0xeb];
+        const BLACK: Rgb = [0, 0, 0];
         let (x0, y0, x1, y1) = (l.left, l.top, l.left + l.plot_w, l.top + l.plot_h);
-        let _ = writeln!(s, r##"<g class="grid" stroke="#ebebeb">"##);
-        for &(p, _) in &l.x_ticks() {
-            let _ = writeln!(s, r#"<line x1="{p}" y1="{y0}" x2="{p}" y2="{y1}"/>"#);
+        // One-pixel lines through pixel centres stay sharp.
+        let c = |v: f64| v.floor() + 0.5;
+        p.group(r#"class="grid""#);
+        for &(x, _) in &l.x_ticks() {
+            p.line(&[(c(x), c(y0)), (c(x), c(y1))], GRID, 1.0, "");
         }
-        for &(p, _) in &l.y_ticks() {
-            let _ = writeln!(s, r#"<line x1="{x0}" y1="{p}" x2="{x1}" y2="{p}"/>"#);
+        for &(y, _) in &l.y_ticks() {
+            p.line(&[(c(x0), c(y)), (c(x1), c(y))], GRID, 1.0, "");
         }
-        let _ = writeln!(s, "</g>");
-        let _ = writeln!(
-            s,
-            r#"<g class="axes" stroke="black"><rect x="{x0}" y="{y0}" width="{}" height="{}" fill="none"/>"#,
-            l.plot_w, l.plot_h
-        );
-        for &(p, _) in &l.x_ticks() {
-            let _ = writeln!(
-                s,
-                r#"<line x1="{p}" y1="{y1}" x2="{p}" y2="{}"/>"#,
-                y1 + TICK
-            );
+        p.end_group();
+        p.group(r#"class="axes""#);
+        let frame = [(x0, y0), (x1, y0), (x1, y1), (x0, y1), (x0, y0)];
+        let frame: Vec<_> = frame.iter().map(|&(x, y)| (c(x), c(y))).collect();
+        p.line(&frame, BLACK, 1.0, "");
+        for &(x, _) in &l.x_ticks() {
+            p.line(&[(c(x), c(y1)), (c(x), c(y1 + TICK))], BLACK, 1.0, "");
         }
-        for &(p, _) in &l.y_ticks() {
-            let _ = writeln!(
-                s,
-                r#"<line x1="{}" y1="{p}" x2="{x0}" y2="{p}"/>"#,
-                x0 - TICK
-            );
+        for &(y, _) in &l.y_ticks() {
+            p.line(&[(c(x0 - TICK), c(y)), (c(x0), c(y))], BLACK, 1.0, "");
         }
-        let _ = writeln!(s, "</g>");
-        let _ = writeln!(s, r#"<g class="tick-labels">"#);
-        for (p, label) in l.x_ticks() {
-            svg_text(&mut s, "", p, y1 + TICK + 4.0 + GLYPH_H, "middle", 1, label);
+        p.end_group();
+        p.group(r#"class="tick-labels""#);
+        let below = y1 + TICK + 4.0 + GLYPH_H;
+        for (x, label) in l.x_ticks() {
+            p.text(&Text::new(label, x, below, Anchor::Middle));
         }
-        for (p, label) in l.y_ticks() {
-            svg_text(&mut s, "", x0 - TICK - 4.0, p + 3.5, "end", 1, label);
+        for (y, label) in l.y_ticks() {
+            p.text(&Text::new(label, x0 - TICK - 4.0, y + 3.5, Anchor::End));
         }
-        let _ = writeln!(s, "</g>");
+        p.end_group();
         let mid_x = x0 + l.plot_w / 2.0;
-        svg_text(
-            &mut s,
-            "title",
-            mid_x,
-            PAD + 2.0 * GLYPH_H,
-            "middle",
-            2,
-            &self.title,
-        );
-        svg_text(
-            &mut s,
-            "x-label",
-            mid_x,
-            l.x_label_top + GLYPH_H,
-            "middle",
-            1,
-            &self.x_label,
-        );
-        if !self.y_label.is_empty() {
-            let (cx, cy) = (PAD + GLYPH_H, y0 + l.plot_h / 2.0);
-            let _ = writeln!(
-                s,
-                r#"<text class="y-label" x="{cx}" y="{cy}" text-anchor="middle" transform="rotate(-90 {cx} {cy})">{}</text>"#,
-                xml_escape(&self.y_label)
-            );
-        }
-        // Series.
+        p.text(&Text {
+            class: "title",
+            size: 2.0 * FONT_SIZE,
+            ..Text::new(&self.title, mid_x, PAD + 2.0 * GLYPH_H, Anchor::Middle)
+        });
+        p.text(&Text {
+            class: "x-label",
+            ..Text::new(
+                &self.x_label,
+                mid_x,
+                l.x_label_top + GLYPH_H,
+                Anchor::Middle,
+            )
+        });
+        p.text(&Text {
+            class: "y-label",
+            upward: true,
+            ..Text::new(
+                &self.y_label,
+                PAD + GLYPH_H,
+                y0 + l.plot_h / 2.0,
+                Anchor::Middle,
+            )
+        });
         for (i, series) in self.series.iter().enumerate() {
-            let color = hex(self.color(i));
-            let count = series.finite_points().count();
+            let color = self.color(i);
             let kind = match series.kind {
                 SeriesKind::Line => "line",
                 SeriesKind::Markers => "markers",
             };
-            let _ = writeln!(
-                s,
-                r#"<g class="series" data-series="{i}" data-kind="{kind}" data-label="{}" data-points="{count}">"#,
-                xml_escape(&series.label)
-            );
+            p.group(&format!(
+                r#"class="series" data-series="{i}" data-kind="{kind}" data-label="{}" data-points="{}""#,
+                xml_escape(&series.label),
+                series.finite_points().count()
+            ));
             match series.kind {
                 SeriesKind::Line => {
                     for run in line_runs(series) {
-                        let pts: Vec<String> = run
-                            .iter()
-                            .map(|&(x, y)| format!("{:.2},{:.2}", l.px(x), l.py(y)))
-                            .collect();
-                        let _ = writeln!(
-                            s,
-                            r#"<polyline class="line" points="{}" fill="none" stroke="{color}" stroke-width="2" stroke-linejoin="round"/>"#,
-                            pts.join(" ")
-                        );
+                        let px: Vec<_> = run.iter().map(|&(x, y)| (l.px(x), l.py(y))).collect();
+                        p.line(&px, color, 2.0, r#"class="line""#);
                     }
                 }
                 SeriesKind::Markers => {
@@ -343,130 +380,332 @@ impl Chart {
                             num(x),
                             num(y)
                         );
-                        svg_marker(&mut s, series.marker, l.px(x), l.py(y), &color, &attrs);
+                        p.marker(series.marker, l.px(x), l.py(y), color, &attrs);
                     }
                 }
             }
-            let _ = writeln!(s, "</g>");
+            p.end_group();
         }
-        // Legend.
-        let _ = writeln!(s, r#"<g class="legend">"#);
-        for (row, i) in l.legend.iter().enumerate() {
-            let series = &self.series[*i];
+        p.group(r#"class="legend""#);
+        for (row, &i) in l.legend.iter().enumerate() {
+            let series = &self.series[i];
             let (lx, cy) = (l.legend_x, l.legend_row_center(row));
-            let color = hex(self.color(*i));
             match series.kind {
-                SeriesKind::Line => {
-                    let _ = writeln!(
-                        s,
-                        r#"<line x1="{lx}" y1="{cy}" x2="{}" y2="{cy}" stroke="{color}" stroke-width="2"/>"#,
-                        lx + SWATCH
-                    );
-                }
+                SeriesKind::Line => p.line(&[(lx, cy), (lx + SWATCH, cy)], self.color(i), 2.0, ""),
                 SeriesKind::Markers => {
-                    svg_marker(&mut s, series.marker, lx + SWATCH / 2.0, cy, &color, "");
+                    p.marker(series.marker, lx + SWATCH / 2.0, cy, self.color(i), "")
                 }
             }
-            svg_text(
-                &mut s,
-                "",
+            p.text(&Text::new(
+                &series.label,
                 lx + SWATCH + 6.0,
                 cy + 3.5,
-                "start",
-                1,
-                &series.label,
-            );
+                Anchor::Start,
+            ));
         }
-        let _ = writeln!(s, "</g>\n</svg>");
-        s
+        p.end_group();
+    }
+}
+
+// ---------------------------------------------------------------- drawing
+
+/// Where text sits relative to its x (SVG's `text-anchor`).
+#[derive(Clone, Copy, PartialEq)]
+enum Anchor {
+    Start,
+    Middle,
+    End,
+}
+
+/// One line of text at (x, baseline); `upward` turns it to read bottom to
+/// top (a y-axis label), turning around (x, baseline).
+struct Text<'a> {
+    text: &'a str,
+    class: &'a str,
+    x: f64,
+    baseline: f64,
+    anchor: Anchor,
+    size: f64,
+    upward: bool,
+}
+
+impl<'a> Text<'a> {
+    fn new(text: &'a str, x: f64, baseline: f64, anchor: Anchor) -> Text<'a> {
+        Text {
+            text,
+            class: "",
+            x,
+            baseline,
+            anchor,
+            size: FONT_SIZE,
+            upward: false,
+        }
+    }
+}
+
+/// The drawing operations a chart is made of, in pixel coordinates.
+trait Painter {
+    /// Starts a group of elements (`attrs`: SVG attributes naming it).
+    fn group(&mut self, _attrs: &str) {}
+    fn end_group(&mut self) {}
+    /// A polyline of `width` pixels.
+    fn line(&mut self, points: &[(f64, f64)], color: Rgb, width: f64, attrs: &str);
+    fn marker(&mut self, marker: Marker, x: f64, y: f64, color: Rgb, attrs: &str);
+    fn text(&mut self, text: &Text);
+}
+
+/// The SVG body, element by element.
+struct Svg(String);
+
+impl Painter for Svg {
+    fn group(&mut self, attrs: &str) {
+        let _ = writeln!(self.0, "<g {attrs}>");
     }
 
-    /// The chart as a PNG file (8-bit RGB), with the title and the drawn
-    /// series in text chunks.
-    pub fn to_png(&self) -> Vec<u8> {
-        let l = Layout::new(self);
-        let mut c = Canvas::new(l.width as usize, l.height as usize);
-        let (x0, y0, x1, y1) = (l.left, l.top, l.left + l.plot_w, l.top + l.plot_h);
-        const GRID: Rgb = [0xeb, 0xeb, 0xeb];
-        const BLACK: Rgb = [0, 0, 0];
-        for &(p, _) in &l.x_ticks() {
-            c.line(p, y0, p, y1, 1, GRID);
-        }
-        for &(p, _) in &l.y_ticks() {
-            c.line(x0, p, x1, p, 1, GRID);
-        }
-        c.line(x0, y0, x1, y0, 1, BLACK);
-        c.line(x0, y1, x1, y1, 1, BLACK);
-        c.line(x0, y0, x0, y1, 1, BLACK);
-        c.line(x1, y0, x1, y1, 1, BLACK);
-        for (p, label) in l.x_ticks() {
-            c.line(p, y1, p, y1 + TICK, 1, BLACK);
-            let w = text_width(label, 1);
-            c.text(p - w / 2.0, y1 + TICK + 4.0, label, 1, BLACK);
-        }
-        for (p, label) in l.y_ticks() {
-            c.line(x0 - TICK, p, x0, p, 1, BLACK);
-            let w = text_width(label, 1);
-            c.text(x0 - TICK - 4.0 - w, p - 3.0, label, 1, BLACK);
-        }
-        let mid_x = x0 + l.plot_w / 2.0;
-        c.text(
-            mid_x - text_width(&self.title, 2) / 2.0,
-            PAD,
-            &self.title,
-            2,
-            BLACK,
+    fn end_group(&mut self) {
+        self.0.push_str("</g>\n");
+    }
+
+    fn line(&mut self, points: &[(f64, f64)], color: Rgb, width: f64, attrs: &str) {
+        let pts: Vec<String> = points
+            .iter()
+            .map(|(x, y)| format!("{x:.2},{y:.2}"))
+            .collect();
+        let _ = writeln!(
+            self.0,
+            r#"<polyline {attrs} points="{}" fill="none" stroke="{}" stroke-width="{width}" stroke-linejoin="round"/>"#,
+            pts.join(" "),
+            hex(color)
         );
-        c.text(
-            mid_x - text_width(&self.x_label, 1) / 2.0,
-            l.x_label_top,
-            &self.x_label,
-            1,
-            BLACK,
+    }
+
+    fn marker(&mut self, marker: Marker, x: f64, y: f64, color: Rgb, attrs: &str) {
+        let color = hex(color);
+        let pts = |points: &[(f64, f64)]| -> String {
+            let p: Vec<String> = points
+                .iter()
+                .map(|(x, y)| format!("{x:.2},{y:.2}"))
+                .collect();
+            p.join(" ")
+        };
+        let _ = match marker {
+            Marker::Circle => writeln!(
+                self.0,
+                r#"<circle {attrs} cx="{x:.2}" cy="{y:.2}" r="{MARKER_R}" fill="{color}"/>"#
+            ),
+            Marker::Cross => {
+                let p = marker_points(marker, x, y);
+                writeln!(
+                    self.0,
+                    r#"<path {attrs} d="M{}L{}M{}L{}" stroke="{color}" stroke-width="2" fill="none"/>"#,
+                    pts(&p[0..1]),
+                    pts(&p[1..2]),
+                    pts(&p[2..3]),
+                    pts(&p[3..4])
+                )
+            }
+            _ => writeln!(
+                self.0,
+                r#"<polygon {attrs} points="{}" fill="{color}"/>"#,
+                pts(&marker_points(marker, x, y))
+            ),
+        };
+    }
+
+    fn text(&mut self, t: &Text) {
+        if t.text.is_empty() {
+            return;
+        }
+        let class = if t.class.is_empty() {
+            String::new()
+        } else {
+            format!(r#" class="{}""#, t.class)
+        };
+        let size = if t.size == FONT_SIZE {
+            String::new()
+        } else {
+            format!(r#" font-size="{}""#, t.size)
+        };
+        let anchor = match t.anchor {
+            Anchor::Start => "start",
+            Anchor::Middle => "middle",
+            Anchor::End => "end",
+        };
+        let (x, y) = (t.x, t.baseline);
+        let turn = if t.upward {
+            format!(r#" transform="rotate(-90 {x} {y})""#)
+        } else {
+            String::new()
+        };
+        let _ = writeln!(
+            self.0,
+            r#"<text{class} x="{x}" y="{y}" text-anchor="{anchor}"{size}{turn}>{}</text>"#,
+            xml_escape(t.text)
         );
-        let half = text_width(&self.y_label, 1) / 2.0;
-        c.text_up(PAD, y0 + l.plot_h / 2.0 + half, &self.y_label, BLACK);
-        for (i, series) in self.series.iter().enumerate() {
-            let color = self.color(i);
-            match series.kind {
-                SeriesKind::Line => {
-                    for run in line_runs(series) {
-                        for w in run.windows(2) {
-                            let (a, b) = (w[0], w[1]);
-                            c.line(l.px(a.0), l.py(a.1), l.px(b.0), l.py(b.1), 2, color);
-                        }
-                        if let [(x, y)] = run[..] {
-                            // A lone point of a line still shows.
-                            c.line(l.px(x), l.py(y), l.px(x), l.py(y), 3, color);
-                        }
-                    }
-                }
-                SeriesKind::Markers => {
-                    for (x, y) in series.finite_points() {
-                        c.marker(series.marker, l.px(x), l.py(y), color);
-                    }
-                }
-            }
+    }
+}
+
+/// Vertices of a square, triangle or diamond marker; the two strokes of a cross.
+fn marker_points(marker: Marker, x: f64, y: f64) -> Vec<(f64, f64)> {
+    let (r, h) = (MARKER_R, MARKER_R - 0.5);
+    match marker {
+        Marker::Circle => vec![(x, y)],
+        Marker::Square => vec![
+            (x - h, y - h),
+            (x + h, y - h),
+            (x + h, y + h),
+            (x - h, y + h),
+        ],
+        Marker::Triangle => vec![(x, y - r - 0.5), (x - r - 0.5, y + h), (x + r + 0.5, y + h)],
+        Marker::Diamond => vec![
+            (x, y - r - 0.5),
+            (x + r + 0.5, y),
+            (x, y + r + 0.5),
+            (x - r - 0.5, y),
+        ],
+        Marker::Cross => vec![
+            (x - r, y - r),
+            (x + r, y + r),
+            (x - r, y + r),
+            (x + r, y - r),
+        ],
+    }
+}
+
+/// The PNG's pixels, painted by tiny-skia; text from the font's glyph outlines.
+struct Raster<'a> {
+    pixmap: &'a mut Pixmap,
+    face: ttf_parser::Face<'static>,
+}
+
+fn paint(color: Rgb) -> Paint<'static> {
+    let mut paint = Paint::default();
+    paint.set_color_rgba8(color[0], color[1], color[2], 255);
+    paint
+}
+
+fn fill(pixmap: &mut Pixmap, path: Option<tiny_skia::Path>, color: Rgb, transform: Transform) {
+    if let Some(path) = path {
+        pixmap.fill_path(&path, &paint(color), FillRule::Winding, transform, None);
+    }
+}
+
+fn stroke(pixmap: &mut Pixmap, path: Option<tiny_skia::Path>, color: Rgb, width: f64) {
+    let stroke = Stroke {
+        width: width as f32,
+        line_join: tiny_skia::LineJoin::Round,
+        ..Stroke::default()
+    };
+    if let Some(path) = path {
+        pixmap.stroke_path(&path, &paint(color), &stroke, Transform::identity(), None);
+    }
+}
+
+/// A polyline (or polygon) through `points`; `None` for fewer than two.
+fn path_through(points: &[(f64, f64)], close: bool) -> Option<tiny_skia::Path> {
+    let mut pb = PathBuilder::new();
+    for (k, &(x, y)) in points.iter().enumerate() {
+        // Far-off points (a wild value) are clamped so the rasteriser stays bounded.
+        let (x, y) = (x.clamp(-1e6, 1e6) as f32, y.clamp(-1e6, 1e6) as f32);
+        if k == 0 {
+            pb.move_to(x, y);
+        } else {
+            pb.line_to(x, y);
         }
-        for (row, i) in l.legend.iter().enumerate() {
-            let series = &self.series[*i];
-            let (lx, cy) = (l.legend_x, l.legend_row_center(row));
-            match series.kind {
-                SeriesKind::Line => c.line(lx, cy, lx + SWATCH, cy, 2, self.color(*i)),
-                SeriesKind::Markers => {
-                    c.marker(series.marker, lx + SWATCH / 2.0, cy, self.color(*i))
-                }
-            }
-            c.text(lx + SWATCH + 6.0, cy - 3.0, &series.label, 1, BLACK);
+    }
+    if close {
+        pb.close();
+    }
+    pb.finish()
+}
+
+impl Painter for Raster<'_> {
+    fn line(&mut self, points: &[(f64, f64)], color: Rgb, width: f64, _attrs: &str) {
+        if let [(x, y)] = points {
+            // A lone point of a line still shows.
+            let dot = PathBuilder::from_circle(*x as f32, *y as f32, width as f32);
+            fill(self.pixmap, dot, color, Transform::identity());
+        } else {
+            stroke(self.pixmap, path_through(points, false), color, width);
         }
-        let title = latin1(&self.title);
-        encode_png(
-            c.width as u32,
-            c.height as u32,
-            &c.rgb,
-            &[(b"Title", &title), (b"Software", b"dora-wgpu")],
-            &[(b"chart-data", self.data_json(&l).as_bytes())],
-        )
+    }
+
+    fn marker(&mut self, marker: Marker, x: f64, y: f64, color: Rgb, _attrs: &str) {
+        let p = marker_points(marker, x, y);
+        match marker {
+            Marker::Circle => {
+                let circle = PathBuilder::from_circle(x as f32, y as f32, MARKER_R as f32);
+                fill(self.pixmap, circle, color, Transform::identity());
+            }
+            Marker::Cross => {
+                stroke(self.pixmap, path_through(&p[0..2], false), color, 2.0);
+                stroke(self.pixmap, path_through(&p[2..4], false), color, 2.0);
+            }
+            _ => fill(
+                self.pixmap,
+                path_through(&p, true),
+                color,
+                Transform::identity(),
+            ),
+        }
+    }
+
+    fn text(&mut self, t: &Text) {
+        let scale = t.size / self.face.units_per_em() as f64;
+        let glyphs: Vec<ttf_parser::GlyphId> = t
+            .text
+            .chars()
+            .map(|c| self.face.glyph_index(c).unwrap_or_default())
+            .collect();
+        let face = &self.face;
+        let advance = |g| face.glyph_hor_advance(g).unwrap_or_default() as f64 * scale;
+        let width: f64 = glyphs.iter().map(|&g| advance(g)).sum();
+        let mut pen = match t.anchor {
+            Anchor::Start => 0.0,
+            Anchor::Middle => -width / 2.0,
+            Anchor::End => -width,
+        };
+        // Font units (y up) to the text's frame at (x, baseline), then upright or turned.
+        let place = if t.upward {
+            Transform::from_row(0.0, -1.0, 1.0, 0.0, t.x as f32, t.baseline as f32)
+        } else {
+            Transform::from_translate(t.x as f32, t.baseline as f32)
+        };
+        for g in glyphs {
+            let mut outline = Outline(PathBuilder::new());
+            if face.outline_glyph(g, &mut outline).is_some() {
+                let glyph =
+                    Transform::from_row(scale as f32, 0.0, 0.0, -scale as f32, pen as f32, 0.0);
+                fill(
+                    self.pixmap,
+                    outline.0.finish(),
+                    [0, 0, 0],
+                    place.pre_concat(glyph),
+                );
+            }
+            pen += advance(g);
+        }
+    }
+}
+
+/// A glyph outline as a tiny-skia path.
+struct Outline(PathBuilder);
+
+impl ttf_parser::OutlineBuilder for Outline {
+    fn move_to(&mut self, x: f32, y: f32) {
+        self.0.move_to(x, y);
+    }
+    fn line_to(&mut self, x: f32, y: f32) {
+        self.0.line_to(x, y);
+    }
+    fn quad_to(&mut self, x1: f32, y1: f32, x: f32, y: f32) {
+        self.0.quad_to(x1, y1, x, y);
+    }
+    fn curve_to(&mut self, x1: f32, y1: f32, x2: f32, y2: f32, x: f32, y: f32) {
+        self.0.cubic_to(x1, y1, x2, y2, x, y);
+    }
+    fn close(&mut self) {
+        self.0.close();
     }
 }
 
@@ -521,115 +760,34 @@ fn xml_escape(s: &str) -> String {
 }
 
 /// PNG tEXt is Latin-1: other characters become '?'.
-fn latin1(s: &str) -> Vec<u8> {
+fn latin1(s: &str) -> String {
     s.chars()
         .map(|c| match c as u32 {
-            0x20..=0x7e | 0xa0..=0xff => c as u32 as u8,
-            _ => b'?',
+            0x20..=0x7e | 0xa0..=0xff => c,
+            _ => '?',
         })
         .collect()
-}
-
-fn svg_text(
-    s: &mut String,
-    class: &str,
-    x: f64,
-    baseline: f64,
-    anchor: &str,
-    scale: u32,
-    text: &str,
-) {
-    if text.is_empty() {
-        return;
-    }
-    let class = if class.is_empty() {
-        String::new()
-    } else {
-        format!(r#" class="{class}""#)
-    };
-    let size = if scale == 1 {
-        String::new()
-    } else {
-        format!(r#" font-size="{}""#, 10 * scale)
-    };
-    let _ = writeln!(
-        s,
-        r#"<text{class} x="{x}" y="{baseline}" text-anchor="{anchor}"{size}>{}</text>"#,
-        xml_escape(text)
-    );
-}
-
-fn svg_marker(s: &mut String, marker: Marker, x: f64, y: f64, color: &str, attrs: &str) {
-    let r = MARKER_R;
-    let _ = match marker {
-        Marker::Circle => writeln!(
-            s,
-            r#"<circle {attrs} cx="{x:.2}" cy="{y:.2}" r="{r}" fill="{color}"/>"#
-        ),
-        Marker::Square => writeln!(
-            s,
-            r#"<rect {attrs} x="{:.2}" y="{:.2}" width="{}" height="{}" fill="{color}"/>"#,
-            x - r + 0.5,
-            y - r + 0.5,
-            2.0 * r - 1.0,
-            2.0 * r - 1.0
-        ),
-        Marker::Triangle => writeln!(
-            s,
-            r#"<polygon {attrs} points="{:.2},{:.2} {:.2},{:.2} {:.2},{:.2}" fill="{color}"/>"#,
-            x,
-            y - r - 0.5,
-            x - r - 0.5,
-            y + r - 0.5,
-            x + r + 0.5,
-            y + r - 0.5
-        ),
-        Marker::Diamond => writeln!(
-            s,
-            r#"<polygon {attrs} points="{:.2},{:.2} {:.2},{:.2} {:.2},{:.2} {:.2},{:.2}" fill="{color}"/>"#,
-            x,
-            y - r - 0.5,
-            x + r + 0.5,
-            y,
-            x,
-            y + r + 0.5,
-            x - r - 0.5,
-            y
-        ),
-        Marker::Cross => writeln!(
-            s,
-            r#"<path {attrs} d="M{:.2},{:.2}L{:.2},{:.2}M{:.2},{:.2}L{:.2},{:.2}" stroke="{color}" stroke-width="2" fill="none"/>"#,
-            x - r,
-            y - r,
-            x + r,
-            y + r,
-            x - r,
-            y + r,
-            x + r,
-            y - r
-        ),
-    };
 }
 
 // ---------------------------------------------------------------- layout
 
 const PAD: f64 = 12.0;
 const TICK: f64 = 5.0;
-const GLYPH_W: f64 = 5.0;
+/// Text size in pixels (the font's em); titles are twice as large.
+const FONT_SIZE: f64 = 10.0;
+/// The PNG's font first; SVG viewers without it fall back to the others.
+const FONT_FAMILY: &str = "DejaVu Sans Mono, Menlo, Consolas, monospace";
+/// Height of a digit at `FONT_SIZE` (DejaVu Sans Mono's cap height, rounded).
 const GLYPH_H: f64 = 7.0;
-const ADVANCE: f64 = 6.0;
+/// DejaVu Sans Mono's advance (1233/2048 em) at `FONT_SIZE`.
+const ADVANCE: f64 = 6.02;
 const SWATCH: f64 = 20.0;
 const LEGEND_ROW: f64 = 16.0;
 const MARKER_R: f64 = 4.0;
 
-/// Pixel width of `text` drawn with the bitmap font at `scale`.
+/// Pixel width of `text` at `scale` × `FONT_SIZE` (monospace: every glyph alike).
 fn text_width(text: &str, scale: u32) -> f64 {
-    let n = text.chars().count() as f64;
-    if n == 0.0 {
-        0.0
-    } else {
-        ((n - 1.0) * ADVANCE + GLYPH_W) * scale as f64
-    }
+    text.chars().count() as f64 * ADVANCE * scale as f64
 }
 
 /// One axis: its limits and the "nice" tick values within them.
@@ -814,335 +972,9 @@ impl Layout {
     }
 }
 
-// ---------------------------------------------------------------- raster
-
-/// An RGB image, white to start with; drawing outside it is clipped.
-struct Canvas {
-    width: usize,
-    height: usize,
-    rgb: Vec<u8>,
-}
-
-impl Canvas {
-    fn new(width: usize, height: usize) -> Canvas {
-        Canvas {
-            width,
-            height,
-            rgb: vec![0xff; width * height * 3],
-        }
-    }
-
-    fn set(&mut self, x: i64, y: i64, c: Rgb) {
-        if x >= 0 && y >= 0 && (x as usize) < self.width && (y as usize) < self.height {
-            let i = (y as usize * self.width + x as usize) * 3;
-            self.rgb[i..i + 3].copy_from_slice(&c);
-        }
-    }
-
-    /// A `thick`-pixel line from (x0, y0) to (x1, y1) (Bresenham, square pen).
-    fn line(&mut self, x0: f64, y0: f64, x1: f64, y1: f64, thick: i64, c: Rgb) {
-        // Keep coordinates near the canvas so a wild value cannot loop for long.
-        let limit = 4.0 * (self.width + self.height) as f64;
-        let p = |v: f64| v.round().clamp(-limit, limit) as i64;
-        let (mut x, mut y, x1, y1) = (p(x0), p(y0), p(x1), p(y1));
-        let (dx, dy) = ((x1 - x).abs(), -(y1 - y).abs());
-        let (sx, sy) = (if x < x1 { 1 } else { -1 }, if y < y1 { 1 } else { -1 });
-        let mut err = dx + dy;
-        let lo = -(thick - 1) / 2;
-        loop {
-            for oy in lo..lo + thick {
-                for ox in lo..lo + thick {
-                    self.set(x + ox, y + oy, c);
-                }
-            }
-            if x == x1 && y == y1 {
-                break;
-            }
-            let e2 = 2 * err;
-            if e2 >= dy {
-                err += dy;
-                x += sx;
-            }
-            if e2 <= dx {
-                err += dx;
-                y += sy;
-            }
-        }
-    }
-
-    fn marker(&mut self, marker: Marker, x: f64, y: f64, c: Rgb) {
-        let r = MARKER_R as i64;
-        let (cx, cy) = (x.round() as i64, y.round() as i64);
-        for dy in -r..=r {
-            for dx in -r..=r {
-                let inside = match marker {
-                    Marker::Circle => dx * dx + dy * dy <= r * r,
-                    Marker::Square => dx.abs() < r && dy.abs() < r,
-                    // Apex up: the half-width grows by one pixel every two rows.
-                    Marker::Triangle => dy < r && dx.abs() <= (dy + r) / 2,
-                    Marker::Diamond => dx.abs() + dy.abs() <= r,
-                    Marker::Cross => (dx - dy).abs() <= 1 || (dx + dy).abs() <= 1,
-                };
-                if inside {
-                    self.set(cx + dx, cy + dy, c);
-                }
-            }
-        }
-    }
-
-    /// Text with its top-left corner at (x, y), each font pixel `scale`² pixels.
-    fn text(&mut self, x: f64, y: f64, text: &str, scale: u32, c: Rgb) {
-        let s = scale as i64;
-        let (x, y) = (x.round() as i64, y.round() as i64);
-        for (k, ch) in text.chars().enumerate() {
-            let gx = x + k as i64 * ADVANCE as i64 * s;
-            let gy = y + drop_rows(ch) * s;
-            for (row, bits) in glyph(ch).iter().enumerate() {
-                for col in 0..5 {
-                    if bits & (0x10 >> col) != 0 {
-                        for oy in 0..s {
-                            for ox in 0..s {
-                                self.set(gx + col * s + ox, gy + row as i64 * s + oy, c);
-                            }
-                        }
-                    }
-                }
-            }
-        }
-    }
-
-    /// Text read bottom to top (a y-axis label), starting at (x, y_bottom):
-    /// the glyphs' tops face left.
-    fn text_up(&mut self, x: f64, y_bottom: f64, text: &str, c: Rgb) {
-        let (x, y) = (x.round() as i64, y_bottom.round() as i64);
-        for (k, ch) in text.chars().enumerate() {
-            let (u0, drop) = (k as i64 * ADVANCE as i64, drop_rows(ch));
-            for (row, bits) in glyph(ch).iter().enumerate() {
-                for col in 0..5 {
-                    if bits & (0x10 >> col) != 0 {
-                        // Along the text (u) goes up; down the glyph (row) goes right.
-                        self.set(x + drop + row as i64, y - (u0 + col), c);
-                    }
-                }
-            }
-        }
-    }
-}
-
-// ---------------------------------------------------------------- PNG
-
-/// CRC-32 (ISO-HDLC, as PNG uses) lookup table, built at compile time.
-const CRC_TABLE: [u32; 256] = {
-    let mut table = [0u32; 256];
-    let mut n = 0;
-    while n < 256 {
-        let mut c = n as u32;
-        let mut k = 0;
-        while k < 8 {
-            c = if c & 1 != 0 {
-                0xedb8_8320 ^ (c >> 1)
-            } else {
-                c >> 1
-            };
-            k += 1;
-        }
-        table[n] = c;
-        n += 1;
-    }
-    table
-};
-
-fn crc32(parts: &[&[u8]]) -> u32 {
-    let mut c = 0xffff_ffffu32;
-    for part in parts {
-        for &b in *part {
-            c = CRC_TABLE[((c ^ b as u32) & 0xff) as usize] ^ (c >> 8);
-        }
-    }
-    c ^ 0xffff_ffff
-}
-
-fn chunk(out: &mut Vec<u8>, kind: &[u8; 4], data: &[u8]) {
-    out.extend_from_slice(&(data.len() as u32).to_be_bytes());
-    out.extend_from_slice(kind);
-    out.extend_from_slice(data);
-    out.extend_from_slice(&crc32(&[kind, data]).to_be_bytes());
-}
-
-/// An 8-bit RGB PNG: IHDR, tEXt and zTXt chunks, one IDAT, IEND.
-fn encode_png(
-    width: u32,
-    height: u32,
-    rgb: &[u8],
-    texts: &[(&[u8], &[u8])],
-    compressed_texts: &[(&[u8], &[u8])],
-) -> Vec<u8> {
-    let mut out = b"\x89PNG\r\n\x1a\n".to_vec();
-    let mut ihdr = Vec::with_capacity(13);
-    ihdr.extend_from_slice(&width.to_be_bytes());
-    ihdr.extend_from_slice(&height.to_be_bytes());
-    // Bit depth 8, colour type 2 (RGB), deflate, adaptive filtering, no interlace.
-    ihdr.extend_from_slice(&[8, 2, 0, 0, 0]);
-    chunk(&mut out, b"IHDR", &ihdr);
-    for (key, text) in texts {
-        chunk(&mut out, b"tEXt", &[key, &b"\0"[..], text].concat());
-    }
-    for (key, text) in compressed_texts {
-        let z = miniz_oxide::deflate::compress_to_vec_zlib(text, 9);
-        chunk(&mut out, b"zTXt", &[key, &b"\0\0"[..], &z].concat());
-    }
-    // Each scanline starts with its filter type; 0 (none) is plenty for flat
-    // chart colours, which deflate squeezes well on its own.
-    let row = width as usize * 3;
-    let mut raw = Vec::with_capacity((row + 1) * height as usize);
-    for line in rgb.chunks(row.max(1)).take(height as usize) {
-        raw.push(0);
-        raw.extend_from_slice(line);
-    }
-    chunk(
-        &mut out,
-        b"IDAT",
-        &miniz_oxide::deflate::compress_to_vec_zlib(&raw, 9),
-    );
-    chunk(&mut out, b"IEND", &[]);
-    out
-}
-
-// ---------------------------------------------------------------- font
-
-/// A 5×7 glyph: seven rows, top first; bit 4 is the leftmost column.
-type Glyph = [u8; 7];
-
-fn glyph(c: char) -> Glyph {
-    match c {
-        ' '..='~' => FONT[c as usize - 32],
-        'Δ' => [0x04, 0x04, 0x0a, 0x0a, 0x11, 0x11, 0x1f],
-        '−' | '–' | '—' => FONT[b'-' as usize - 32],
-        '·' | '•' => [0x00, 0x00, 0x00, 0x0c, 0x0c, 0x00, 0x00],
-        '‖' => [0x0a; 7],
-        _ => FONT[b'?' as usize - 32],
-    }
-}
-
-/// Rows a glyph is drawn below the others: g, p, q and y hang their tails
-/// under the baseline (their FONT rows start at the x-height).
-fn drop_rows(c: char) -> i64 {
-    if matches!(c, 'g' | 'p' | 'q' | 'y') {
-        2
-    } else {
-        0
-    }
-}
-
-/// Printable ASCII, ' ' (32) to '~' (126).
-#[rustfmt::skip]
-const FONT: [Glyph; 95] = [
-    [0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00], // ' '
-    [0x04, 0x04, 0x04, 0x04, 0x04, 0x00, 0x04], // !
-    [0x0a, 0x0a, 0x0a, 0x00, 0x00, 0x00, 0x00], // "
-    [0x0a, 0x0a, 0x1f, 0x0a, 0x1f, 0x0a, 0x0a], // #
-    [0x04, 0x0f, 0x14, 0x0e, 0x05, 0x1e, 0x04], // $
-    [0x18, 0x19, 0x02, 0x04, 0x08, 0x13, 0x03], // %
-    [0x0c, 0x12, 0x14, 0x08, 0x15, 0x12, 0x0d], // &
-    [0x0c, 0x04, 0x08, 0x00, 0x00, 0x00, 0x00], // '
-    [0x02, 0x04, 0x08, 0x08, 0x08, 0x04, 0x02], // (
-    [0x08, 0x04, 0x02, 0x02, 0x02, 0x04, 0x08], // )
-    [0x00, 0x04, 0x15, 0x0e, 0x15, 0x04, 0x00], // *
-    [0x00, 0x04, 0x04, 0x1f, 0x04, 0x04, 0x00], // +
-    [0x00, 0x00, 0x00, 0x00, 0x0c, 0x04, 0x08], // ,
-    [0x00, 0x00, 0x00, 0x1f, 0x00, 0x00, 0x00], // -
-    [0x00, 0x00, 0x00, 0x00, 0x00, 0x0c, 0x0c], // .
-    [0x00, 0x01, 0x02, 0x04, 0x08, 0x10, 0x00], // /
-    [0x0e, 0x11, 0x13, 0x15, 0x19, 0x11, 0x0e], // 0
-    [0x04, 0x0c, 0x04, 0x04, 0x04, 0x04, 0x0e], // 1
-    [0x0e, 0x11, 0x01, 0x02, 0x04, 0x08, 0x1f], // 2
-    [0x1f, 0x02, 0x04, 0x02, 0x01, 0x11, 0x0e], // 3
-    [0x02, 0x06, 0x0a, 0x12, 0x1f, 0x02, 0x02], // 4
-    [0x1f, 0x10, 0x1e, 0x01, 0x01, 0x11, 0x0e], // 5
-    [0x06, 0x08, 0x10, 0x1e, 0x11, 0x11, 0x0e], // 6
-    [0x1f, 0x01, 0x02, 0x04, 0x08, 0x08, 0x08], // 7
-    [0x0e, 0x11, 0x11, 0x0e, 0x11, 0x11, 0x0e], // 8
-    [0x0e, 0x11, 0x11, 0x0f, 0x01, 0x02, 0x0c], // 9
-    [0x00, 0x0c, 0x0c, 0x00, 0x0c, 0x0c, 0x00], // :
-    [0x00, 0x0c, 0x0c, 0x00, 0x0c, 0x04, 0x08], // ;
-    [0x02, 0x04, 0x08, 0x10, 0x08, 0x04, 0x02], // <
-    [0x00, 0x00, 0x1f, 0x00, 0x1f, 0x00, 0x00], // =
-    [0x08, 0x04, 0x02, 0x01, 0x02, 0x04, 0x08], // >
-    [0x0e, 0x11, 0x01, 0x02, 0x04, 0x00, 0x04], // ?
-    [0x0e, 0x11, 0x01, 0x0d, 0x15, 0x15, 0x0e], // @
-    [0x0e, 0x11, 0x11, 0x11, 0x1f, 0x11, 0x11], // A
-    [0x1e, 0x11, 0x11, 0x1e, 0x11, 0x11, 0x1e], // B
-    [0x0e, 0x11, 0x10, 0x10, 0x10, 0x11, 0x0e], // C
-    [0x1c, 0x12, 0x11, 0x11, 0x11, 0x12, 0x1c], // D
-    [0x1f, 0x10, 0x10, 0x1e, 0x10, 0x10, 0x1f], // E
-    [0x1f, 0x10, 0x10, 0x1e, 0x10, 0x10, 0x10], // F
-    [0x0e, 0x11, 0x10, 0x17, 0x11, 0x11, 0x0f], // G
-    [0x11, 0x11, 0x11, 0x1f, 0x11, 0x11, 0x11], // H
-    [0x0e, 0x04, 0x04, 0x04, 0x04, 0x04, 0x0e], // I
-    [0x07, 0x02, 0x02, 0x02, 0x02, 0x12, 0x0c], // J
-    [0x11, 0x12, 0x14, 0x18, 0x14, 0x12, 0x11], // K
-    [0x10, 0x10, 0x10, 0x10, 0x10, 0x10, 0x1f], // L
-    [0x11, 0x1b, 0x15, 0x15, 0x11, 0x11, 0x11], // M
-    [0x11, 0x11, 0x19, 0x15, 0x13, 0x11, 0x11], // N
-    [0x0e, 0x11, 0x11, 0x11, 0x11, 0x11, 0x0e], // O
-    [0x1e, 0x11, 0x11, 0x1e, 0x10, 0x10, 0x10], // P
-    [0x0e, 0x11, 0x11, 0x11, 0x15, 0x12, 0x0d], // Q
-    [0x1e, 0x11, 0x11, 0x1e, 0x14, 0x12, 0x11], // R
-    [0x0f, 0x10, 0x10, 0x0e, 0x01, 0x01, 0x1e], // S
-    [0x1f, 0x04, 0x04, 0x04, 0x04, 0x04, 0x04], // T
-    [0x11, 0x11, 0x11, 0x11, 0x11, 0x11, 0x0e], // U
-    [0x11, 0x11, 0x11, 0x11, 0x11, 0x0a, 0x04], // V
-    [0x11, 0x11, 0x11, 0x15, 0x15, 0x15, 0x0a], // W
-    [0x11, 0x11, 0x0a, 0x04, 0x0a, 0x11, 0x11], // X
-    [0x11, 0x11, 0x11, 0x0a, 0x04, 0x04, 0x04], // Y
-    [0x1f, 0x01, 0x02, 0x04, 0x08, 0x10, 0x1f], // Z
-    [0x0e, 0x08, 0x08, 0x08, 0x08, 0x08, 0x0e], // [
-    [0x00, 0x10, 0x08, 0x04, 0x02, 0x01, 0x00], // \
-    [0x0e, 0x02, 0x02, 0x02, 0x02, 0x02, 0x0e], // ]
-    [0x04, 0x0a, 0x11, 0x00, 0x00, 0x00, 0x00], // ^
-    [0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x1f], // _
-    [0x08, 0x04, 0x02, 0x00, 0x00, 0x00, 0x00], // `
-    [0x00, 0x00, 0x0e, 0x01, 0x0f, 0x11, 0x0f], // a
-    [0x10, 0x10, 0x16, 0x19, 0x11, 0x11, 0x1e], // b
-    [0x00, 0x00, 0x0e, 0x10, 0x10, 0x11, 0x0e], // c
-    [0x01, 0x01, 0x0d, 0x13, 0x11, 0x11, 0x0f], // d
-    [0x00, 0x00, 0x0e, 0x11, 0x1f, 0x10, 0x0e], // e
-    [0x06, 0x09, 0x08, 0x1c, 0x08, 0x08, 0x08], // f
-    [0x0f, 0x11, 0x11, 0x11, 0x0f, 0x01, 0x0e], // g (drawn 2 rows lower)
-    [0x10, 0x10, 0x16, 0x19, 0x11, 0x11, 0x11], // h
-    [0x04, 0x00, 0x0c, 0x04, 0x04, 0x04, 0x0e], // i
-    [0x02, 0x00, 0x06, 0x02, 0x02, 0x12, 0x0c], // j
-    [0x10, 0x10, 0x12, 0x14, 0x18, 0x14, 0x12], // k
-    [0x0c, 0x04, 0x04, 0x04, 0x04, 0x04, 0x0e], // l
-    [0x00, 0x00, 0x1a, 0x15, 0x15, 0x11, 0x11], // m
-    [0x00, 0x00, 0x16, 0x19, 0x11, 0x11, 0x11], // n
-    [0x00, 0x00, 0x0e, 0x11, 0x11, 0x11, 0x0e], // o
-    [0x1e, 0x11, 0x11, 0x11, 0x1e, 0x10, 0x10], // p (drawn 2 rows lower)
-    [0x0f, 0x11, 0x11, 0x11, 0x0f, 0x01, 0x01], // q (drawn 2 rows lower)
-    [0x00, 0x00, 0x16, 0x19, 0x10, 0x10, 0x10], // r
-    [0x00, 0x00, 0x0e, 0x10, 0x0e, 0x01, 0x1e], // s
-    [0x08, 0x08, 0x1c, 0x08, 0x08, 0x09, 0x06], // t
-    [0x00, 0x00, 0x11, 0x11, 0x11, 0x13, 0x0d], // u
-    [0x00, 0x00, 0x11, 0x11, 0x11, 0x0a, 0x04], // v
-    [0x00, 0x00, 0x11, 0x11, 0x15, 0x15, 0x0a], // w
-    [0x00, 0x00, 0x11, 0x0a, 0x04, 0x0a, 0x11], // x
-    [0x11, 0x11, 0x11, 0x11, 0x0f, 0x01, 0x0e], // y (drawn 2 rows lower)
-    [0x00, 0x00, 0x1f, 0x02, 0x04, 0x08, 0x1f], // z
-    [0x02, 0x04, 0x04, 0x08, 0x04, 0x04, 0x02], // {
-    [0x04, 0x04, 0x04, 0x04, 0x04, 0x04, 0x04], // |
-    [0x08, 0x04, 0x04, 0x02, 0x04, 0x04, 0x08], // }
-    [0x00, 0x00, 0x08, 0x15, 0x02, 0x00, 0x00], // ~
-];
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn crc32_matches_the_standard_check_value() {
-        // The CRC catalogue's check value for "123456789".
-        assert_eq!(crc32(&[b"123456789"]), 0xcbf4_3926);
-    }
 
     #[test]
     fn ticks_are_nice_and_inside_the_limits() {

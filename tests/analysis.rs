@@ -1,8 +1,9 @@
 //! The weight-decomposition analysis (DoRA paper §3.2) and the chart files:
 //! ΔM and ΔD against plain f64 on the CPU, constructed cases with known
-//! answers, the least-squares fits against hand values, PNG/SVG files checked
-//! structurally (chunks, CRCs, the inflated raster size, XML nesting) and by
-//! the data they embed, and the `analyze` command end to end.
+//! answers, the least-squares fits against hand values, PNG/SVG files read
+//! back by the `png` and `roxmltree` crates (checksums, the raster size, XML
+//! well-formedness) and checked by the data they embed, and the `analyze`
+//! command end to end.
 
 mod common;
 
@@ -285,22 +286,6 @@ fn csv_and_json_writers() {
 
 // ------------------------------------------------------------ PNG and SVG checks
 
-/// Bitwise CRC-32 (no table), independent of the library's.
-fn crc32(bytes: &[u8]) -> u32 {
-    let mut c = 0xffff_ffffu32;
-    for &b in bytes {
-        c ^= b as u32;
-        for _ in 0..8 {
-            c = if c & 1 == 1 {
-                (c >> 1) ^ 0xedb8_8320
-            } else {
-                c >> 1
-            };
-        }
-    }
-    !c
-}
-
 struct Png {
     width: usize,
     height: usize,
@@ -309,64 +294,34 @@ struct Png {
     texts: BTreeMap<String, String>,
 }
 
-/// Parses a PNG strictly: signature, every chunk's CRC, IHDR first, IEND
-/// last, the zlib stream inflating to exactly height × (1 + width × 3).
+/// Decodes a PNG with the `png` crate, every checksum verified (the CRC of
+/// each chunk, text chunks included, and zlib's Adler-32), through IEND: an
+/// 8-bit RGB image and its text chunks.
 fn parse_png(bytes: &[u8]) -> Png {
-    assert_eq!(&bytes[..8], b"\x89PNG\r\n\x1a\n", "signature");
-    let (mut pos, mut chunks) = (8, Vec::new());
-    while pos < bytes.len() {
-        let len = u32::from_be_bytes(bytes[pos..pos + 4].try_into().unwrap()) as usize;
-        let kind = &bytes[pos + 4..pos + 8];
-        let data = &bytes[pos + 8..pos + 8 + len];
-        let crc = u32::from_be_bytes(bytes[pos + 8 + len..pos + 12 + len].try_into().unwrap());
-        assert_eq!(
-            crc,
-            crc32(&bytes[pos + 4..pos + 8 + len]),
-            "CRC of {}",
-            String::from_utf8_lossy(kind)
-        );
-        chunks.push((kind.to_vec(), data.to_vec()));
-        pos += 12 + len;
-    }
-    assert_eq!(pos, bytes.len(), "no trailing bytes");
-    assert_eq!(chunks[0].0, b"IHDR");
-    let (last_kind, last_data) = chunks.last().unwrap();
-    assert!(last_kind == b"IEND" && last_data.is_empty(), "IEND last");
-    let ihdr = &chunks[0].1;
-    let width = u32::from_be_bytes(ihdr[0..4].try_into().unwrap()) as usize;
-    let height = u32::from_be_bytes(ihdr[4..8].try_into().unwrap()) as usize;
-    assert_eq!(&ihdr[8..13], &[8, 2, 0, 0, 0], "8-bit RGB, no interlace");
-    let idat: Vec<u8> = chunks
-        .iter()
-        .filter(|c| c.0 == b"IDAT")
-        .flat_map(|c| c.1.clone())
-        .collect();
-    let raw = miniz_oxide::inflate::decompress_to_vec_zlib(&idat).expect("IDAT inflates");
-    assert_eq!(raw.len(), height * (1 + width * 3), "raster size");
-    let mut rgb = Vec::with_capacity(width * height * 3);
-    for row in raw.chunks(1 + width * 3) {
-        assert_eq!(row[0], 0, "filter type");
-        rgb.extend_from_slice(&row[1..]);
-    }
+    let mut options = png::DecodeOptions::default();
+    options.set_ignore_checksums(false);
+    options.set_skip_ancillary_crc_failures(false);
+    let decoder = png::Decoder::new_with_options(std::io::Cursor::new(bytes), options);
+    let mut reader = decoder.read_info().expect("PNG header");
+    let mut rgb = vec![0; reader.output_buffer_size().unwrap()];
+    let frame = reader.next_frame(&mut rgb).expect("PNG image data");
+    reader.finish().expect("PNG ends with IEND");
+    assert_eq!(
+        (frame.color_type, frame.bit_depth),
+        (png::ColorType::Rgb, png::BitDepth::Eight),
+        "8-bit RGB"
+    );
+    assert!(!reader.info().interlaced, "no interlace");
+    let (width, height) = (frame.width as usize, frame.height as usize);
+    rgb.truncate(frame.buffer_size());
+    assert_eq!(rgb.len(), width * height * 3, "raster size");
+    let info = reader.info();
     let mut texts = BTreeMap::new();
-    for (kind, data) in &chunks {
-        let nul = data.iter().position(|&b| b == 0);
-        match (kind.as_slice(), nul) {
-            (b"tEXt", Some(n)) => {
-                // tEXt is Latin-1.
-                let text = data[n + 1..].iter().map(|&b| b as char).collect();
-                texts.insert(String::from_utf8(data[..n].to_vec()).unwrap(), text);
-            }
-            (b"zTXt", Some(n)) => {
-                assert_eq!(data[n + 1], 0, "zTXt method");
-                let text = miniz_oxide::inflate::decompress_to_vec_zlib(&data[n + 2..]).unwrap();
-                texts.insert(
-                    String::from_utf8(data[..n].to_vec()).unwrap(),
-                    String::from_utf8(text).unwrap(),
-                );
-            }
-            _ => {}
-        }
+    for t in &info.uncompressed_latin1_text {
+        texts.insert(t.keyword.clone(), t.text.clone());
+    }
+    for t in &info.compressed_latin1_text {
+        texts.insert(t.keyword.clone(), t.get_text().expect("zTXt inflates"));
     }
     Png {
         width,
@@ -376,71 +331,43 @@ fn parse_png(bytes: &[u8]) -> Png {
     }
 }
 
-/// A start or end tag with its attributes (enough XML for the SVG written here).
+/// An element's start tag: its name and attributes.
 struct Tag {
     name: String,
     attrs: BTreeMap<String, String>,
 }
 
-/// Checks that tags nest properly and returns every element's start tag.
+/// Parses the SVG as XML (`roxmltree`: well-formed, properly nested, no
+/// duplicate attributes) and returns every element, in document order.
 fn parse_svg(text: &str) -> Vec<Tag> {
-    let body = text
-        .strip_prefix(r#"<?xml version="1.0" encoding="UTF-8"?>"#)
-        .expect("XML declaration");
-    let (mut stack, mut tags) = (Vec::<String>::new(), Vec::new());
-    let mut rest = body;
-    while let Some(start) = rest.find('<') {
-        let text_part = &rest[..start];
-        assert!(!text_part.contains('>'), "stray '>' in {text_part:?}");
-        let end = rest[start..].find('>').expect("unclosed tag") + start;
-        let inner = &rest[start + 1..end];
-        rest = &rest[end + 1..];
-        if let Some(name) = inner.strip_prefix('/') {
-            assert_eq!(stack.pop().as_deref(), Some(name), "mismatched </{name}>");
-            continue;
-        }
-        let self_closing = inner.ends_with('/');
-        let inner = inner.trim_end_matches('/');
-        let (name, mut attr_text) = inner.split_once(' ').unwrap_or((inner, ""));
-        let mut attrs = BTreeMap::new();
-        while let Some(eq) = attr_text.find("=\"") {
-            let key = attr_text[..eq].trim().to_string();
-            let close = attr_text[eq + 2..]
-                .find('"')
-                .expect("unterminated attribute")
-                + eq
-                + 2;
-            let value = &attr_text[eq + 2..close];
-            assert!(!value.contains('<'), "raw '<' in attribute");
-            assert!(
-                attrs.insert(key.clone(), value.to_string()).is_none(),
-                "duplicate attribute {key}"
-            );
-            attr_text = &attr_text[close + 1..];
-        }
-        assert!(attr_text.trim().is_empty(), "junk in tag: {attr_text:?}");
-        if !self_closing {
-            stack.push(name.to_string());
-        }
-        tags.push(Tag {
-            name: name.to_string(),
-            attrs,
-        });
-    }
     assert!(
-        rest.trim().is_empty() && stack.is_empty(),
-        "unclosed elements {stack:?}"
+        text.starts_with(r#"<?xml version="1.0" encoding="UTF-8"?>"#),
+        "XML declaration"
     );
+    let doc = roxmltree::Document::parse(text).expect("SVG is well-formed XML");
+    let tags: Vec<Tag> = doc
+        .descendants()
+        .filter(|n| n.is_element())
+        .map(|n| Tag {
+            name: n.tag_name().name().to_string(),
+            attrs: n
+                .attributes()
+                .map(|a| (a.name().to_string(), a.value().to_string()))
+                .collect(),
+        })
+        .collect();
     assert_eq!(tags[0].name, "svg");
     tags
 }
 
 /// The JSON in the SVG's `<metadata id="chart-data">`.
 fn svg_data(text: &str) -> Value {
-    let start =
-        text.find(r#"<metadata id="chart-data">"#).unwrap() + r#"<metadata id="chart-data">"#.len();
-    let end = text[start..].find("</metadata>").unwrap() + start;
-    serde_json::from_str(&text[start..end]).unwrap()
+    let doc = roxmltree::Document::parse(text).unwrap();
+    let metadata = doc
+        .descendants()
+        .find(|n| n.has_tag_name("metadata") && n.attribute("id") == Some("chart-data"))
+        .expect("chart-data metadata");
+    serde_json::from_str(metadata.text().unwrap()).unwrap()
 }
 
 /// Finite points per series, as the embedded data says.
