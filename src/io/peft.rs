@@ -134,21 +134,28 @@ struct Selector {
 impl Selector {
     fn selects(&self, module: &str) -> bool {
         let named = self.targets.as_ref().is_none_or(|t| t.matches(module));
-        let in_layers = match &self.layers {
-            None => true,
-            Some(wanted) => layer_index(module).is_some_and(|i| wanted.contains(&i)),
+        // PEFT applies layers_to_transform to a list of names only, not to a regex.
+        let in_layers = match (&self.layers, &self.targets) {
+            (None, _) | (_, Some(Matcher::Regex(_))) => true,
+            (Some(wanted), _) => layer_index(module).is_some_and(|i| wanted.contains(&i)),
         };
         let excluded = self.exclude.as_ref().is_some_and(|e| e.matches(module));
         named && in_layers && !excluded
     }
 }
 
-/// N of a `model.layers.N.…` module path.
+/// The layer index of a module path as PEFT finds it (`.*?\.[^.]*\.(\d+)\.`):
+/// the first all-digit segment after the second, with more to follow
+/// (N of `model.layers.N.…` and of `model.language_model.layers.N.…`).
 fn layer_index(module: &str) -> Option<u64> {
-    module
-        .strip_prefix("model.layers.")?
-        .split('.')
-        .next()?
+    let segments: Vec<&str> = module.split('.').collect();
+    let last = segments.len().checked_sub(1)?;
+    segments
+        .iter()
+        .enumerate()
+        .skip(2)
+        .find(|&(i, s)| i < last && !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit()))?
+        .1
         .parse()
         .ok()
 }
