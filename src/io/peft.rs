@@ -397,7 +397,10 @@ impl AdapterWeights {
             }
             // Adapters are trained in f32: widen 16-bit files on load.
             let t = HostTensor::from_f32(&t.to_f32(), &t.shape);
-            parts.entry(module.to_string()).or_default()[slot] = Some(t);
+            // Adapters made with transformers before 4.52 name a multimodal
+            // Gemma 3's modules as its hub files do (`language_model.model.…`).
+            let module = crate::io::hf::name_in_memory(module);
+            parts.entry(module).or_default()[slot] = Some(t);
         }
         if parts.is_empty() {
             return Err(err("holds no adapter tensors".into()));
