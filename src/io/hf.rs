@@ -56,6 +56,18 @@ pub struct ModelConfig {
     pub eos_token_ids: Vec<u32>,
     /// Gemma's `final_logit_softcapping`: logits become `c·tanh(logits / c)`.
     pub final_logit_softcapping: Option<f32>,
+    /// The module path the decoder's layers, embedding and final norm sit
+    /// under: [`CAUSAL_LM`], or [`GEMMA3_LANGUAGE_MODEL`] for a multimodal
+    /// Gemma 3. The head is `lm_head.weight` in both.
+    pub decoder_prefix: &'static str,
+}
+
+impl ModelConfig {
+    /// A tensor or module of the decoder by its path below the prefix
+    /// (`layers.0.self_attn.q_proj`, `embed_tokens.weight`).
+    pub fn path(&self, below: &str) -> String {
+        format!("{}{below}", self.decoder_prefix)
+    }
 }
 
 /// The MLP's gate activation.
@@ -67,8 +79,34 @@ pub enum Activation {
     GeluTanh,
 }
 
-pub const SUPPORTED_MODEL_TYPES: [&str; 6] =
-    ["llama", "qwen2", "qwen3", "mistral", "gemma3_text", "phi3"];
+pub const SUPPORTED_MODEL_TYPES: [&str; 7] = [
+    "llama",
+    "qwen2",
+    "qwen3",
+    "mistral",
+    "gemma3_text",
+    "gemma3",
+    "phi3",
+];
+
+/// Where a causal LM's decoder sits (`model.layers.N…`, `model.embed_tokens`).
+pub const CAUSAL_LM: &str = "model.";
+/// Where Gemma3ForConditionalGeneration's language model sits in memory (and
+/// so in PEFT's keys): `model.language_model.layers.N…`.
+pub const GEMMA3_LANGUAGE_MODEL: &str = "model.language_model.";
+
+/// Gemma3TextConfig's defaults for the sizes a config may leave out
+/// (Google's multimodal configs state only a few of them).
+const GEMMA3_TEXT_DEFAULTS: [(&str, u64); 8] = [
+    ("vocab_size", 262_208),
+    ("hidden_size", 2304),
+    ("intermediate_size", 9216),
+    ("num_hidden_layers", 26),
+    ("num_attention_heads", 8),
+    ("num_key_value_heads", 4),
+    ("head_dim", 256),
+    ("max_position_embeddings", 131_072),
+];
 
 /// Sizes above this are no real model's (and would overflow products of two).
 const MAX_SIZE: usize = 1 << 31;
@@ -481,22 +519,67 @@ impl ModelConfig {
             model_type: Option<String>,
         }
         let arch: Architecture = super::parse_json(&text).map_err(format_err)?;
-        match arch.model_type {
+        match arch.model_type.as_deref() {
             None => return Err(format_err("field model_type is missing".into())),
-            Some(t) if !SUPPORTED_MODEL_TYPES.contains(&t.as_str()) => {
-                let hint = match t.as_str() {
-                    "gemma3" => " (a multimodal Gemma 3 checkpoint; use a text-only gemma3_text one such as Gemma 3 270M or 1B)",
-                    _ => "",
-                };
+            Some("gemma3") => return Self::from_gemma3_multimodal(&text).map_err(format_err),
+            Some(t) if !SUPPORTED_MODEL_TYPES.contains(&t) => {
                 return Err(format_err(format!(
-                    "model_type {t:?} is not supported{hint} (supported: {})",
+                    "model_type {t:?} is not supported (supported: {})",
                     SUPPORTED_MODEL_TYPES.join(", ")
                 )));
             }
             Some(_) => {}
         }
-        let raw: RawConfig = super::parse_json(&text).map_err(format_err)?;
-        ModelConfig::from_raw(raw).map_err(format_err)
+        let fields = super::parse_json(&text).map_err(format_err)?;
+        ModelConfig::from_fields(fields).map_err(format_err)
+    }
+
+    /// A config from its JSON fields, gemma3_text's left-out sizes taking
+    /// Gemma3TextConfig's defaults.
+    fn from_fields(
+        mut fields: serde_json::Map<String, serde_json::Value>,
+    ) -> FieldResult<ModelConfig> {
+        if fields.get("model_type").is_some_and(|t| t == "gemma3_text") {
+            for (name, value) in GEMMA3_TEXT_DEFAULTS {
+                fields.entry(name).or_insert(value.into());
+            }
+        }
+        let raw: RawConfig = super::parse_json(&serde_json::Value::Object(fields).to_string())?;
+        ModelConfig::from_raw(raw)
+    }
+
+    /// Gemma 3 4B/12B/27B (`Gemma3ForConditionalGeneration`): the language
+    /// model's config is `text_config`, a gemma3_text config (missing or null:
+    /// all defaults, as transformers). The vision tower is left alone.
+    fn from_gemma3_multimodal(text: &str) -> FieldResult<ModelConfig> {
+        #[derive(Deserialize)]
+        struct Multimodal {
+            text_config: Option<serde_json::Map<String, serde_json::Value>>,
+            eos_token_id: Option<OneOrMany>,
+        }
+        let outer: Multimodal = super::parse_json(text)?;
+        let mut inner = outer.text_config.unwrap_or_default();
+        match inner.get("model_type") {
+            None => {
+                inner.insert("model_type".into(), "gemma3_text".into());
+            }
+            Some(t) if t == "gemma3_text" => {}
+            Some(t) => {
+                return Err(format!(
+                    "text_config.model_type {t} is not supported (a gemma3 config nests a \"gemma3_text\" one)"
+                ))
+            }
+        }
+        let mut c = ModelConfig::from_fields(inner).map_err(|e| format!("text_config: {e}"))?;
+        c.model_type = "gemma3".into();
+        c.decoder_prefix = GEMMA3_LANGUAGE_MODEL;
+        // The top level's eos_token_id ([1, 106] in Google's configs) wins.
+        match outer.eos_token_id {
+            Some(OneOrMany::One(id)) => c.eos_token_ids = vec![id],
+            Some(OneOrMany::Many(ids)) => c.eos_token_ids = ids,
+            None => {}
+        }
+        Ok(c)
     }
 
     /// The config a GGUF file's metadata gives (as `config.json` would state it).
@@ -635,6 +718,7 @@ impl ModelConfig {
             max_position_embeddings,
             eos_token_ids,
             final_logit_softcapping,
+            decoder_prefix: CAUSAL_LM,
         })
     }
 
@@ -837,11 +921,56 @@ pub fn open_gguf(path: &Path) -> Result<GgufModel> {
     })
 }
 
+/// transformers' renaming of multimodal checkpoints stored in the hub layout
+/// (Gemma 3 as Google published it, and as transformers 5's save_pretrained
+/// still writes it) to the module paths of the model in memory, which PEFT's
+/// keys follow: `language_model.model.layers.0…` is `model.language_model.layers.0…`.
+const STORED_TO_MEMORY: [(&str, &str); 4] = [
+    ("language_model.lm_head.", "lm_head."),
+    ("language_model.model.", "model.language_model."),
+    ("vision_tower.", "model.vision_tower."),
+    ("multi_modal_projector.", "model.multi_modal_projector."),
+];
+
+/// A stored tensor name as the model in memory names it.
+pub fn name_in_memory(stored: &str) -> String {
+    for (from, to) in STORED_TO_MEMORY {
+        if let Some(rest) = stored.strip_prefix(from) {
+            return format!("{to}{rest}");
+        }
+    }
+    stored.to_string()
+}
+
+/// `tensors` keyed by their names in memory; a file that holds one tensor
+/// under both names is refused.
+fn renamed_to_memory<T>(
+    tensors: BTreeMap<String, T>,
+    what: &Path,
+) -> Result<BTreeMap<String, (String, T)>> {
+    let mut out = BTreeMap::new();
+    for (stored, t) in tensors {
+        let name = name_in_memory(&stored);
+        if let Some((other, _)) = out.insert(name.clone(), (stored.clone(), t)) {
+            return Err(Error::Format {
+                path: what.display().to_string(),
+                message: format!(
+                    "tensors {other} and {stored} are both {name} (two layouts in one model)"
+                ),
+            });
+        }
+    }
+    Ok(out)
+}
+
 /// Every weight tensor of a model directory (from one file or from the
-/// shards a `model.safetensors.index.json` names) or of a GGUF file (decoded).
+/// shards a `model.safetensors.index.json` names; by their names in memory,
+/// see [`name_in_memory`]) or of a GGUF file (decoded).
 pub fn load_weights(model: &Path) -> Result<BTreeMap<String, HostTensor>> {
     if !model.is_file() {
-        return WeightFiles::find(model)?.read_all(read_safetensors);
+        let stored = WeightFiles::find(model)?.read_all(read_safetensors)?;
+        let renamed = renamed_to_memory(stored, model)?;
+        return Ok(renamed.into_iter().map(|(n, (_, t))| (n, t)).collect());
     }
     let weights = MappedWeights::open(model)?;
     Ok(weights
@@ -865,8 +994,9 @@ pub fn load_weights(model: &Path) -> Result<BTreeMap<String, HostTensor>> {
 pub enum MappedWeights {
     Safetensors {
         files: Vec<MappedSafetensors>,
-        /// Which file holds each tensor.
-        by_name: BTreeMap<String, usize>,
+        /// Which file holds each tensor, by its name in memory
+        /// ([`name_in_memory`]), and the name it is stored under.
+        by_name: BTreeMap<String, (String, usize)>,
     },
     Gguf(Box<GgufModel>),
 }
@@ -878,12 +1008,13 @@ impl MappedWeights {
             return Ok(MappedWeights::Gguf(Box::new(open_gguf(model)?)));
         }
         let mut files = Vec::new();
-        let by_name = WeightFiles::find(model)?.read_all(|path| {
+        let stored = WeightFiles::find(model)?.read_all(|path| {
             let file = MappedSafetensors::open(path)?;
             let names = file.names().map(|n| (n.to_string(), files.len())).collect();
             files.push(file);
             Ok(names)
         })?;
+        let by_name = renamed_to_memory(stored, model)?;
         Ok(MappedWeights::Safetensors { files, by_name })
     }
 
@@ -904,8 +1035,22 @@ impl MappedWeights {
     /// The tensor, borrowed from the map where it is stored as it is used.
     pub fn get(&self, name: &str) -> Option<TensorRef<'_>> {
         match self {
-            MappedWeights::Safetensors { files, by_name } => files[*by_name.get(name)?].get(name),
+            MappedWeights::Safetensors { files, by_name } => {
+                let (stored, file) = by_name.get(name)?;
+                files[*file].get(stored)
+            }
             MappedWeights::Gguf(model) => model.get(name),
+        }
+    }
+
+    /// The name a tensor is stored under in a model directory's files
+    /// (a GGUF file's tensors are known by their transformers names).
+    pub fn stored_name<'a>(&'a self, name: &'a str) -> &'a str {
+        match self {
+            MappedWeights::Safetensors { by_name, .. } => {
+                by_name.get(name).map_or(name, |(stored, _)| stored)
+            }
+            MappedWeights::Gguf(_) => name,
         }
     }
 
@@ -922,8 +1067,8 @@ impl MappedWeights {
     /// A tensor's dtype (as `get` gives it) and shape, reading no tensor data.
     pub fn info(&self, name: &str) -> Option<(DType, &[usize])> {
         match self {
-            MappedWeights::Safetensors { files, by_name } => {
-                let t = files[*by_name.get(name)?].get(name)?;
+            MappedWeights::Safetensors { .. } => {
+                let t = self.get(name)?;
                 Some((t.dtype, t.shape))
             }
             MappedWeights::Gguf(model) => model.info(name),

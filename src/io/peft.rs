@@ -134,21 +134,28 @@ struct Selector {
 impl Selector {
     fn selects(&self, module: &str) -> bool {
         let named = self.targets.as_ref().is_none_or(|t| t.matches(module));
-        let in_layers = match &self.layers {
-            None => true,
-            Some(wanted) => layer_index(module).is_some_and(|i| wanted.contains(&i)),
+        // PEFT applies layers_to_transform to a list of names only, not to a regex.
+        let in_layers = match (&self.layers, &self.targets) {
+            (None, _) | (_, Some(Matcher::Regex(_))) => true,
+            (Some(wanted), _) => layer_index(module).is_some_and(|i| wanted.contains(&i)),
         };
         let excluded = self.exclude.as_ref().is_some_and(|e| e.matches(module));
         named && in_layers && !excluded
     }
 }
 
-/// N of a `model.layers.N.…` module path.
+/// The layer index of a module path as PEFT finds it (`.*?\.[^.]*\.(\d+)\.`):
+/// the first all-digit segment after the second, with more to follow
+/// (N of `model.layers.N.…` and of `model.language_model.layers.N.…`).
 fn layer_index(module: &str) -> Option<u64> {
-    module
-        .strip_prefix("model.layers.")?
-        .split('.')
-        .next()?
+    let segments: Vec<&str> = module.split('.').collect();
+    let last = segments.len().checked_sub(1)?;
+    segments
+        .iter()
+        .enumerate()
+        .skip(2)
+        .find(|&(i, s)| i < last && !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit()))?
+        .1
         .parse()
         .ok()
 }
@@ -390,7 +397,10 @@ impl AdapterWeights {
             }
             // Adapters are trained in f32: widen 16-bit files on load.
             let t = HostTensor::from_f32(&t.to_f32(), &t.shape);
-            parts.entry(module.to_string()).or_default()[slot] = Some(t);
+            // Adapters made with transformers before 4.52 name a multimodal
+            // Gemma 3's modules as its hub files do (`language_model.model.…`).
+            let module = crate::io::hf::name_in_memory(module);
+            parts.entry(module).or_default()[slot] = Some(t);
         }
         if parts.is_empty() {
             return Err(err("holds no adapter tensors".into()));

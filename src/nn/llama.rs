@@ -9,6 +9,7 @@
 //! Frozen weights stay in their stored dtype (f32, bf16 or f16) on the GPU.
 
 use std::collections::BTreeMap;
+use std::ops::Range;
 use std::path::Path;
 
 use super::dora::DoraLinear;
@@ -269,6 +270,43 @@ fn decoder_layer(
     }
 }
 
+/// The module path of layer `i`'s projection `parent.name`, as transformers
+/// and PEFT's keys name it (`model.layers.0.self_attn.q_proj`; a multimodal
+/// Gemma 3's `model.language_model.layers.0.self_attn.q_proj`).
+pub fn module_path(c: &ModelConfig, i: usize, parent: &str, name: &str) -> String {
+    c.path(&format!("layers.{i}.{parent}.{name}"))
+}
+
+/// PEFT's `target_modules` for the projections `names` of `layers`, as a
+/// regex over the decoder alone. PEFT matches a list of names anywhere in the
+/// model (a multimodal Gemma 3's SigLIP has q_proj, k_proj and v_proj too)
+/// and applies no `layers_to_transform` to a regex, so the regex states the
+/// prefix, the layers and the projections.
+pub fn decoder_targets_regex(c: &ModelConfig, names: &[&str], layers: Range<usize>) -> String {
+    let mut parents: Vec<&str> = Vec::new();
+    let mut wanted: Vec<&str> = Vec::new();
+    for (parent, name) in projections(c) {
+        if names.contains(name) {
+            wanted.push(name);
+            if !parents.contains(parent) {
+                parents.push(parent);
+            }
+        }
+    }
+    let layers = if layers == (0..c.num_hidden_layers) {
+        r"\d+".to_string()
+    } else {
+        let list: Vec<String> = layers.map(|i| i.to_string()).collect();
+        format!("(?:{})", list.join("|"))
+    };
+    format!(
+        r"{}layers\.{layers}\.(?:{})\.(?:{})",
+        regex::escape(c.decoder_prefix),
+        parents.join("|"),
+        wanted.join("|")
+    )
+}
+
 /// The names of one layer's norm weights (after `model.layers.{i}.`), in
 /// the order [`DecoderLayer`] holds them: input, post-attention, then
 /// Gemma's pre/post feed-forward pair, then the q/k pair.
@@ -323,10 +361,11 @@ pub fn check_weights_fit(
             message,
         })
     };
+    let layers_prefix = c.path("layers.");
     let layers_held = held
         .keys()
         .filter_map(|k| {
-            k.strip_prefix("model.layers.")?
+            k.strip_prefix(&layers_prefix)?
                 .split('.')
                 .next()?
                 .parse::<usize>()
@@ -342,16 +381,16 @@ pub fn check_weights_fit(
     }
     let mut expected = vec![
         (
-            "model.embed_tokens.weight".to_string(),
+            c.path("embed_tokens.weight"),
             vec![c.vocab_size, c.hidden_size],
         ),
-        ("model.norm.weight".to_string(), vec![c.hidden_size]),
+        (c.path("norm.weight"), vec![c.hidden_size]),
     ];
     if !c.tie_word_embeddings {
         expected.push(("lm_head.weight".into(), vec![c.vocab_size, c.hidden_size]));
     }
     for i in 0..c.num_hidden_layers {
-        let p = format!("model.layers.{i}");
+        let p = c.path(&format!("layers.{i}"));
         for norm in norm_names(c) {
             expected.push((format!("{p}.{norm}.weight"), vec![norm_len(c, norm)]));
         }
@@ -428,10 +467,10 @@ impl Llama {
             Tensor::from_f32(gpu, &plus_one, t.shape)
         };
         let vocab = |t: TensorRef| VocabMatrix::upload(gpu, &t.bytes, t.shape, t.dtype);
-        let embed_tokens = vocab(take(&w, "model.embed_tokens.weight", dir)?)?;
+        let embed_tokens = vocab(take(&w, &c.path("embed_tokens.weight"), dir)?)?;
         let mut layers = Vec::with_capacity(c.num_hidden_layers);
         for i in 0..c.num_hidden_layers {
-            let p = format!("model.layers.{i}");
+            let p = c.path(&format!("layers.{i}"));
             let mut layer_projections = Vec::with_capacity(7);
             for ((parent, name), [out_f, _]) in projections(c).iter().zip(projection_shapes(c)) {
                 let module = format!("{p}.{parent}.{name}");
@@ -472,7 +511,7 @@ impl Llama {
                 projections: layer_projections,
             });
         }
-        let final_norm = norm("model.norm.weight")?;
+        let final_norm = norm(&c.path("norm.weight"))?;
         // check_weights_fit required an untied head of the right shape.
         let lm_head = match c.tie_word_embeddings {
             false => Some(vocab(take(&w, "lm_head.weight", dir)?)?),
@@ -524,7 +563,7 @@ impl Llama {
             for ((parent, name), p) in projections(&self.config).iter().zip(&layer.projections) {
                 let b = p.base();
                 out.insert(
-                    format!("model.layers.{i}.{parent}.{name}"),
+                    module_path(&self.config, i, parent, name),
                     (b.out_features(), b.in_features()),
                 );
             }
@@ -535,6 +574,14 @@ impl Llama {
     /// Puts a PEFT adapter's LoRA or DoRA layers on the modules it names.
     /// Fails, naming the tensor and both shapes, if it was made for another model.
     pub fn attach_adapter(&mut self, adapter: &AdapterWeights) -> Result<()> {
+        let prefix = self.config.decoder_prefix;
+        if prefix != crate::io::hf::CAUSAL_LM {
+            if let Some(m) = adapter.modules.keys().find(|m| !m.starts_with(prefix)) {
+                shape_err!(
+                    "adapter module {m} is outside the language model ({prefix}…): adapters on the vision tower or the projector are not supported"
+                );
+            }
+        }
         adapter.check_fits(&self.linear_shapes())?;
         let cfg = &adapter.config;
         for (i, layer) in self.layers.iter_mut().enumerate() {
@@ -542,7 +589,7 @@ impl Llama {
                 .iter()
                 .zip(layer.projections.iter_mut())
             {
-                let module = format!("model.layers.{i}.{parent}.{name}");
+                let module = module_path(&self.config, i, parent, name);
                 let Some(weights) = adapter.modules.get(&module) else {
                     continue;
                 };
@@ -642,7 +689,7 @@ impl Llama {
                     Projection::Lora(l) => l.to_adapter()?,
                     Projection::Dora(l) => l.to_adapter()?,
                 };
-                modules.insert(format!("model.layers.{i}.{parent}.{name}"), m);
+                modules.insert(module_path(&self.config, i, parent, name), m);
             }
         }
         Ok(AdapterWeights { config, modules })
@@ -662,7 +709,7 @@ impl Llama {
         let mut out = Vec::new();
         for (i, layer) in self.layers.iter().enumerate() {
             for ((parent, name), p) in projections(&self.config).iter().zip(&layer.projections) {
-                let module = format!("model.layers.{i}.{parent}.{name}");
+                let module = module_path(&self.config, i, parent, name);
                 let suffixes: &[&str] = match p {
                     Projection::Frozen(_) => &[],
                     Projection::Lora(_) => &["lora_A.weight", "lora_B.weight"],
@@ -871,7 +918,7 @@ impl Llama {
             for ((parent, name), p) in projections(&self.config).iter().zip(&layer.projections) {
                 if !matches!(p, Projection::Frozen(_)) {
                     out.insert(
-                        format!("model.layers.{i}.{parent}.{name}.weight"),
+                        format!("{}.weight", module_path(&self.config, i, parent, name)),
                         p.merged_weight()?,
                     );
                 }

@@ -10,7 +10,7 @@ pub use dora::{DoraLinear, DoraPath};
 pub use init::{kaiming_uniform, Rng};
 pub use linear::Linear;
 pub use llama::{
-    check_weights_fit, projections, DecoderLayer, KvCache, Llama, Projection, FUSED_PROJECTIONS,
-    PROJECTIONS,
+    check_weights_fit, decoder_targets_regex, module_path, projections, DecoderLayer, KvCache,
+    Llama, Projection, FUSED_PROJECTIONS, PROJECTIONS,
 };
 pub use lora::{lora_scaling, AdapterOptions, LoraLinear};

@@ -226,7 +226,7 @@ fn projection_shapes(
     let mut out = Vec::with_capacity(config.num_hidden_layers * names.len());
     for i in 0..config.num_hidden_layers {
         for (parent, name) in names {
-            let module = format!("model.layers.{i}.{parent}.{name}");
+            let module = crate::nn::module_path(config, i, parent, name);
             let err = |message: String| Error::Format {
                 path: dir.display().to_string(),
                 message,

@@ -13,8 +13,9 @@ use crate::io::{write_safetensors_streamed, AdapterWeights, HostTensor, TensorEn
 use crate::nn::Llama;
 use crate::tensor::Tensor;
 
-/// Files copied unchanged from the base model directory when present.
-const COPIED: [&str; 7] = [
+/// Files copied unchanged from the base model directory when present (a
+/// multimodal Gemma 3's processor files too).
+const COPIED: [&str; 12] = [
     "config.json",
     "generation_config.json",
     "tokenizer.json",
@@ -22,6 +23,11 @@ const COPIED: [&str; 7] = [
     "special_tokens_map.json",
     "chat_template.jinja",
     "vocab.json",
+    "tokenizer.model",
+    "added_tokens.json",
+    "chat_template.json",
+    "preprocessor_config.json",
+    "processor_config.json",
 ];
 
 /// Writes `out_dir` with the merged weights (in the base dtype) in one
@@ -48,6 +54,9 @@ fn write_merged(
     base: &MappedWeights,
     merged: &BTreeMap<String, Tensor>,
 ) -> Result<()> {
+    // A tensor is written under the name it is stored under (a multimodal
+    // Gemma 3's hub layout stays as it was); `merged` uses names in memory.
+    let in_memory: BTreeMap<&str, &str> = base.names().map(|n| (base.stored_name(n), n)).collect();
     let entries: Vec<TensorEntry> = base
         .names()
         .filter_map(|name| {
@@ -59,7 +68,7 @@ fn write_merged(
                 }
             };
             Some(TensorEntry {
-                name: name.to_string(),
+                name: base.stored_name(name).to_string(),
                 dtype,
                 shape,
             })
@@ -68,10 +77,11 @@ fn write_merged(
     let metadata = BTreeMap::from([("format".to_string(), "pt".to_string())]);
     let path = dir.join("model.safetensors");
     write_safetensors_streamed(&path, &entries, &metadata, |e| {
-        Ok(match merged.get(&e.name) {
+        let name = in_memory[e.name.as_str()];
+        Ok(match merged.get(name) {
             Some(t) => Cow::Owned(HostTensor::from_gpu(t)?.bytes),
             None => base
-                .get(&e.name)
+                .get(name)
                 .map_or(Cow::Borrowed(&[][..]), |t| t.into_dense().bytes),
         })
     })?;

@@ -17,8 +17,9 @@ use super::{Batch, Batcher, MemoryEstimate, PrepareReport, StepShape};
 use crate::autograd::no_grad;
 use crate::data::Example;
 use crate::error::{arg_err, Error, Result};
-use crate::io::{AdapterConfig, AdapterWeights};
-use crate::nn::Llama;
+use crate::io::hf::CAUSAL_LM;
+use crate::io::{AdapterConfig, AdapterWeights, TargetModules};
+use crate::nn::{decoder_targets_regex, Llama};
 use crate::ops;
 use crate::optim::AdamW;
 use crate::tensor::Tensor;
@@ -129,7 +130,14 @@ impl Trainer {
         adapter_config.use_rslora = config.rslora;
         adapter_config.lora_dropout = config.dropout;
         adapter_config.task_type = Some("CAUSAL_LM".into());
-        if layers.len() != model.layers.len() {
+        if model.config.decoder_prefix != CAUSAL_LM {
+            // A multimodal model: name the language model's modules only.
+            adapter_config.target_modules = TargetModules::Regex(decoder_targets_regex(
+                &model.config,
+                &config.target_names(&model),
+                layers,
+            ));
+        } else if layers.len() != model.layers.len() {
             adapter_config.other.insert(
                 "layers_to_transform".into(),
                 layers.collect::<Vec<_>>().into(),
