@@ -6,6 +6,10 @@
 
 const ROW_LANES: u32 = 64u;
 
+// Rows per chunk of a column sum (reduce.wgsl's sum_cols, the DoRA backward's
+// column sums): each chunk is summed by its own invocations, in parallel.
+const COL_CHUNK_ROWS: u32 = 32u;
+
 var<workgroup> scratch: array<f32, ROW_LANES>;
 
 // Sum of `v` over the ROW_LANES invocations; every invocation gets the result.

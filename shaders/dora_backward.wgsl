@@ -2,6 +2,8 @@
 // the [rows, cols] output gradient g, one invocation per output column j:
 //   h[i, j] = g[i, j] * c[j]                       c = m / ||V||: what the products' backward takes
 //   gy[j]   = sum_i g[i, j] * (y[i, j] - bias[j])  y - bias = c * (x.V^T), so dL/dm = gy / m
+// gy is written per chunk of COL_CHUNK_ROWS rows (workgroup_id.y), as
+// [chunks, cols], so tall gradients still fill a GPU; the caller sums the chunks.
 // Three separate passes (scale, product, column sum) read g twice and write
 // and re-read a [rows, cols] temporary; this reads g and y once.
 
@@ -25,9 +27,8 @@ struct Params {
 fn dora_backward_prep(
     @builtin(local_invocation_index) lid: u32,
     @builtin(workgroup_id) wid: vec3<u32>,
-    @builtin(num_workgroups) nwg: vec3<u32>,
 ) {
-    let col = group_index(wid, nwg) * 64u + lid;
+    let col = wid.x * 64u + lid;
     if (col >= p.cols) {
         return;
     }
@@ -37,11 +38,12 @@ fn dora_backward_prep(
         b = bias[col];
     }
     var s = 0.0;
-    for (var i = 0u; i < p.rows; i++) {
+    let first = wid.y * COL_CHUNK_ROWS;
+    for (var i = first; i < min(p.rows, first + COL_CHUNK_ROWS); i++) {
         let idx = i * p.cols + col;
         let gi = g[idx];
         h[idx] = gi * scale;
         s = s + gi * (y[idx] - b);
     }
-    gy[col] = s;
+    gy[wid.y * p.cols + col] = s;
 }

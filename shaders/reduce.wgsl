@@ -1,6 +1,9 @@
 // Reductions of an [rows, cols] matrix, scaled by alpha:
 //   sum_rows: out[i] = alpha * sum_j x[i, j]   (one ROW_LANES-wide workgroup per row)
-//   sum_cols: out[j] = alpha * sum_i x[i, j]   (one invocation per column)
+//   sum_cols: out[c, j] = alpha * sum of x[i, j] over the rows i of chunk c
+//     (COL_CHUNK_ROWS rows; workgroup_id.y = c): one invocation per column
+//     and chunk, so tall matrices still fill a GPU; the caller sums the
+//     chunks' rows again while there is more than one
 //   sum_squares_into: out[rows] = alpha * sum x^2 over all cols elements (one
 //     workgroup; gradient norms write one slot per parameter of a shared buffer)
 
@@ -38,17 +41,18 @@ fn sum_rows(
 fn sum_cols(
     @builtin(local_invocation_index) lid: u32,
     @builtin(workgroup_id) wid: vec3<u32>,
-    @builtin(num_workgroups) nwg: vec3<u32>,
 ) {
-    let col = group_index(wid, nwg) * 256u + lid;
+    let col = wid.x * 256u + lid;
     if (col >= p.cols) {
         return;
     }
+    let first = wid.y * COL_CHUNK_ROWS;
+    let end = min(p.rows, first + COL_CHUNK_ROWS);
     var s = 0.0;
-    for (var i = 0u; i < p.rows; i++) {
+    for (var i = first; i < end; i++) {
         s = s + x[i * p.cols + col];
     }
-    out[col] = p.alpha * s;
+    out[wid.y * p.cols + col] = p.alpha * s;
 }
 
 @compute @workgroup_size(ROW_LANES)

@@ -33,8 +33,8 @@ pub mod train;
 pub use autograd::{is_grad_enabled, no_grad, NoGradGuard};
 pub use error::{describe_panic, Error, Result};
 pub use gpu::{
-    list_adapters, AttentionKernels, Gpu, GpuOptions, KernelTime, MatmulKernels, MemoryStats,
-    PoolLimits,
+    describe_adapters, list_adapters, AdapterReport, AttentionKernels, Gpu, GpuOptions, KernelTime,
+    MatmulKernels, MemoryStats, PoolLimits,
 };
 pub use tensor::{DType, Quant, Tensor};
 pub use tokenizer::{ChatMessage, Tokenizer};

@@ -168,6 +168,39 @@ fn devices_lists_the_adapter_in_use() {
     let (ok, out, err) = run(&["devices"]);
     assert!(ok, "{err}");
     assert!(!out.trim().is_empty());
+    // --json: each adapter's features and limits as wgpu itself reports them.
+    let (ok, out, err) = run(&["devices", "--json"]);
+    assert!(ok, "{err}");
+    let reports: Vec<serde_json::Value> = serde_json::from_str(&out).unwrap();
+    let instance =
+        wgpu::Instance::new(wgpu::InstanceDescriptor::new_without_display_handle_from_env());
+    let adapters =
+        pollster::block_on(instance.enumerate_adapters(wgpu::Backends::all().with_env()));
+    assert_eq!(reports.len(), adapters.len(), "{out}");
+    for (report, adapter) in reports.iter().zip(&adapters) {
+        let (info, limits) = (adapter.get_info(), adapter.limits());
+        assert_eq!(report["name"], info.name.as_str());
+        assert_eq!(report["backend"], format!("{:?}", info.backend).as_str());
+        assert_eq!(
+            report["subgroups"],
+            adapter.features().contains(wgpu::Features::SUBGROUP)
+        );
+        assert_eq!(
+            report["max_compute_workgroup_storage_size"],
+            limits.max_compute_workgroup_storage_size
+        );
+        assert_eq!(
+            report["cooperative_matrix"],
+            adapter
+                .features()
+                .contains(wgpu::Features::EXPERIMENTAL_COOPERATIVE_MATRIX)
+        );
+    }
+    let in_use = common::gpu().adapter_name();
+    assert!(
+        reports.iter().any(|r| r["name"] == in_use),
+        "{in_use} missing from {out}"
+    );
 }
 
 #[test]

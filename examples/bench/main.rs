@@ -3,7 +3,7 @@
 //! DoRA and LoRA training steps, and merged-model against base-model forward.
 //!
 //!     cargo run --release --example bench -- [--json FILE] [--quick] [--profile]
-//!         [--model DIR] [--batch 4] [--seq 128] [--train-steps 3]
+//!         [--model DIR]... [--batch 4] [--seq 128] [--train-steps 3]
 //!         [--memory-steps 300] [--model-memory-steps 50]
 //!
 //! Times are medians of repeated runs after a warm-up, taken around a
@@ -157,7 +157,12 @@ fn run() -> dora_wgpu::Result<()> {
             })
         })
     };
-    let user_model = value("--model").map(std::path::PathBuf::from);
+    // --model may be given more than once (e.g. a 135M and a 1B model).
+    let user_models: Vec<std::path::PathBuf> = args
+        .windows(2)
+        .filter(|w| w[0] == "--model")
+        .map(|w| w[1].clone().into())
+        .collect();
     let profile = args.iter().any(|a| a == "--profile");
     let batch = number("--batch", 4)?;
     let seq = number("--seq", 128)?;
@@ -295,7 +300,7 @@ fn run() -> dora_wgpu::Result<()> {
     // End-to-end training steps: the embedded model, then --model if given.
     let default_dir = dora_wgpu::assets::default_model_dir()?;
     let mut models = vec![("default".to_string(), default_dir.clone())];
-    if let Some(dir) = &user_model {
+    for dir in &user_models {
         let name = dir
             .file_name()
             .map_or("model".into(), |n| n.to_string_lossy().to_string());
@@ -441,7 +446,7 @@ fn run() -> dora_wgpu::Result<()> {
     }
 
     // Merging DoRA into the weights: inference must cost what the base model costs.
-    let fwd_model = user_model.clone().unwrap_or(default_dir.clone());
+    let fwd_model = user_models.first().unwrap_or(&default_dir).clone();
     let (fb, fs) = if quick { (1, 32) } else { (batch, seq) };
     let fwd = merged_forward_times(&gpu, &fwd_model, fb, fs, repeats)?;
     println!(
@@ -496,6 +501,7 @@ fn run() -> dora_wgpu::Result<()> {
 
     let report = json!({
         "adapter": gpu.adapter_name(),
+        "adapter_report": gpu.adapter_report(),
         "backend": format!("{:?}", gpu.backend()),
         "fma_peak_gflops": peak,
         "fma_peak_end_gflops": peak_end,

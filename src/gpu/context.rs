@@ -139,6 +139,8 @@ pub(crate) struct GpuInner {
     pub broadcast_lanes: u32,
     /// The attention path (`Auto` decides per call, by size).
     pub attention: AttentionKernels,
+    /// What the adapter offers, where this context opened it itself.
+    pub report: Option<AdapterReport>,
     /// The first uncaptured device error, reported at the next synchronisation.
     pub device_error: Arc<Mutex<Option<String>>>,
     /// Per-kernel times while profiling is on (see [`Gpu::start_profiling`]).
@@ -225,6 +227,7 @@ impl Gpu {
         });
         let adapter = pick_adapter(&instance, options)?;
         let info = adapter.get_info();
+        let report = AdapterReport::of(&adapter);
         // The adapter's own limits: wgpu's defaults (128 MiB bindings, 256 MiB
         // buffers) are too small for the embedding and LM-head weights of real models.
         let limits = adapter.limits();
@@ -249,6 +252,7 @@ impl Gpu {
             kernels,
             options.broadcast_lanes,
             attention,
+            Some(report),
         )?;
         gpu.set_memory_limits(options.memory);
         // Our own device: route uncaptured errors to the next sync instead of panicking.
@@ -287,6 +291,7 @@ impl Gpu {
             MatmulKernels::Auto,
             None,
             AttentionKernels::Auto,
+            None,
         )
     }
 
@@ -297,6 +302,7 @@ impl Gpu {
         matmul_kernels: MatmulKernels,
         broadcast_lanes: Option<u32>,
         attention: AttentionKernels,
+        report: Option<AdapterReport>,
     ) -> Result<Gpu> {
         let limits = device.limits();
         // The most storage buffers any kernel binds (WebGPU guarantees 8).
@@ -328,6 +334,7 @@ impl Gpu {
                 matmul_kernels,
                 broadcast_lanes,
                 attention,
+                report,
                 device_error: Arc::new(Mutex::new(None)),
                 profile: Mutex::new(None),
                 pass_timer,
@@ -343,6 +350,12 @@ impl Gpu {
     /// The backend in use: Vulkan, Metal, Dx12 or Gl.
     pub fn backend(&self) -> wgpu::Backend {
         self.inner.info.backend
+    }
+
+    /// What the adapter offers the kernels, where this context opened the
+    /// device itself (`None` for [`Gpu::from_device`]).
+    pub fn adapter_report(&self) -> Option<&AdapterReport> {
+        self.inner.report.as_ref()
     }
 
     /// How this context computes attention ([`GpuOptions::attention`]).
@@ -513,6 +526,91 @@ pub fn list_adapters(backends: wgpu::Backends) -> Vec<wgpu::AdapterInfo> {
     pollster::block_on(instance.enumerate_adapters(backends))
         .iter()
         .map(|a| a.get_info())
+        .collect()
+}
+
+/// What an adapter offers the kernels: the features and limits tile sizes and
+/// kernel paths are chosen from (`dora-wgpu devices` prints them; the
+/// benchmark's JSON carries the one it ran on).
+#[derive(Clone, Debug, PartialEq, serde::Serialize)]
+pub struct AdapterReport {
+    pub name: String,
+    pub backend: String,
+    pub device_type: String,
+    pub driver: String,
+    pub driver_info: String,
+    /// Subgroup operations (`Features::SUBGROUP`), with the sizes a subgroup may have.
+    pub subgroups: bool,
+    pub subgroup_sizes: (u32, u32),
+    pub shader_f16: bool,
+    pub timestamp_query: bool,
+    /// `Features::EXPERIMENTAL_COOPERATIVE_MATRIX`, and the configurations
+    /// the adapter reports, as "M×N×K A/B type → C type".
+    pub cooperative_matrix: bool,
+    pub cooperative_matrix_configs: Vec<String>,
+    pub max_compute_workgroup_storage_size: u32,
+    pub max_compute_invocations_per_workgroup: u32,
+    pub max_storage_buffer_binding_size: u64,
+    pub max_buffer_size: u64,
+}
+
+impl AdapterReport {
+    fn of(adapter: &wgpu::Adapter) -> AdapterReport {
+        let info = adapter.get_info();
+        let features = adapter.features();
+        let limits = adapter.limits();
+        let configs = if features.contains(wgpu::Features::EXPERIMENTAL_COOPERATIVE_MATRIX) {
+            adapter
+                .cooperative_matrix_properties()
+                .iter()
+                .map(|c| {
+                    format!(
+                        "{}×{}×{} {:?} → {:?}{}",
+                        c.m_size,
+                        c.n_size,
+                        c.k_size,
+                        c.ab_type,
+                        c.cr_type,
+                        if c.saturating_accumulation {
+                            " (saturating)"
+                        } else {
+                            ""
+                        }
+                    )
+                })
+                .collect()
+        } else {
+            Vec::new()
+        };
+        AdapterReport {
+            name: info.name.clone(),
+            backend: format!("{:?}", info.backend),
+            device_type: format!("{:?}", info.device_type),
+            driver: info.driver.clone(),
+            driver_info: info.driver_info.clone(),
+            subgroups: features.contains(wgpu::Features::SUBGROUP),
+            subgroup_sizes: (info.subgroup_min_size, info.subgroup_max_size),
+            shader_f16: features.contains(wgpu::Features::SHADER_F16),
+            timestamp_query: features.contains(wgpu::Features::TIMESTAMP_QUERY),
+            cooperative_matrix: features.contains(wgpu::Features::EXPERIMENTAL_COOPERATIVE_MATRIX),
+            cooperative_matrix_configs: configs,
+            max_compute_workgroup_storage_size: limits.max_compute_workgroup_storage_size,
+            max_compute_invocations_per_workgroup: limits.max_compute_invocations_per_workgroup,
+            max_storage_buffer_binding_size: limits.max_storage_buffer_binding_size,
+            max_buffer_size: limits.max_buffer_size,
+        }
+    }
+}
+
+/// Every adapter wgpu finds on `backends`, with what each offers the kernels.
+pub fn describe_adapters(backends: wgpu::Backends) -> Vec<AdapterReport> {
+    let instance = wgpu::Instance::new(wgpu::InstanceDescriptor {
+        backends,
+        ..wgpu::InstanceDescriptor::new_without_display_handle_from_env()
+    });
+    pollster::block_on(instance.enumerate_adapters(backends))
+        .iter()
+        .map(AdapterReport::of)
         .collect()
 }
 

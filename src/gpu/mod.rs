@@ -6,7 +6,10 @@ mod context;
 mod pipeline;
 mod pool;
 
-pub use context::{list_adapters, AttentionKernels, Gpu, GpuOptions, KernelTime, MatmulKernels};
+pub use context::{
+    describe_adapters, list_adapters, AdapterReport, AttentionKernels, Gpu, GpuOptions, KernelTime,
+    MatmulKernels,
+};
 pub use pool::{MemoryStats, PoolLimits};
 
 use crate::error::{Error, Result};

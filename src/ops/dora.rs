@@ -147,8 +147,9 @@ fn backward_prep(
         _pad: u32,
     }
     let (rows, cols) = super::rows_cols(g);
+    let chunks = rows.div_ceil(super::reduce::COL_CHUNK_ROWS).max(1);
     let h = Tensor::empty(g.gpu(), g.shape(), DType::F32)?;
-    let gy = Tensor::empty(g.gpu(), &[cols], DType::F32)?;
+    let gy = Tensor::empty(g.gpu(), &[chunks, cols], DType::F32)?;
     let params = Params {
         rows: rows as u32,
         cols: cols as u32,
@@ -159,8 +160,13 @@ fn backward_prep(
         Kernel::DoraBackwardPrep,
         &params,
         &[g, y, c, bias.unwrap_or(c), &h, &gy],
-        groups(cols.div_ceil(64)),
+        [cols.div_ceil(64) as u32, chunks as u32, 1],
     )?;
+    let gy = if chunks == 1 {
+        super::reshape(&gy, &[cols])?
+    } else {
+        super::reduce::sum_cols_raw(&gy, 1.0)?
+    };
     Ok((h, gy))
 }
 

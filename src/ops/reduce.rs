@@ -2,7 +2,7 @@
 //! (a broadcast of the incoming gradient back to the input's shape).
 
 use super::elementwise::expand;
-use super::{groups, groups_for_elements, launch, rows_cols};
+use super::{groups, launch, rows_cols};
 use crate::autograd::record;
 use crate::error::Result;
 use crate::shaders::{Broadcast, Kernel};
@@ -36,24 +36,34 @@ pub(crate) fn sum_rows_raw(x: &Tensor, alpha: f32) -> Result<Tensor> {
     Ok(out)
 }
 
-/// alpha * sum over all leading dimensions: [..., c] -> [c].
+/// Rows per chunk of a column sum: `COL_CHUNK_ROWS` in shaders/common.wgsl.
+pub(crate) const COL_CHUNK_ROWS: usize = 32;
+
+/// alpha * sum over all leading dimensions: [..., c] -> [c]. Chunks of
+/// [`COL_CHUNK_ROWS`] rows are summed in parallel into [chunks, c], which
+/// is summed again until one row is left.
 pub(crate) fn sum_cols_raw(x: &Tensor, alpha: f32) -> Result<Tensor> {
     x.expect_f32("sum_cols", "input")?;
     let (rows, cols) = rows_cols(x);
-    let out = Tensor::empty(x.gpu(), &[cols], DType::F32)?;
+    let chunks = rows.div_ceil(COL_CHUNK_ROWS).max(1);
+    let out = Tensor::empty(x.gpu(), &[chunks, cols], DType::F32)?;
     let params = Params {
         rows: rows as u32,
         cols: cols as u32,
-        alpha,
+        alpha: if chunks == 1 { alpha } else { 1.0 },
         _pad: 0,
     };
     launch(
         Kernel::SumCols,
         &params,
         &[x, &out],
-        groups_for_elements(cols),
+        [cols.div_ceil(256) as u32, chunks as u32, 1],
     )?;
-    Ok(out)
+    if chunks == 1 {
+        super::reshape(&out, &[cols])
+    } else {
+        sum_cols_raw(&out, alpha)
+    }
 }
 
 /// Sum over the last dimension: [..., c] -> [...].

@@ -28,10 +28,17 @@ struct Cli {
     command: Option<Command>,
 }
 
+#[derive(Args)]
+struct DevicesArgs {
+    /// Print the reports as JSON
+    #[arg(long)]
+    json: bool,
+}
+
 #[derive(Subcommand)]
 enum Command {
-    /// List the GPU adapters and their backends
-    Devices,
+    /// List the GPU adapters, their backends and what they offer the kernels
+    Devices(DevicesArgs),
     /// Report the loss and perplexity of a model (and adapter) on a JSONL file
     Eval(EvalArgs),
     /// Stream a continuation of a prompt (KV cache; greedy unless --temperature)
@@ -178,19 +185,38 @@ fn load_model(gpu: &Gpu, model: &Path, adapter: Option<&Path>) -> Result<Llama> 
     Ok(model)
 }
 
-fn devices() -> Result<()> {
-    let adapters = dora_wgpu::list_adapters(dora_wgpu::wgpu::Backends::all().with_env());
+fn devices(args: DevicesArgs) -> Result<()> {
+    let adapters = dora_wgpu::describe_adapters(dora_wgpu::wgpu::Backends::all().with_env());
     if adapters.is_empty() {
         return Err(Error::NoAdapter(
             "none found; install a Vulkan driver (e.g. Mesa's mesa-vulkan-drivers)".into(),
         ));
     }
-    for a in adapters {
+    if args.json {
         println!(
-            "{:<8} {:<14} {}",
-            format!("{:?}", a.backend),
-            format!("{:?}", a.device_type),
-            a.name
+            "{}",
+            serde_json::to_string_pretty(&adapters).expect("reports serialize")
+        );
+        return Ok(());
+    }
+    for a in adapters {
+        println!("{:<8} {:<14} {}", a.backend, a.device_type, a.name);
+        let yes_no = |b: bool| if b { "yes" } else { "no" };
+        let coop = if a.cooperative_matrix_configs.is_empty() {
+            yes_no(a.cooperative_matrix).to_string()
+        } else {
+            a.cooperative_matrix_configs.join(", ")
+        };
+        println!(
+            "         subgroups {} ({}..{}), shader-f16 {}, timestamps {}, cooperative matrix {coop}; \
+             workgroup memory {} KiB, {} invocations",
+            yes_no(a.subgroups),
+            a.subgroup_sizes.0,
+            a.subgroup_sizes.1,
+            yes_no(a.shader_f16),
+            yes_no(a.timestamp_query),
+            a.max_compute_workgroup_storage_size / 1024,
+            a.max_compute_invocations_per_workgroup
         );
     }
     Ok(())
@@ -302,7 +328,7 @@ fn convert(args: ConvertArgs) -> Result<()> {
 
 fn run(command: Command) -> Result<()> {
     match command {
-        Command::Devices => devices(),
+        Command::Devices(args) => devices(args),
         Command::Eval(args) => eval(args),
         Command::Generate(args) => generate(args),
         Command::Merge(args) => merge(args),
