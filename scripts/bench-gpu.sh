@@ -93,7 +93,10 @@ done
 model_args=()
 for m in "${models[@]}"; do model_args+=(--model "$m"); done
 
-step bench target/release/examples/bench --json "$OUT/bench.json" "${model_args[@]}" "$@"
+# Shorter memory runs than the bench's defaults, to stay within the budget with
+# a 1B model (the bench takes the first of repeated options: the caller's win).
+step bench target/release/examples/bench --json "$OUT/bench.json" "${model_args[@]}" "$@" \
+  --memory-steps 100 --model-memory-steps 20
 
 # The same models and shape for PyTorch+PEFT: the embedded default model
 # (assets/default-model) and each benchmark model; --quick trains 2 × 32 there.
