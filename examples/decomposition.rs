@@ -20,7 +20,7 @@ use std::ops::ControlFlow;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
-use dora_wgpu::data::{read_jsonl, Example};
+use dora_wgpu::text::data::{read_jsonl, Example};
 use dora_wgpu::io::hf::load_weights;
 use dora_wgpu::io::{write_safetensors, HostTensor};
 use dora_wgpu::nn::{Linear, Llama, Projection, PROJECTIONS};

@@ -8,7 +8,7 @@
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicUsize, Ordering};
 
-use dora_wgpu::tokenizer::{ChatMessage, Tokenizer};
+use dora_wgpu::text::{ChatMessage, Tokenizer};
 use dora_wgpu::Error;
 use serde_json::Value;
 

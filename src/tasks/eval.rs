@@ -1,7 +1,7 @@
 //! `eval`: token-weighted mean negative log-likelihood over a JSONL file.
 
 use crate::autograd::no_grad;
-use crate::data::Example;
+use crate::text::data::Example;
 use crate::error::{arg_err, Error, Result};
 use crate::nn::Llama;
 use crate::ops;

@@ -2,7 +2,7 @@
 //! length, a per-epoch shuffle that depends only on (seed, epoch), and a data
 //! position that is one counter, so a resumed run sees the same batches.
 
-use crate::data::Example;
+use crate::text::data::Example;
 use crate::ops::IGNORE_INDEX;
 
 /// One micro-batch: token ids [batch, seq] and next-token targets [batch, seq]

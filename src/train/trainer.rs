@@ -15,7 +15,7 @@ use super::metrics::{self, MetricsLog, StepStats};
 use super::{estimate_step_memory, format_bytes, learning_rate, prepare};
 use super::{Batch, Batcher, MemoryEstimate, PrepareReport, StepShape};
 use crate::autograd::no_grad;
-use crate::data::Example;
+use crate::text::data::Example;
 use crate::error::{arg_err, Error, Result};
 use crate::io::hf::CAUSAL_LM;
 use crate::io::{AdapterConfig, AdapterWeights, TargetModules};

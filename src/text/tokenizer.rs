@@ -47,6 +47,7 @@ use tokenizers::AddedToken;
 
 use crate::error::{Error, Result};
 
+#[path = "gguf.rs"]
 mod gguf;
 
 /// One chat turn. Deserializes from `{"role": ..., "content": ...}` (other keys

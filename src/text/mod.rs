@@ -1,0 +1,7 @@
+//! Text: tokenizers (a model directory's `tokenizer.json`, or a GGUF file's
+//! metadata), chat templates, and JSONL examples tokenized for training.
+
+pub mod data;
+pub mod tokenizer;
+
+pub use tokenizer::{ChatMessage, DecodeStream, Tokenizer};
