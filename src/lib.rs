@@ -36,9 +36,9 @@ pub use gpu::{
     PoolLimits,
 };
 pub use tensor::{DType, Quant, Tensor};
-pub use text::{ChatMessage, Tokenizer};
 /// Former module paths, kept for applications that import them.
 pub use text::{data, tokenizer};
+pub use text::{ChatMessage, Tokenizer};
 /// The wgpu this crate is built on, for applications that share their device.
 pub use wgpu;
 

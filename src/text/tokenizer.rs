@@ -28,45 +28,24 @@
 //!   model-specific classes (Qwen2, GPT-2, Gemma, ...) rebuild the same
 //!   pipeline their standard `tokenizer.json` holds, so the file is used as is.
 //!
-//! Chat templates render with minijinja configured like transformers' Jinja
-//! sandbox: `trim_blocks`, `lstrip_blocks`, loop controls, `raise_exception`,
-//! `strftime_now` (UTC), a `tojson` that writes like Python's `json.dumps`,
-//! Python string/dict methods (`.strip()`, `.items()`, ...), and the special
-//! tokens (`bos_token`, `eos_token`, ...) as variables.
+//! The JSON files are read into typed serde structs (an error names the file
+//! and the field); chat templates render as `chat_template.rs` describes.
 
-use std::fmt::Write as _;
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
-use std::sync::OnceLock;
 
-use minijinja::value::{Kwargs, Value, ValueKind};
-use minijinja::{Environment, ErrorKind};
-use serde::Deserialize;
+use serde::de::{DeserializeOwned, IgnoredAny};
+use serde::{Deserialize, Deserializer};
 use serde_json::Value as Json;
 use tokenizers::processors::template::{Template, TemplateProcessing};
 use tokenizers::AddedToken;
 
+pub use super::chat_template::ChatMessage;
+use super::chat_template::{ConfigTemplates, TemplateState};
 use crate::error::{Error, Result};
 
 #[path = "gguf.rs"]
 mod gguf;
-
-/// One chat turn. Deserializes from `{"role": ..., "content": ...}` (other keys
-/// are ignored), so a JSONL line `{"messages": [...]}` parses into a
-/// `Vec<ChatMessage>`.
-#[derive(Clone, Debug, PartialEq, Eq, Deserialize, serde::Serialize)]
-pub struct ChatMessage {
-    pub role: String,
-    pub content: String,
-}
-
-impl ChatMessage {
-    pub fn new(role: impl Into<String>, content: impl Into<String>) -> Self {
-        ChatMessage {
-            role: role.into(),
-            content: content.into(),
-        }
-    }
-}
 
 /// A Hugging Face tokenizer with its special tokens and chat template.
 pub struct Tokenizer {
@@ -85,24 +64,7 @@ pub struct Tokenizer {
     chat_template: TemplateState,
 }
 
-struct ChatTemplate {
-    /// The file the template came from (for error messages).
-    path: PathBuf,
-    source: String,
-    compiled: OnceLock<std::result::Result<Environment<'static>, String>>,
-}
-
-const SPECIAL_TOKEN_KEYS: [&str; 7] = [
-    "bos_token",
-    "eos_token",
-    "unk_token",
-    "sep_token",
-    "pad_token",
-    "cls_token",
-    "mask_token",
-];
-
-fn one_line(s: impl std::fmt::Display) -> String {
+pub(super) fn one_line(s: impl std::fmt::Display) -> String {
     s.to_string()
         .split(['\n', '\r'])
         .map(str::trim)
@@ -111,19 +73,21 @@ fn one_line(s: impl std::fmt::Display) -> String {
         .join(" ")
 }
 
-fn show(p: &Path) -> String {
+pub(super) fn show(p: &Path) -> String {
     p.display().to_string()
 }
 
-fn format_err(path: &Path, message: impl Into<String>) -> Error {
+pub(super) fn format_err(path: &Path, message: impl Into<String>) -> Error {
     Error::Format {
         path: show(path),
         message: one_line(message.into()),
     }
 }
 
-/// Reads and parses an optional JSON file: `Ok(None)` when it does not exist.
-fn read_json(path: &Path) -> Result<Option<Json>> {
+/// Reads and parses an optional JSON file into `T`: `Ok(None)` when it does
+/// not exist. An error names the file and, for a wrong value, the field
+/// (`field eos_token: ...`).
+fn read_config<T: DeserializeOwned>(path: &Path) -> Result<Option<T>> {
     let bytes = match std::fs::read(path) {
         Ok(b) => b,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
@@ -134,74 +98,164 @@ fn read_json(path: &Path) -> Result<Option<Json>> {
             })
         }
     };
-    serde_json::from_slice(&bytes)
-        .map(Some)
-        .map_err(|e| format_err(path, format!("invalid JSON: {e}")))
-}
-
-/// A special token in `tokenizer_config.json`: a string, an AddedToken object
-/// (`{"content": ..., "lstrip": ..., ...}`) or null.
-fn parse_special(path: &Path, key: &str, v: &Json) -> Result<Option<AddedToken>> {
-    match v {
-        Json::Null => Ok(None),
-        Json::String(s) => Ok(Some(AddedToken::from(s.clone(), true))),
-        Json::Object(o) => {
-            let Some(content) = o.get("content").and_then(Json::as_str) else {
-                return Err(format_err(
-                    path,
-                    format!("field \"{key}\": an object needs a string \"content\""),
-                ));
-            };
-            Ok(Some(added_token_from_object(content, o, true)))
+    let mut de = serde_json::Deserializer::from_slice(&bytes);
+    let value = serde_path_to_error::deserialize(&mut de).map_err(|e| {
+        let field = e.path().to_string();
+        let inner = e.into_inner();
+        if !inner.is_data() {
+            format_err(path, format!("invalid JSON: {inner}"))
+        } else if field == "." {
+            format_err(path, inner.to_string())
+        } else {
+            format_err(path, format!("field {field}: {inner}"))
         }
-        _ => Err(format_err(
-            path,
-            format!("field \"{key}\": expected a string or {{\"content\": ...}}, got {v}"),
-        )),
+    })?;
+    de.end()
+        .map_err(|e| format_err(path, format!("invalid JSON: {e}")))?;
+    Ok(Some(value))
+}
+
+/// `tokenizer_config.json`: the fields transformers 5 reads when
+/// `tokenizer.json` exists.
+#[derive(Default, Deserialize)]
+struct TokenizerConfig {
+    bos_token: Option<SpecialToken>,
+    eos_token: Option<SpecialToken>,
+    unk_token: Option<SpecialToken>,
+    sep_token: Option<SpecialToken>,
+    pad_token: Option<SpecialToken>,
+    cls_token: Option<SpecialToken>,
+    mask_token: Option<SpecialToken>,
+    /// Added tokens by id (JSON keys are the ids as strings).
+    #[serde(default)]
+    added_tokens_decoder: BTreeMap<u64, AddedTokenEntry>,
+    /// Checked, then ignored as transformers 5 ignores them.
+    #[allow(dead_code)]
+    add_bos_token: Option<bool>,
+    #[allow(dead_code)]
+    add_eos_token: Option<bool>,
+    split_special_tokens: Option<bool>,
+    clean_up_tokenization_spaces: Option<bool>,
+    chat_template: Option<ConfigTemplates>,
+    /// Read by transformers only as `is True` / `is False` (any other value
+    /// counts as unset), as are `tokenizer_class`'s strings.
+    #[serde(default, deserialize_with = "lenient")]
+    legacy: Option<bool>,
+    #[serde(default, deserialize_with = "lenient")]
+    add_prefix_space: Option<bool>,
+    #[serde(default, deserialize_with = "lenient")]
+    tokenizer_class: Option<String>,
+    /// Present at all: remote code, which keeps tokenizer.json as is.
+    #[serde(default, deserialize_with = "present")]
+    auto_map: bool,
+}
+
+/// The fields of a model's `config.json` the tokenizer class depends on; a
+/// value of another type counts as absent.
+#[derive(Default, Deserialize)]
+struct ModelConfig {
+    #[serde(default, deserialize_with = "lenient")]
+    tokenizer_class: Option<String>,
+    #[serde(default, deserialize_with = "lenient")]
+    model_type: Option<String>,
+}
+
+/// `generation_config.json`'s stop ids: one id, a list, or null.
+#[derive(Default, Deserialize)]
+struct GenerationConfig {
+    eos_token_id: Option<TokenIds>,
+}
+
+#[derive(Deserialize)]
+#[serde(untagged, expecting = "a token id or a list of ids")]
+enum TokenIds {
+    One(u32),
+    Many(Vec<u32>),
+}
+
+/// A named special token: a string, or an AddedToken object.
+#[derive(Deserialize)]
+#[serde(untagged, expecting = "a string or {\"content\": ...}")]
+enum SpecialToken {
+    Text(String),
+    Object(AddedTokenEntry),
+}
+
+/// An AddedToken object (`{"content": ..., "lstrip": ..., ...}`); flags that
+/// are not booleans count as unset.
+#[derive(Deserialize)]
+struct AddedTokenEntry {
+    content: String,
+    #[serde(default, deserialize_with = "lenient")]
+    special: Option<bool>,
+    #[serde(default, deserialize_with = "lenient")]
+    single_word: Option<bool>,
+    #[serde(default, deserialize_with = "lenient")]
+    lstrip: Option<bool>,
+    #[serde(default, deserialize_with = "lenient")]
+    rstrip: Option<bool>,
+    #[serde(default, deserialize_with = "lenient")]
+    normalized: Option<bool>,
+}
+
+/// Any JSON value: `Some` when it is a `T`, else `None`.
+fn lenient<'de, D: Deserializer<'de>, T: DeserializeOwned>(
+    d: D,
+) -> std::result::Result<Option<T>, D::Error> {
+    Ok(serde_json::from_value(Json::deserialize(d)?).ok())
+}
+
+/// Whether the field is present, whatever its value.
+fn present<'de, D: Deserializer<'de>>(d: D) -> std::result::Result<bool, D::Error> {
+    IgnoredAny::deserialize(d).map(|_| true)
+}
+
+impl AddedTokenEntry {
+    fn to_added_token(&self, default_special: bool) -> AddedToken {
+        let special = self.special.unwrap_or(default_special);
+        AddedToken::from(self.content.clone(), special)
+            .single_word(self.single_word.unwrap_or(false))
+            .lstrip(self.lstrip.unwrap_or(false))
+            .rstrip(self.rstrip.unwrap_or(false))
+            .normalized(self.normalized.unwrap_or(!special))
     }
 }
 
-fn added_token_from_object(
-    content: &str,
-    o: &serde_json::Map<String, Json>,
-    default_special: bool,
-) -> AddedToken {
-    let flag = |k: &str| o.get(k).and_then(Json::as_bool);
-    let special = flag("special").unwrap_or(default_special);
-    AddedToken::from(content.to_string(), special)
-        .single_word(flag("single_word").unwrap_or(false))
-        .lstrip(flag("lstrip").unwrap_or(false))
-        .rstrip(flag("rstrip").unwrap_or(false))
-        .normalized(flag("normalized").unwrap_or(!special))
-}
-
-fn parse_bool(path: &Path, key: &str, v: Option<&Json>) -> Result<Option<bool>> {
-    match v {
-        None => Ok(None),
-        Some(Json::Null) => Ok(Some(false)),
-        Some(Json::Bool(b)) => Ok(Some(*b)),
-        Some(other) => Err(format_err(
-            path,
-            format!("field \"{key}\": expected true or false, got {other}"),
-        )),
+impl SpecialToken {
+    fn to_added_token(&self) -> AddedToken {
+        match self {
+            SpecialToken::Text(s) => AddedToken::from(s.clone(), true),
+            SpecialToken::Object(o) => o.to_added_token(true),
+        }
     }
 }
 
-fn parse_ids(path: &Path, key: &str, v: &Json) -> Result<Vec<u32>> {
-    let one = |x: &Json| -> Result<u32> {
-        x.as_u64()
-            .and_then(|n| u32::try_from(n).ok())
-            .ok_or_else(|| {
-                format_err(
-                    path,
-                    format!("field \"{key}\": expected a token id or a list of ids, got {v}"),
-                )
-            })
-    };
-    match v {
-        Json::Null => Ok(vec![]),
-        Json::Array(a) => a.iter().map(one).collect(),
-        x => Ok(vec![one(x)?]),
+/// The components of `tokenizer.json`, as far as their `type` tags go.
+#[derive(Deserialize)]
+struct Pipeline {
+    normalizer: Option<Component>,
+    pre_tokenizer: Option<Component>,
+    post_processor: Option<Component>,
+    decoder: Option<Component>,
+}
+
+/// A pipeline component: its `type`, and the parts of a `Sequence`.
+#[derive(Deserialize)]
+struct Component {
+    #[serde(rename = "type", default, deserialize_with = "lenient")]
+    kind: Option<String>,
+    #[serde(
+        default,
+        alias = "pretokenizers",
+        alias = "processors",
+        alias = "decoders"
+    )]
+    normalizers: Vec<Component>,
+}
+
+impl Component {
+    fn has(&self, kind: &str) -> bool {
+        self.kind.as_deref() == Some(kind) || self.normalizers.iter().any(|c| c.has(kind))
     }
 }
 
@@ -226,11 +280,7 @@ impl Tokenizer {
             source,
         })?;
         let cfg_path = dir.join("tokenizer_config.json");
-        let cfg = match read_json(&cfg_path)? {
-            None => serde_json::Map::new(),
-            Some(Json::Object(o)) => o,
-            Some(_) => return Err(format_err(&cfg_path, "expected a JSON object")),
-        };
+        let cfg: TokenizerConfig = read_config(&cfg_path)?.unwrap_or_default();
 
         let mut inner = if uses_llama_class(dir, &cfg, &bytes)? {
             // transformers 5's LlamaTokenizer keeps only the vocabulary, merges,
@@ -239,8 +289,8 @@ impl Tokenizer {
             // Prepend+Replace normalizer).
             let mut json: Json = serde_json::from_slice(&bytes)
                 .map_err(|e| format_err(&tok_path, format!("invalid JSON: {e}")))?;
-            let legacy = matches!(cfg.get("legacy"), Some(Json::Bool(true)));
-            let add_prefix_space = !matches!(cfg.get("add_prefix_space"), Some(Json::Bool(false)));
+            let legacy = cfg.legacy == Some(true);
+            let add_prefix_space = cfg.add_prefix_space != Some(false);
             llama_rebuild(&mut json, add_prefix_space, legacy)
                 .map_err(|m| format_err(&tok_path, m))?;
             json.to_string().parse::<tokenizers::Tokenizer>()
@@ -255,58 +305,29 @@ impl Tokenizer {
         inner.with_padding(None);
 
         // Named special tokens; those missing from the tokenizer are added.
-        let mut special: Vec<(&'static str, AddedToken)> = Vec::new();
-        for key in SPECIAL_TOKEN_KEYS {
-            if let Some(v) = cfg.get(key) {
-                if let Some(t) = parse_special(&cfg_path, key, v)? {
-                    special.push((key, t));
-                }
-            }
-        }
+        let special: Vec<(&'static str, AddedToken)> = [
+            ("bos_token", &cfg.bos_token),
+            ("eos_token", &cfg.eos_token),
+            ("unk_token", &cfg.unk_token),
+            ("sep_token", &cfg.sep_token),
+            ("pad_token", &cfg.pad_token),
+            ("cls_token", &cfg.cls_token),
+            ("mask_token", &cfg.mask_token),
+        ]
+        .into_iter()
+        .filter_map(|(key, t)| Some((key, t.as_ref()?.to_added_token())))
+        .collect();
         let added: std::collections::HashSet<String> = inner
             .get_added_tokens_decoder()
             .into_values()
             .map(|t| t.content)
             .collect();
-        let mut to_add: Vec<AddedToken> = Vec::new();
-        if let Some(decoder) = cfg.get("added_tokens_decoder") {
-            let Some(map) = decoder.as_object() else {
-                return Err(format_err(
-                    &cfg_path,
-                    "field \"added_tokens_decoder\": expected an object",
-                ));
-            };
-            let mut entries: Vec<(u64, &Json)> = Vec::new();
-            for (k, v) in map {
-                let id = k.parse::<u64>().map_err(|_| {
-                    format_err(
-                        &cfg_path,
-                        format!("field \"added_tokens_decoder\": key {k:?} is not a token id"),
-                    )
-                })?;
-                entries.push((id, v));
-            }
-            entries.sort_by_key(|e| e.0);
-            for (id, v) in entries {
-                let Some(o) = v.as_object() else {
-                    return Err(format_err(
-                        &cfg_path,
-                        format!("field \"added_tokens_decoder\": entry {id} is not an object"),
-                    ));
-                };
-                let Some(content) = o.get("content").and_then(Json::as_str) else {
-                    return Err(format_err(
-                        &cfg_path,
-                        format!(
-                            "field \"added_tokens_decoder\": entry {id} has no string \"content\""
-                        ),
-                    ));
-                };
-                if !added.contains(content) {
-                    to_add.push(added_token_from_object(content, o, false));
-                }
-            }
-        }
+        let mut to_add: Vec<AddedToken> = cfg
+            .added_tokens_decoder
+            .values()
+            .filter(|t| !added.contains(&t.content))
+            .map(|t| t.to_added_token(false))
+            .collect();
         for (_, t) in &special {
             if !added.contains(&t.content) && !to_add.iter().any(|a| a.content == t.content) {
                 to_add.push(t.clone());
@@ -332,9 +353,6 @@ impl Tokenizer {
         // tokenizer_config.json when tokenizer.json exists (the post-processor
         // decides), and gives a tokenizer.json without a post-processor the
         // plain `$A:0` / `$A:0 $B:1` template.
-        for key in ["add_bos_token", "add_eos_token"] {
-            parse_bool(&cfg_path, key, cfg.get(key))?;
-        }
         if inner.get_post_processor().is_none() {
             let plain = |pieces: &[&str]| {
                 Template::try_from(pieces.iter().map(|p| p.to_string()).collect::<Vec<_>>())
@@ -348,30 +366,19 @@ impl Tokenizer {
             inner.with_post_processor(Some(pp));
         }
 
-        if parse_bool(
-            &cfg_path,
-            "split_special_tokens",
-            cfg.get("split_special_tokens"),
-        )?
-        .unwrap_or(false)
-        {
+        if cfg.split_special_tokens == Some(true) {
             inner.set_encode_special_tokens(true);
         }
-        let clean_up = parse_bool(
-            &cfg_path,
-            "clean_up_tokenization_spaces",
-            cfg.get("clean_up_tokenization_spaces"),
-        )?
-        .unwrap_or(false);
         let is_bpe = matches!(inner.get_model(), tokenizers::ModelWrapper::BPE(_));
-        let clean_up_tokenization_spaces = clean_up && !is_bpe;
+        let clean_up_tokenization_spaces =
+            cfg.clean_up_tokenization_spaces == Some(true) && !is_bpe;
 
         // Chat template: chat_template.jinja wins over tokenizer_config.json.
         let jinja_path = dir.join("chat_template.jinja");
         let chat_template = match std::fs::read_to_string(&jinja_path) {
-            Ok(source) => TemplateState::Found(Box::new(ChatTemplate::new(jinja_path, source))),
+            Ok(source) => TemplateState::found(jinja_path, source),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-                template_from_config(&cfg_path, cfg.get("chat_template"))?
+                TemplateState::from_config(&cfg_path, cfg.chat_template)
             }
             Err(source) => {
                 return Err(Error::Io {
@@ -382,13 +389,14 @@ impl Tokenizer {
         };
 
         let gen_path = dir.join("generation_config.json");
-        let generation_eos = match read_json(&gen_path)? {
-            None => vec![],
-            Some(Json::Object(o)) => match o.get("eos_token_id") {
-                None => vec![],
-                Some(v) => parse_ids(&gen_path, "eos_token_id", v)?,
-            },
-            Some(_) => return Err(format_err(&gen_path, "expected a JSON object")),
+        let generation_eos = match read_config::<GenerationConfig>(&gen_path)? {
+            Some(GenerationConfig {
+                eos_token_id: Some(TokenIds::One(id)),
+            }) => vec![id],
+            Some(GenerationConfig {
+                eos_token_id: Some(TokenIds::Many(ids)),
+            }) => ids,
+            _ => vec![],
         };
 
         let special_tokens_map = special
@@ -434,8 +442,8 @@ impl Tokenizer {
             "clean_up_tokenization_spaces".into(),
             self.clean_up_tokenization_spaces.into(),
         );
-        if let TemplateState::Found(t) = &self.chat_template {
-            config.insert("chat_template".into(), t.source.clone().into());
+        if let Some(source) = self.chat_template.source() {
+            config.insert("chat_template".into(), source.into());
         }
         let config = serde_json::to_string_pretty(&config).expect("JSON values serialize");
         Ok([
@@ -543,10 +551,7 @@ impl Tokenizer {
 
     /// The chat template source, if the model has one.
     pub fn chat_template(&self) -> Option<&str> {
-        match &self.chat_template {
-            TemplateState::Found(t) => Some(t.source.as_str()),
-            _ => None,
-        }
+        self.chat_template.source()
     }
 
     /// The conversation as text, as transformers'
@@ -558,56 +563,12 @@ impl Tokenizer {
         messages: &[ChatMessage],
         add_generation_prompt: bool,
     ) -> Result<String> {
-        let t = match &self.chat_template {
-            TemplateState::Found(t) => t,
-            TemplateState::Missing => {
-                return Err(Error::Format {
-                    path: show(&self.dir),
-                    message: if self.dir.is_file() {
-                        "the model has no chat template (no tokenizer.chat_template in the GGUF metadata)".into()
-                    } else {
-                        "the model has no chat template (no chat_template.jinja, no \"chat_template\" in tokenizer_config.json)".into()
-                    },
-                })
-            }
-            TemplateState::NoDefault(path) => {
-                return Err(format_err(
-                    path,
-                    "field \"chat_template\": several chat templates, none named \"default\"",
-                ))
-            }
-        };
-        if messages.is_empty() {
-            crate::error::arg_err!("cannot apply a chat template to an empty conversation");
-        }
-        let env = t
-            .compiled
-            .get_or_init(|| compile_template(&t.source))
-            .as_ref()
-            .map_err(|e| format_err(&t.path, format!("cannot compile chat template: {e}")))?;
-        let tmpl = env
-            .get_template("chat_template")
-            .map_err(|e| format_err(&t.path, format!("chat template: {e}")))?;
-        let mut ctx: Vec<(&str, Value)> = self
-            .special_tokens_map
-            .iter()
-            .map(|(k, v)| (*k, Value::from(v.as_str())))
-            .collect();
-        let msgs: Vec<Value> = messages
-            .iter()
-            .map(|m| Value::from_object(MessageObj(m.clone())))
-            .collect();
-        ctx.push(("messages", Value::from(msgs)));
-        ctx.push(("tools", Value::from(())));
-        ctx.push(("documents", Value::from(())));
-        ctx.push(("add_generation_prompt", Value::from(add_generation_prompt)));
-        let ctx: Value = ctx
-            .into_iter()
-            .map(|(k, v)| (k.to_string(), v))
-            .collect::<std::collections::BTreeMap<String, Value>>()
-            .into();
-        tmpl.render(ctx)
-            .map_err(|e| format_err(&t.path, format!("chat template: {e}")))
+        self.chat_template.render(
+            &self.dir,
+            &self.special_tokens_map,
+            messages,
+            add_generation_prompt,
+        )
     }
 }
 
@@ -623,57 +584,6 @@ impl std::fmt::Debug for Tokenizer {
     }
 }
 
-/// Where a model's chat template stands after loading.
-enum TemplateState {
-    Found(Box<ChatTemplate>),
-    Missing,
-    /// `tokenizer_config.json` lists several templates, none named "default":
-    /// an error when the template is used, as in transformers.
-    NoDefault(PathBuf),
-}
-
-/// `chat_template` of tokenizer_config.json: a string, or a list of
-/// `{"name", "template"}` of which transformers uses "default".
-fn template_from_config(cfg_path: &Path, v: Option<&Json>) -> Result<TemplateState> {
-    let list = match v {
-        None | Some(Json::Null) => return Ok(TemplateState::Missing),
-        Some(Json::String(s)) => {
-            return Ok(TemplateState::Found(Box::new(ChatTemplate::new(
-                cfg_path.to_path_buf(),
-                s.clone(),
-            ))))
-        }
-        Some(Json::Array(list)) => list,
-        Some(other) => {
-            return Err(format_err(
-                cfg_path,
-                format!(
-                    "field \"chat_template\": expected a string or a list of {{name, template}}, got {}",
-                    json_kind(other)
-                ),
-            ))
-        }
-    };
-    let mut found = None;
-    for item in list {
-        let name = item.get("name").and_then(Json::as_str);
-        let template = item.get("template").and_then(Json::as_str);
-        let (Some(name), Some(template)) = (name, template) else {
-            return Err(format_err(
-                cfg_path,
-                "field \"chat_template\": each list entry needs string \"name\" and \"template\"",
-            ));
-        };
-        if name == "default" {
-            found = Some(template.to_string());
-        }
-    }
-    Ok(match found {
-        Some(t) => TemplateState::Found(Box::new(ChatTemplate::new(cfg_path.to_path_buf(), t))),
-        None => TemplateState::NoDefault(cfg_path.to_path_buf()),
-    })
-}
-
 /// Whether `AutoTokenizer` (transformers 5) would load this directory with its
 /// `LlamaTokenizer` class, which rebuilds the pipeline: the declared class
 /// (tokenizer_config.json, else config.json) is `LlamaTokenizer[Fast]`, there
@@ -681,36 +591,40 @@ fn template_from_config(cfg_path: &Path, v: Option<&Json>) -> Result<TemplateSta
 /// declaring LlamaTokenizer load as-is) and config.json's `model_type` is
 /// absent or `llama` (other model types, e.g. `mistral`, `phi3`, load
 /// `tokenizer.json` as-is).
-fn uses_llama_class(
-    dir: &Path,
-    cfg: &serde_json::Map<String, Json>,
-    tokenizer_json: &[u8],
-) -> Result<bool> {
-    if cfg.contains_key("auto_map") {
+fn uses_llama_class(dir: &Path, cfg: &TokenizerConfig, tokenizer_json: &[u8]) -> Result<bool> {
+    if cfg.auto_map {
         return Ok(false);
     }
-    let model_cfg_path = dir.join("config.json");
-    let model_cfg = match read_json(&model_cfg_path)? {
-        Some(Json::Object(o)) => o,
-        _ => serde_json::Map::new(),
-    };
+    let model_cfg: ModelConfig = read_config::<Json>(&dir.join("config.json"))?
+        .and_then(|v| serde_json::from_value(v).ok())
+        .unwrap_or_default();
     let declared = cfg
-        .get("tokenizer_class")
-        .and_then(Json::as_str)
-        .or_else(|| model_cfg.get("tokenizer_class").and_then(Json::as_str));
+        .tokenizer_class
+        .as_deref()
+        .or(model_cfg.tokenizer_class.as_deref());
     let Some(declared) = declared else {
         return Ok(false);
     };
     if declared.strip_suffix("Fast").unwrap_or(declared) != "LlamaTokenizer" {
         return Ok(false);
     }
-    let needle = b"\"ByteLevel\"";
-    let byte_level = tokenizer_json.windows(needle.len()).any(|w| w == needle);
-    let model_type = model_cfg
-        .get("model_type")
-        .and_then(Json::as_str)
-        .unwrap_or("");
-    Ok(!byte_level && (model_type.is_empty() || model_type == "llama"))
+    let model_type = model_cfg.model_type.as_deref().unwrap_or("");
+    Ok(!is_byte_level(tokenizer_json) && (model_type.is_empty() || model_type == "llama"))
+}
+
+/// Whether tokenizer.json has a `ByteLevel` component (normalizer,
+/// pre-tokenizer, post-processor or decoder, inside a `Sequence` too).
+/// transformers 5 (`TokenizersBackend`'s byte-level probe) searches the file's
+/// text for `"ByteLevel"`, which finds exactly these on real files; it would
+/// also match a vocabulary entry spelled `ByteLevel`, which this does not. A
+/// file that does not parse is not byte-level (loading it fails anyway).
+fn is_byte_level(tokenizer_json: &[u8]) -> bool {
+    serde_json::from_slice::<Pipeline>(tokenizer_json).is_ok_and(|p| {
+        [p.normalizer, p.pre_tokenizer, p.post_processor, p.decoder]
+            .iter()
+            .flatten()
+            .any(|c| c.has("ByteLevel"))
+    })
 }
 
 /// The pipeline of transformers 5's `LlamaTokenizer.__init__`, applied to a
@@ -785,28 +699,23 @@ fn clean_up_tokenization(text: &str) -> String {
         .replace(" 're", "'re")
 }
 
-fn json_kind(v: &Json) -> &'static str {
-    match v {
-        Json::Null => "null",
-        Json::Bool(_) => "a boolean",
-        Json::Number(_) => "a number",
-        Json::String(_) => "a string",
-        Json::Array(_) => "a list",
-        Json::Object(_) => "an object",
-    }
-}
-
 // ---------------------------------------------------------------------------
 // Streaming decode
 // ---------------------------------------------------------------------------
 
 /// Incremental decoding state; see [`Tokenizer::decode_stream`].
 ///
-/// Same algorithm as `tokenizers`' `DecodeStream`: keep a short window of ids,
-/// decode it with and without the new token, and return the difference once it
-/// no longer ends in an incomplete character. transformers' space clean-up
-/// (non-BPE models) is applied on top, holding back text a later token could
-/// still change.
+/// Each step is `tokenizers`' own (`step_decode_stream`, what its
+/// `DecodeStream::step` runs: keep a short window of ids, decode it with and
+/// without the new token, return the difference once it no longer ends in an
+/// incomplete character), over state kept here, because `tokenizers`'
+/// `DecodeStream` cannot do two things this one must: finish (return the
+/// incomplete character held back at the end, as [`Tokenizer::decode`]
+/// prints it), and go on when a decoder rewrites earlier text within the
+/// window (it stops with `InvalidPrefix`, e.g. on some byte-fallback
+/// sequences; here the full decode's continuation is returned instead).
+/// transformers' space clean-up (non-BPE models) is applied on top, holding
+/// back text a later token could still change.
 pub struct DecodeStream<'a> {
     tok: &'a Tokenizer,
     skip_special_tokens: bool,
@@ -855,39 +764,43 @@ impl DecodeStream<'_> {
 
     fn raw_step(&mut self, id: u32) -> Result<Option<String>> {
         let skip = self.skip_special_tokens;
-        if self.prefix.is_empty() && !self.ids.is_empty() {
-            let p = self.tok.decode_raw(&self.ids, skip)?;
-            if !p.ends_with('\u{FFFD}') {
-                self.prefix = p;
-                self.prefix_index = self.ids.len();
-            }
-        }
-        self.ids.push(id);
-        let s = self.tok.decode_raw(&self.ids, skip)?;
-        if s.len() <= self.prefix.len() || s.ends_with('\u{FFFD}') {
-            return Ok(None);
-        }
-        let new_text = match s.strip_prefix(self.prefix.as_str()) {
-            Some(t) => t.to_string(),
-            None => {
+        let stepped = tokenizers::tokenizer::step_decode_stream(
+            &*self.tok.inner,
+            vec![id],
+            skip,
+            &mut self.ids,
+            &mut self.prefix,
+            &mut self.prefix_index,
+        );
+        let text = match stepped {
+            Ok(text) => text,
+            Err(e) if e.downcast_ref::<tokenizers::DecodeStreamError>().is_some() => {
                 // The decoder rewrote earlier text (not prefix-stable in this
-                // window): take the continuation of the full decode instead.
+                // window): take the continuation of the full decode instead,
+                // and restart the window at this token.
                 let full = self.tok.decode_raw(&self.all_ids, skip)?;
                 self.ids = vec![id];
                 self.prefix.clear();
                 self.prefix_index = 0;
                 match full.get(self.raw_emitted..) {
-                    Some(t) if !t.ends_with('\u{FFFD}') => t.to_string(),
-                    _ => return Ok(None),
+                    Some(t) if !t.ends_with('\u{FFFD}') => {
+                        self.prefix = self.tok.decode_raw(&self.ids, skip)?;
+                        self.prefix_index = 1;
+                        Some(t.to_string())
+                    }
+                    _ => None,
                 }
             }
+            Err(e) => {
+                return Err(Error::InvalidArgument(one_line(format!(
+                    "cannot decode: {e}"
+                ))))
+            }
         };
-        let new_prefix_index = self.ids.len() - self.prefix_index;
-        self.ids.drain(..self.prefix_index);
-        self.prefix = self.tok.decode_raw(&self.ids, skip)?;
-        self.prefix_index = new_prefix_index;
-        self.raw_emitted += new_text.len();
-        Ok(Some(new_text))
+        if let Some(t) = &text {
+            self.raw_emitted += t.len();
+        }
+        Ok(text)
     }
 
     /// The text still held back (an incomplete character at the end, decoded
@@ -910,578 +823,5 @@ impl DecodeStream<'_> {
         } else {
             out
         })
-    }
-}
-
-// ---------------------------------------------------------------------------
-// Chat templates
-// ---------------------------------------------------------------------------
-
-impl ChatTemplate {
-    fn new(path: PathBuf, source: String) -> Self {
-        ChatTemplate {
-            path,
-            source,
-            compiled: OnceLock::new(),
-        }
-    }
-}
-
-/// A chat message as the template sees it: a dict with `role` then `content`.
-#[derive(Debug)]
-struct MessageObj(ChatMessage);
-
-impl minijinja::value::Object for MessageObj {
-    fn repr(self: &std::sync::Arc<Self>) -> minijinja::value::ObjectRepr {
-        minijinja::value::ObjectRepr::Map
-    }
-
-    fn get_value(self: &std::sync::Arc<Self>, key: &Value) -> Option<Value> {
-        match key.as_str()? {
-            "role" => Some(Value::from(self.0.role.as_str())),
-            "content" => Some(Value::from(self.0.content.as_str())),
-            _ => None,
-        }
-    }
-
-    fn enumerate(self: &std::sync::Arc<Self>) -> minijinja::value::Enumerator {
-        minijinja::value::Enumerator::Str(&["role", "content"])
-    }
-}
-
-/// Rewrites transformers' `{% generation %}...{% endgeneration %}` (a tag that
-/// only marks assistant text) into `{% if true %}...{% endif %}`, which renders
-/// its body the same way and keeps the tags' whitespace control.
-fn rewrite_generation_tags(src: &str) -> String {
-    if !src.contains("generation") {
-        return src.to_string();
-    }
-    let mut out = String::with_capacity(src.len());
-    let mut rest = src;
-    while let Some(pos) = rest.find("{%") {
-        out.push_str(&rest[..pos]);
-        let tag = &rest[pos..];
-        let Some(end) = tag.find("%}") else {
-            out.push_str(tag);
-            return out;
-        };
-        let inner = &tag[2..end];
-        let (lead, body) = match inner.strip_prefix(['-', '+']) {
-            Some(b) => (&inner[..1], b),
-            None => ("", inner),
-        };
-        let (body, trail) = match body.strip_suffix(['-', '+']) {
-            Some(b) => (b, &body[b.len()..]),
-            None => (body, ""),
-        };
-        let replacement = match body.trim() {
-            "generation" => Some("if true"),
-            "endgeneration" => Some("endif"),
-            _ => None,
-        };
-        match replacement {
-            Some(r) => {
-                let _ = write!(out, "{{%{lead} {r} {trail}%}}");
-            }
-            None => out.push_str(&tag[..end + 2]),
-        }
-        rest = &tag[end + 2..];
-    }
-    out.push_str(rest);
-    out
-}
-
-fn compile_template(source: &str) -> std::result::Result<Environment<'static>, String> {
-    let mut env = Environment::new();
-    let syntax = env
-        .syntax()
-        .to_builder()
-        .trim_blocks(true)
-        .lstrip_blocks(true)
-        .build()
-        .map_err(one_line)?;
-    env.set_syntax(syntax);
-    env.set_unknown_method_callback(minijinja_contrib::pycompat::unknown_method_callback);
-    env.set_formatter(python_formatter);
-    env.add_function(
-        "raise_exception",
-        |msg: String| -> std::result::Result<Value, minijinja::Error> {
-            Err(minijinja::Error::new(ErrorKind::InvalidOperation, msg))
-        },
-    );
-    env.add_function("strftime_now", |fmt: String| strftime_utc_now(&fmt));
-    env.add_filter("tojson", tojson_filter);
-    env.add_template_owned("chat_template", rewrite_generation_tags(source))
-        .map_err(one_line)?;
-    Ok(env)
-}
-
-/// Prints values as Python's `str()` does: `True`/`False`/`None`, lists and
-/// dicts in repr form; strings and numbers as minijinja does.
-fn python_formatter(
-    out: &mut minijinja::Output,
-    state: &mut minijinja::State,
-    value: &Value,
-) -> std::result::Result<(), minijinja::Error> {
-    match value.kind() {
-        ValueKind::Bool | ValueKind::None | ValueKind::Seq | ValueKind::Map => {
-            let mut s = String::new();
-            py_repr(value, &mut s);
-            out.write_str(&s).map_err(minijinja::Error::from)
-        }
-        ValueKind::Number if !value.is_integer() => {
-            let f = f64::try_from(value.clone()).unwrap_or(f64::NAN);
-            out.write_str(&py_float_repr(f))
-                .map_err(minijinja::Error::from)
-        }
-        _ => minijinja::escape_formatter(out, state, value),
-    }
-}
-
-fn py_repr(v: &Value, out: &mut String) {
-    match v.kind() {
-        ValueKind::Undefined | ValueKind::None => out.push_str("None"),
-        ValueKind::Bool => out.push_str(if v.is_true() { "True" } else { "False" }),
-        ValueKind::Number => {
-            if v.is_integer() {
-                out.push_str(&v.to_string());
-            } else {
-                out.push_str(&py_float_repr(f64::try_from(v.clone()).unwrap_or(f64::NAN)));
-            }
-        }
-        ValueKind::String => py_str_repr(v.as_str().unwrap_or(""), out),
-        ValueKind::Seq | ValueKind::Iterable => {
-            out.push('[');
-            if let Ok(it) = v.try_iter() {
-                for (i, x) in it.enumerate() {
-                    if i > 0 {
-                        out.push_str(", ");
-                    }
-                    py_repr(&x, out);
-                }
-            }
-            out.push(']');
-        }
-        ValueKind::Map => {
-            out.push('{');
-            if let Ok(it) = v.try_iter() {
-                for (i, k) in it.enumerate() {
-                    if i > 0 {
-                        out.push_str(", ");
-                    }
-                    py_repr(&k, out);
-                    out.push_str(": ");
-                    py_repr(&v.get_item(&k).unwrap_or_default(), out);
-                }
-            }
-            out.push('}');
-        }
-        _ => out.push_str(&v.to_string()),
-    }
-}
-
-fn py_str_repr(s: &str, out: &mut String) {
-    let q = if s.contains('\'') && !s.contains('"') {
-        '"'
-    } else {
-        '\''
-    };
-    out.push(q);
-    for c in s.chars() {
-        match c {
-            '\\' => out.push_str("\\\\"),
-            '\n' => out.push_str("\\n"),
-            '\r' => out.push_str("\\r"),
-            '\t' => out.push_str("\\t"),
-            c if c == q => {
-                out.push('\\');
-                out.push(c);
-            }
-            c if (c as u32) < 0x20 || c as u32 == 0x7f => {
-                let _ = write!(out, "\\x{:02x}", c as u32);
-            }
-            c => out.push(c),
-        }
-    }
-    out.push(q);
-}
-
-/// Python's `repr(float)`: shortest round-trip digits, scientific notation
-/// outside 1e-4 <= |x| < 1e16.
-fn py_float_repr(f: f64) -> String {
-    if f.is_nan() {
-        return "nan".into();
-    }
-    if f.is_infinite() {
-        return if f > 0.0 { "inf".into() } else { "-inf".into() };
-    }
-    if f == 0.0 {
-        return if f.is_sign_negative() {
-            "-0.0".into()
-        } else {
-            "0.0".into()
-        };
-    }
-    let sci = format!("{:e}", f.abs());
-    let (mant, exp) = sci.split_once('e').unwrap_or((&sci, "0"));
-    let exp: i32 = exp.parse().unwrap_or(0);
-    let digits: String = mant.chars().filter(|c| c.is_ascii_digit()).collect();
-    let sign = if f < 0.0 { "-" } else { "" };
-    if (-4..16).contains(&exp) {
-        let n = digits.len() as i32;
-        let s = if exp >= n - 1 {
-            format!("{digits}{}.0", "0".repeat((exp - (n - 1)) as usize))
-        } else if exp >= 0 {
-            let (a, b) = digits.split_at((exp + 1) as usize);
-            format!("{a}.{b}")
-        } else {
-            format!("0.{}{digits}", "0".repeat((-exp - 1) as usize))
-        };
-        format!("{sign}{s}")
-    } else {
-        let m = if digits.len() > 1 {
-            format!("{}.{}", &digits[..1], &digits[1..])
-        } else {
-            digits
-        };
-        let es = if exp < 0 { '-' } else { '+' };
-        format!("{sign}{m}e{es}{:02}", exp.abs())
-    }
-}
-
-/// transformers' `tojson`: `json.dumps(x, ensure_ascii=False, indent=None,
-/// separators=None, sort_keys=False)`, HTML characters not escaped.
-fn tojson_filter(
-    value: &Value,
-    ensure_ascii: Option<Value>,
-    indent: Option<Value>,
-    kwargs: Kwargs,
-) -> std::result::Result<Value, minijinja::Error> {
-    // minijinja functions take at most five arguments: `separators` and
-    // `sort_keys` (rarely passed by position) are keyword-only here.
-    let pick =
-        |pos: Option<Value>, name: &str| -> std::result::Result<Option<Value>, minijinja::Error> {
-            match pos {
-                Some(v) => Ok(Some(v)),
-                None => kwargs.get::<Option<Value>>(name),
-            }
-        };
-    let ensure_ascii = pick(ensure_ascii, "ensure_ascii")?.is_some_and(|v| v.is_true());
-    let indent = match pick(indent, "indent")? {
-        None => None,
-        Some(v) if v.is_none() || v.is_undefined() => None,
-        Some(v) => match v.as_str() {
-            Some(s) => Some(s.to_string()),
-            None => {
-                let n = i64::try_from(v.clone()).map_err(|_| {
-                    minijinja::Error::new(
-                        ErrorKind::InvalidOperation,
-                        "tojson: indent must be an integer or a string",
-                    )
-                })?;
-                Some(" ".repeat(n.max(0) as usize))
-            }
-        },
-    };
-    let (item_sep, key_sep) = match kwargs.get::<Option<Value>>("separators")? {
-        Some(v) if !v.is_none() && !v.is_undefined() => {
-            let items: Vec<Value> = v.try_iter()?.collect();
-            match items.as_slice() {
-                [a, b] => (a.to_string(), b.to_string()),
-                _ => {
-                    return Err(minijinja::Error::new(
-                        ErrorKind::InvalidOperation,
-                        "tojson: separators must be a pair of strings",
-                    ))
-                }
-            }
-        }
-        _ => (
-            if indent.is_some() { "," } else { ", " }.to_string(),
-            ": ".to_string(),
-        ),
-    };
-    let sort_keys = kwargs
-        .get::<Option<Value>>("sort_keys")?
-        .is_some_and(|v| v.is_true());
-    kwargs.assert_all_used()?;
-    let opts = JsonOpts {
-        ensure_ascii,
-        indent,
-        item_sep,
-        key_sep,
-        sort_keys,
-    };
-    let mut out = String::new();
-    py_json(value, &opts, 0, &mut out)?;
-    Ok(Value::from_safe_string(out))
-}
-
-struct JsonOpts {
-    ensure_ascii: bool,
-    indent: Option<String>,
-    item_sep: String,
-    key_sep: String,
-    sort_keys: bool,
-}
-
-fn py_json(
-    v: &Value,
-    o: &JsonOpts,
-    level: usize,
-    out: &mut String,
-) -> std::result::Result<(), minijinja::Error> {
-    let newline = |out: &mut String, level: usize| {
-        if let Some(ind) = &o.indent {
-            out.push('\n');
-            for _ in 0..level {
-                out.push_str(ind);
-            }
-        }
-    };
-    match v.kind() {
-        ValueKind::Undefined | ValueKind::None => out.push_str("null"),
-        ValueKind::Bool => out.push_str(if v.is_true() { "true" } else { "false" }),
-        ValueKind::Number => {
-            if v.is_integer() {
-                out.push_str(&v.to_string());
-            } else {
-                let f = f64::try_from(v.clone())?;
-                if f.is_nan() {
-                    out.push_str("NaN");
-                } else if f.is_infinite() {
-                    out.push_str(if f > 0.0 { "Infinity" } else { "-Infinity" });
-                } else {
-                    out.push_str(&py_float_repr(f));
-                }
-            }
-        }
-        ValueKind::String => json_str(v.as_str().unwrap_or(""), o.ensure_ascii, out),
-        ValueKind::Seq | ValueKind::Iterable => {
-            let items: Vec<Value> = v.try_iter()?.collect();
-            if items.is_empty() {
-                out.push_str("[]");
-                return Ok(());
-            }
-            out.push('[');
-            for (i, x) in items.iter().enumerate() {
-                if i > 0 {
-                    out.push_str(&o.item_sep);
-                }
-                newline(out, level + 1);
-                py_json(x, o, level + 1, out)?;
-            }
-            newline(out, level);
-            out.push(']');
-        }
-        ValueKind::Map => {
-            let mut keys: Vec<Value> = v.try_iter()?.collect();
-            if keys.is_empty() {
-                out.push_str("{}");
-                return Ok(());
-            }
-            if o.sort_keys {
-                keys.sort();
-            }
-            out.push('{');
-            for (i, k) in keys.iter().enumerate() {
-                if i > 0 {
-                    out.push_str(&o.item_sep);
-                }
-                newline(out, level + 1);
-                let key = match k.kind() {
-                    ValueKind::String => k.as_str().unwrap_or("").to_string(),
-                    ValueKind::Bool => if k.is_true() { "true" } else { "false" }.to_string(),
-                    ValueKind::None => "null".to_string(),
-                    _ => k.to_string(),
-                };
-                json_str(&key, o.ensure_ascii, out);
-                out.push_str(&o.key_sep);
-                py_json(&v.get_item(k)?, o, level + 1, out)?;
-            }
-            newline(out, level);
-            out.push('}');
-        }
-        _ => {
-            return Err(minijinja::Error::new(
-                ErrorKind::InvalidOperation,
-                format!("tojson: cannot serialize a value of kind {}", v.kind()),
-            ))
-        }
-    }
-    Ok(())
-}
-
-fn json_str(s: &str, ensure_ascii: bool, out: &mut String) {
-    out.push('"');
-    for c in s.chars() {
-        match c {
-            '"' => out.push_str("\\\""),
-            '\\' => out.push_str("\\\\"),
-            '\n' => out.push_str("\\n"),
-            '\r' => out.push_str("\\r"),
-            '\t' => out.push_str("\\t"),
-            '\u{8}' => out.push_str("\\b"),
-            '\u{c}' => out.push_str("\\f"),
-            c if (c as u32) < 0x20 => {
-                let _ = write!(out, "\\u{:04x}", c as u32);
-            }
-            c if ensure_ascii && !c.is_ascii() => {
-                let mut buf = [0u16; 2];
-                for unit in c.encode_utf16(&mut buf) {
-                    let _ = write!(out, "\\u{:04x}", unit);
-                }
-            }
-            c => out.push(c),
-        }
-    }
-    out.push('"');
-}
-
-/// Python's `datetime.now().strftime(fmt)`, in UTC, for the common directives
-/// (`%d %m %Y %y %b %B %a %A %H %I %M %S %p %j %%`, with glibc's `%-d` style).
-fn strftime_utc_now(fmt: &str) -> String {
-    let secs = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_secs() as i64)
-        .unwrap_or(0);
-    strftime(secs, fmt)
-}
-
-fn strftime(unix_secs: i64, fmt: &str) -> String {
-    const MONTHS: [&str; 12] = [
-        "January",
-        "February",
-        "March",
-        "April",
-        "May",
-        "June",
-        "July",
-        "August",
-        "September",
-        "October",
-        "November",
-        "December",
-    ];
-    const DAYS: [&str; 7] = [
-        "Monday",
-        "Tuesday",
-        "Wednesday",
-        "Thursday",
-        "Friday",
-        "Saturday",
-        "Sunday",
-    ];
-    let days = unix_secs.div_euclid(86_400);
-    let sod = unix_secs.rem_euclid(86_400);
-    // Howard Hinnant's civil_from_days.
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z.rem_euclid(146_097);
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy_mar = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy_mar + 2) / 153;
-    let day = doy_mar - (153 * mp + 2) / 5 + 1;
-    let month = if mp < 10 { mp + 3 } else { mp - 9 };
-    let year = yoe + era * 400 + i64::from(month <= 2);
-    let leap = (year % 4 == 0 && year % 100 != 0) || year % 400 == 0;
-    let cum = [0, 31, 59, 90, 120, 151, 181, 212, 243, 273, 304, 334];
-    let yday = cum[(month - 1) as usize] + day + i64::from(leap && month > 2);
-    let weekday = (days + 3).rem_euclid(7) as usize; // 1970-01-01 was a Thursday
-    let (h, m, s) = (sod / 3600, sod / 60 % 60, sod % 60);
-    let h12 = if h % 12 == 0 { 12 } else { h % 12 };
-
-    let mut out = String::new();
-    let mut chars = fmt.chars().peekable();
-    while let Some(c) = chars.next() {
-        if c != '%' {
-            out.push(c);
-            continue;
-        }
-        let no_pad = chars.peek() == Some(&'-');
-        if no_pad {
-            chars.next();
-        }
-        let num = |out: &mut String, v: i64, w: usize| {
-            if no_pad {
-                let _ = write!(out, "{v}");
-            } else {
-                let _ = write!(out, "{v:0w$}");
-            }
-        };
-        match chars.next() {
-            Some('d') => num(&mut out, day, 2),
-            Some('e') => {
-                let _ = write!(out, "{day:2}");
-            }
-            Some('m') => num(&mut out, month, 2),
-            Some('Y') => {
-                let _ = write!(out, "{year}");
-            }
-            Some('y') => num(&mut out, year % 100, 2),
-            Some('H') => num(&mut out, h, 2),
-            Some('I') => num(&mut out, h12, 2),
-            Some('M') => num(&mut out, m, 2),
-            Some('S') => num(&mut out, s, 2),
-            Some('j') => num(&mut out, yday, 3),
-            Some('p') => out.push_str(if h < 12 { "AM" } else { "PM" }),
-            Some('b') | Some('h') => out.push_str(&MONTHS[(month - 1) as usize][..3]),
-            Some('B') => out.push_str(MONTHS[(month - 1) as usize]),
-            Some('a') => out.push_str(&DAYS[weekday][..3]),
-            Some('A') => out.push_str(DAYS[weekday]),
-            Some('%') => out.push('%'),
-            Some(other) => {
-                out.push('%');
-                if no_pad {
-                    out.push('-');
-                }
-                out.push(other);
-            }
-            None => out.push('%'),
-        }
-    }
-    out
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn strftime_known_dates() {
-        // 2024-07-26 12:34:56 UTC, a Friday, day 208.
-        let t = 1_721_997_296;
-        assert_eq!(strftime(t, "%d %b %Y"), "26 Jul 2024");
-        assert_eq!(
-            strftime(t, "%A %B %-d, %y %H:%M:%S %I%p %j %%"),
-            "Friday July 26, 24 12:34:56 12PM 208 %"
-        );
-        assert_eq!(strftime(0, "%Y-%m-%d %a"), "1970-01-01 Thu");
-        assert_eq!(strftime(951_782_400, "%Y-%m-%d %j"), "2000-02-29 060");
-    }
-
-    #[test]
-    fn python_float_repr() {
-        for (f, s) in [
-            (1.0, "1.0"),
-            (0.1, "0.1"),
-            (123.456, "123.456"),
-            (1e16, "1e+16"),
-            (1.5e-5, "1.5e-05"),
-            (0.0001, "0.0001"),
-            (-2.5, "-2.5"),
-            (1e15, "1000000000000000.0"),
-        ] {
-            assert_eq!(py_float_repr(f), s);
-        }
-    }
-
-    #[test]
-    fn generation_tags_rewritten() {
-        let src = "{%- generation -%}x{% endgeneration %}{% if a %}{% endif %}";
-        assert_eq!(
-            rewrite_generation_tags(src),
-            "{%- if true -%}x{% endif %}{% if a %}{% endif %}"
-        );
     }
 }
