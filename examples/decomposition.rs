@@ -20,7 +20,6 @@ use std::ops::ControlFlow;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
-use dora_wgpu::data::{read_jsonl, Example};
 use dora_wgpu::io::hf::load_weights;
 use dora_wgpu::io::{write_safetensors, HostTensor};
 use dora_wgpu::nn::{Linear, Llama, Projection, PROJECTIONS};
@@ -31,6 +30,7 @@ use dora_wgpu::tasks::analyze::{
     analyze_adapters, analyze_tuned, fit_line, fits, write_csv, write_json, LineFit, Record,
 };
 use dora_wgpu::tasks::evaluate;
+use dora_wgpu::text::data::{read_jsonl, Example};
 use dora_wgpu::train::{prepare, Batcher, Event, Method, TrainConfig, Trainer};
 use dora_wgpu::{Error, Gpu, Result, Tensor, Tokenizer};
 

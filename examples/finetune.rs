@@ -11,8 +11,8 @@ use std::ops::ControlFlow;
 use std::path::PathBuf;
 use std::time::Instant;
 
-use dora_wgpu::data::read_jsonl;
 use dora_wgpu::nn::Llama;
+use dora_wgpu::text::data::read_jsonl;
 use dora_wgpu::train::{Event, Stop, TrainConfig, Trainer};
 use dora_wgpu::wgpu;
 use dora_wgpu::{Gpu, Tokenizer};

@@ -15,7 +15,6 @@
 
 pub mod assets;
 pub mod autograd;
-pub mod data;
 mod error;
 pub mod gpu;
 pub mod io;
@@ -27,7 +26,7 @@ pub mod plot;
 pub mod shaders;
 pub mod tasks;
 mod tensor;
-pub mod tokenizer;
+pub mod text;
 pub mod train;
 
 pub use autograd::{is_grad_enabled, no_grad, NoGradGuard};
@@ -37,7 +36,9 @@ pub use gpu::{
     MatmulKernels, MemoryStats, PoolLimits,
 };
 pub use tensor::{DType, Quant, Tensor};
-pub use tokenizer::{ChatMessage, Tokenizer};
+/// Former module paths, kept for applications that import them.
+pub use text::{data, tokenizer};
+pub use text::{ChatMessage, Tokenizer};
 /// The wgpu this crate is built on, for applications that share their device.
 pub use wgpu;
 

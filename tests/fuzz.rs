@@ -12,9 +12,9 @@ use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::path::{Path, PathBuf};
 
 use common::*;
-use dora_wgpu::data::{read_jsonl, Example};
 use dora_wgpu::io::AdapterWeights;
 use dora_wgpu::nn::{Llama, Rng};
+use dora_wgpu::text::data::{read_jsonl, Example};
 use dora_wgpu::{tasks, Result, Tokenizer};
 use serde_json::Value;
 

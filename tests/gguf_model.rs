@@ -16,7 +16,7 @@ use dora_wgpu::io::gguf::{blocks, GgmlType, GgufFile};
 use dora_wgpu::io::hf::{load_weights, ModelConfig};
 use dora_wgpu::io::read_safetensors;
 use dora_wgpu::nn::Llama;
-use dora_wgpu::tokenizer::Tokenizer;
+use dora_wgpu::text::Tokenizer;
 use dora_wgpu::{no_grad, Tensor};
 use serde_json::Value;
 

@@ -9,12 +9,12 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 use common::*;
-use dora_wgpu::data::{read_jsonl, Example};
 use dora_wgpu::io::hf::ModelConfig;
 use dora_wgpu::io::{
     read_safetensors, write_atomically, write_safetensors, AdapterWeights, HostTensor,
 };
 use dora_wgpu::nn::Llama;
+use dora_wgpu::text::data::{read_jsonl, Example};
 use dora_wgpu::{tasks, Tokenizer};
 use serde_json::Value;
 

@@ -8,7 +8,7 @@
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicUsize, Ordering};
 
-use dora_wgpu::tokenizer::{ChatMessage, Tokenizer};
+use dora_wgpu::text::{ChatMessage, Tokenizer};
 use dora_wgpu::Error;
 use serde_json::Value;
 
@@ -591,6 +591,33 @@ fn template_list_without_default_fails_only_when_used() {
 }
 
 #[test]
+fn byte_level_file_declaring_llama_tokenizer_loads_as_is() {
+    // transformers 5 loads a byte-level tokenizer.json declared as
+    // LlamaTokenizer (Llama-3-style checkpoints) with the file's own pipeline;
+    // the ids are transformers' for this directory.
+    let d = temp_dir("bytelevel-llama-class");
+    let src = models_dir().join("tiny-llama3");
+    std::fs::copy(src.join("tokenizer.json"), d.join("tokenizer.json")).unwrap();
+    let mut cfg = read_json(&src.join("tokenizer_config.json"));
+    cfg["tokenizer_class"] = "LlamaTokenizer".into();
+    std::fs::write(d.join("tokenizer_config.json"), cfg.to_string()).unwrap();
+    let tok = Tokenizer::from_dir(&d).unwrap();
+    let base = load("tiny-llama3");
+    for (text, want) in [
+        ("Hello world", vec![42, 71, 276, 81, 278, 316, 355]),
+        (
+            "  two  spaces",
+            vec![223, 261, 89, 81, 223, 269, 82, 67, 69, 267],
+        ),
+        (" lead", vec![300, 71, 67, 70]),
+    ] {
+        assert_eq!(tok.encode(text, true).unwrap(), want, "{text:?}");
+        assert_eq!(base.encode(text, true).unwrap(), want, "{text:?}");
+    }
+    std::fs::remove_dir_all(&d).unwrap();
+}
+
+#[test]
 fn tokenizer_is_send_and_sync() {
     fn check<T: Send + Sync>() {}
     check::<Tokenizer>();
@@ -628,4 +655,51 @@ fn template_errors_are_one_line_and_name_the_template_file() {
         .unwrap_err();
     assert_one_line(&e, "chat_template.jinja");
     std::fs::remove_dir_all(&d).unwrap();
+}
+
+#[test]
+fn random_ids_stream_as_they_decode() {
+    // Random id sequences (special tokens, pieces whose leading space a
+    // decoder strips or keeps by position) streamed one at a time equal the
+    // full decode. Byte-fallback tokens are left out: random bytes are not
+    // UTF-8, and their replacement characters depend on the window.
+    let mut dirs: Vec<PathBuf> = std::fs::read_dir(root().join("tests/fixtures/tokenizers"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.join("tokenizer.json").is_file())
+        .collect();
+    dirs.extend(
+        [
+            "tiny-llama",
+            "tiny-llama3",
+            "tiny-gemma3",
+            "tiny-phi3",
+            "tiny-qwen2",
+        ]
+        .map(|m| models_dir().join(m)),
+    );
+    let mut state = 0x9e37_79b9_7f4a_7c15u64;
+    for dir in dirs {
+        let tok = Tokenizer::from_dir(&dir).unwrap();
+        let n = tok.vocab_size() as u64;
+        for _ in 0..200 {
+            let ids: Vec<u32> = (0..24)
+                .map(|_| {
+                    state ^= state << 13;
+                    state ^= state >> 7;
+                    state ^= state << 17;
+                    (state % n) as u32
+                })
+                .filter(|&id| !tok.id_to_token(id).unwrap_or_default().starts_with("<0x"))
+                .collect();
+            for skip in [false, true] {
+                assert_eq!(
+                    stream_decode(&tok, &ids, skip),
+                    tok.decode(&ids, skip).unwrap(),
+                    "{}: {ids:?} skip={skip}",
+                    dir.display()
+                );
+            }
+        }
+    }
 }

@@ -8,10 +8,10 @@ use std::ops::ControlFlow;
 use std::path::Path;
 
 use common::{fixture, gpu, temp_dir};
-use dora_wgpu::data::random_examples_of_lengths;
-use dora_wgpu::data::{read_jsonl, Example};
 use dora_wgpu::io::AdapterWeights;
 use dora_wgpu::nn::{projections, Llama};
+use dora_wgpu::text::data::random_examples_of_lengths;
+use dora_wgpu::text::data::{read_jsonl, Example};
 use dora_wgpu::train::{checkpoint, Batcher, Event, Method, Schedule, Stop, TrainConfig, Trainer};
 use dora_wgpu::{DType, Error, Tokenizer};
 use serde_json::Value;

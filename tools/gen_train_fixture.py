@@ -38,7 +38,7 @@ Everything runs on the CPU in float32 (eager attention, one thread, fixed
 seeds); the script re-runs itself with PYTHONHASHSEED=0 (PEFT writes
 target_modules from a set), so running it twice gives byte-identical files.
 
-The data pipeline (the Rust trainer's spec, src/data.rs for the tokenization):
+The data pipeline (the Rust trainer's spec, src/text/data.rs for the tokenization):
   text               ids = encode(text, add_special_tokens=True); scored[t] = t > 0
   prompt/completion  ids = encode(prompt, True) + encode(completion, False);
                      scored[t] = t >= len(prompt ids) and t > 0
@@ -143,7 +143,7 @@ METHODS = {"dora": True, "lora": False}
 # --------------------------------------------------------------------------
 
 def tokenize_line(tok, line):
-    """(format, ids, scored) as src/data.rs computes them, before truncation."""
+    """(format, ids, scored) as src/text/data.rs computes them, before truncation."""
     if "text" in line:
         ids = tok(line["text"], add_special_tokens=True)["input_ids"]
         return "text", ids, [t > 0 for t in range(len(ids))]
@@ -442,7 +442,7 @@ def main():
                         "PEFT's init under torch.manual_seed(init_seed), lora_B ~ N(0, lora_B_std^2), same "
                         "values for both methods; DoRA magnitude = PEFT's value at creation (row norms of W, "
                         "lora_B was 0 then), so the DoRA init model already differs from the base.",
-            "data": "train.jsonl tokenized as src/data.rs does; examples with no scored token dropped "
+            "data": "train.jsonl tokenized as src/text/data.rs does; examples with no scored token dropped "
                     "(train line 6: empty completion), the rest truncated to their first max_seq_len "
                     "tokens (train line 3); kept examples indexed 0..N-1 in file order (train_examples). "
                     "Micro-batch j = stream indices j*batch_size .. j*batch_size+batch_size-1 mod N, no "

@@ -463,7 +463,8 @@ fn run() -> dora_wgpu::Result<()> {
     if profile {
         let (pb, ps) = if quick { (2, 32) } else { (batch, seq) };
         let model = dora_wgpu::nn::Llama::load(&gpu, &fwd_model)?;
-        let examples = dora_wgpu::data::random_examples(model.config.vocab_size, pb * 2, ps, 3);
+        let examples =
+            dora_wgpu::text::data::random_examples(model.config.vocab_size, pb * 2, ps, 3);
         let config = dora_wgpu::train::TrainConfig {
             batch_size: pb,
             max_seq_len: ps + 1,

@@ -4,7 +4,7 @@
 
 use std::time::Instant;
 
-use dora_wgpu::data::{random_examples, random_examples_of_lengths};
+use dora_wgpu::text::data::{random_examples, random_examples_of_lengths};
 use dora_wgpu::{Gpu, Result, Tensor};
 
 /// The median of repeated timings (the upper middle for an even count).

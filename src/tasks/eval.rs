@@ -1,11 +1,11 @@
 //! `eval`: token-weighted mean negative log-likelihood over a JSONL file.
 
 use crate::autograd::no_grad;
-use crate::data::Example;
 use crate::error::{arg_err, Error, Result};
 use crate::nn::Llama;
 use crate::ops;
 use crate::tensor::Tensor;
+use crate::text::data::Example;
 
 /// Rows of logits computed at once: bounds the [rows, vocab] buffer.
 const LOGIT_CHUNK_ROWS: usize = 256;

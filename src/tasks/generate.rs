@@ -5,7 +5,7 @@ use crate::error::{arg_err, Result};
 use crate::nn::{Llama, Rng};
 use crate::ops;
 use crate::tensor::Tensor;
-use crate::tokenizer::Tokenizer;
+use crate::text::Tokenizer;
 
 /// How to pick each next token. Temperature 0 is greedy.
 #[derive(Clone, Copy, Debug, PartialEq)]
@@ -87,7 +87,7 @@ pub fn generate(
     if !(sampling.top_p > 0.0 && sampling.top_p <= 1.0) {
         arg_err!("generate: top_p must be in (0, 1], got {}", sampling.top_p);
     }
-    crate::data::check_vocabulary(prompt_ids, tokenizer, model.config.vocab_size)?;
+    crate::text::data::check_vocabulary(prompt_ids, tokenizer, model.config.vocab_size)?;
     let _g = no_grad();
     let gpu = model.embed_tokens.gpu();
     let capacity =

@@ -88,7 +88,7 @@ fn write_merged(
     if let MappedWeights::Gguf(gguf) = base {
         // A GGUF base: its metadata and vocabulary as Hugging Face files.
         let config = serde_json::to_string_pretty(&gguf.config).expect("JSON values serialize");
-        let tokenizer = crate::tokenizer::Tokenizer::load(model_dir)?.hf_files()?;
+        let tokenizer = crate::text::Tokenizer::load(model_dir)?.hf_files()?;
         for (name, text) in std::iter::once(("config.json", config + "\n")).chain(tokenizer) {
             let path = dir.join(name);
             std::fs::write(&path, text).map_err(io_err(&path))?;

@@ -2,8 +2,8 @@
 //! length, a per-epoch shuffle that depends only on (seed, epoch), and a data
 //! position that is one counter, so a resumed run sees the same batches.
 
-use crate::data::Example;
 use crate::ops::IGNORE_INDEX;
+use crate::text::data::Example;
 
 /// One micro-batch: token ids [batch, seq] and next-token targets [batch, seq]
 /// (row-major), right-padded to the longest example. Padding and unscored

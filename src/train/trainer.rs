@@ -15,7 +15,6 @@ use super::metrics::{self, MetricsLog, StepStats};
 use super::{estimate_step_memory, format_bytes, learning_rate, prepare};
 use super::{Batch, Batcher, MemoryEstimate, PrepareReport, StepShape};
 use crate::autograd::no_grad;
-use crate::data::Example;
 use crate::error::{arg_err, Error, Result};
 use crate::io::hf::CAUSAL_LM;
 use crate::io::{AdapterConfig, AdapterWeights, TargetModules};
@@ -23,6 +22,7 @@ use crate::nn::{decoder_targets_regex, Llama};
 use crate::ops;
 use crate::optim::AdamW;
 use crate::tensor::Tensor;
+use crate::text::data::Example;
 
 /// Checkpoints kept, the newest included (older ones are deleted).
 const KEEP_CHECKPOINTS: usize = 3;

@@ -226,9 +226,9 @@ fn eval(args: EvalArgs) -> Result<()> {
     let gpu = Gpu::new()?;
     let model = load_model(&gpu, &args.model, args.adapter.as_deref())?;
     let tokenizer = Tokenizer::load(&args.model)?;
-    let examples = dora_wgpu::data::read_jsonl(&args.data, &tokenizer)?;
+    let examples = dora_wgpu::text::data::read_jsonl(&args.data, &tokenizer)?;
     let vocab = model.config.vocab_size;
-    dora_wgpu::data::check_examples_vocabulary(&args.data, &examples, &tokenizer, vocab)?;
+    dora_wgpu::text::data::check_examples_vocabulary(&args.data, &examples, &tokenizer, vocab)?;
     let report = tasks::evaluate(&model, &examples)?;
     if args.json {
         println!(

@@ -13,9 +13,9 @@ use clap::builder::{PossibleValue, StringValueParser, TypedValueParser};
 use clap::Args;
 use serde::Serialize;
 
-use dora_wgpu::data::{check_examples_vocabulary, read_jsonl, Example};
 use dora_wgpu::nn::Llama;
 use dora_wgpu::tasks::{self, Sampling};
+use dora_wgpu::text::data::{check_examples_vocabulary, read_jsonl, Example};
 use dora_wgpu::train::{
     checkpoint, format_bytes, Event, Method, Schedule, Stop, TrainConfig, Trainer,
 };

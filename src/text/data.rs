@@ -12,7 +12,7 @@ use serde_json::Value;
 
 use crate::error::{Error, Result};
 use crate::ops::IGNORE_INDEX;
-use crate::tokenizer::{ChatMessage, Tokenizer};
+use crate::text::{ChatMessage, Tokenizer};
 
 /// One tokenized example. `scored[t]` says whether token t is a training or
 /// evaluation target (predicted from position t − 1); `scored[0]` is false.

@@ -36,7 +36,7 @@ use std::path::Path;
 use serde_json::{json, Map, Value as Json};
 use tokenizers::AddedToken;
 
-use super::{format_err, ChatTemplate, TemplateState, Tokenizer};
+use super::{format_err, TemplateState, Tokenizer};
 use crate::error::Result;
 use crate::io::gguf::{GgufFile, Value};
 
@@ -523,10 +523,7 @@ impl Tokenizer {
 
         let template_key = "tokenizer.chat_template";
         let chat_template = match m.str_opt(template_key)? {
-            Some(source) => TemplateState::Found(Box::new(ChatTemplate::new(
-                path.to_path_buf(),
-                source.to_string(),
-            ))),
+            Some(source) => TemplateState::found(path.to_path_buf(), source.to_string()),
             None => TemplateState::Missing,
         };
         let generation_eos = eos_token
