@@ -120,6 +120,24 @@ fn first_key(t0: u32) -> u32 {
     return 0u;
 }
 
+// The block of queries workgroup g owns: batch b (none past the batch),
+// head h reading key/value head hk, queries t0 .. t0 + rows.
+struct QueryBlock {
+    b: u32,
+    h: u32,
+    hk: u32,
+    t0: u32,
+    rows: u32,
+}
+
+fn query_block(g: u32) -> QueryBlock {
+    let blocks = (p.seq + ROWS - 1u) / ROWS;
+    let h = (g / blocks) % p.heads;
+    let t0 = (g % blocks) * ROWS;
+    let hk = h / (p.heads / p.kv_heads);
+    return QueryBlock(g / (blocks * p.heads), h, hk, t0, min(ROWS, p.seq - t0));
+}
+
 // Loads `rows` query rows into tile_q (zeros past them and past head_dim).
 fn load_q_rows(lid: u32, b: u32, h: u32, t0: u32, rows: u32) {
     for (var e = lid; e < ROWS * D_MAX; e += LANES) {
@@ -153,17 +171,16 @@ fn attention_forward(
     @builtin(workgroup_id) wid: vec3<u32>,
     @builtin(num_workgroups) nwg: vec3<u32>,
 ) {
-    let blocks = (p.seq + ROWS - 1u) / ROWS;
-    let g = group_index(wid, nwg);
-    let h = (g / blocks) % p.heads;
-    let b = g / (blocks * p.heads);
-    if (b >= p.batch) {
+    let blk = query_block(group_index(wid, nwg));
+    if (blk.b >= p.batch) {
         return;
     }
+    let b = blk.b;
+    let h = blk.h;
+    let hk = blk.hk;
+    let t0 = blk.t0;
+    let rows = blk.rows;
     let d = p.head_dim;
-    let hk = h / (p.heads / p.kv_heads);
-    let t0 = (g % blocks) * ROWS;
-    let rows = min(ROWS, p.seq - t0);
     load_q_rows(lid, b, h, t0, rows);
     for (var e = lid; e < D_MAX * GROUPS; e += LANES) {
         tile_acc[e] = vec4<f32>(0.0);
@@ -285,17 +302,16 @@ fn attention_backward_query(
     @builtin(workgroup_id) wid: vec3<u32>,
     @builtin(num_workgroups) nwg: vec3<u32>,
 ) {
-    let blocks = (p.seq + ROWS - 1u) / ROWS;
-    let g = group_index(wid, nwg);
-    let h = (g / blocks) % p.heads;
-    let b = g / (blocks * p.heads);
-    if (b >= p.batch) {
+    let blk = query_block(group_index(wid, nwg));
+    if (blk.b >= p.batch) {
         return;
     }
+    let b = blk.b;
+    let h = blk.h;
+    let hk = blk.hk;
+    let t0 = blk.t0;
+    let rows = blk.rows;
     let d = p.head_dim;
-    let hk = h / (p.heads / p.kv_heads);
-    let t0 = (g % blocks) * ROWS;
-    let rows = min(ROWS, p.seq - t0);
     load_q_rows(lid, b, h, t0, rows);
     load_d_out_rows(lid, b, h, t0, rows);
     for (var e = lid; e < D_MAX * GROUPS; e += LANES) {
