@@ -68,10 +68,11 @@ fn merge_heads(
 
 @compute @workgroup_size(ROW_LANES)
 fn causal_softmax(
-    @builtin(local_invocation_index) lid: u32,
+    lane: RowLane,
     @builtin(workgroup_id) wid: vec3<u32>,
     @builtin(num_workgroups) nwg: vec3<u32>,
 ) {
+    let lid = lane.lid;
     let row = group_index(wid, nwg);
     if (row >= p.batch) { // here `batch` counts score rows
         return;
@@ -88,7 +89,7 @@ fn causal_softmax(
             m = max(m, p.scale * x[base + j]);
         }
     }
-    let row_max = workgroup_max(m, lid);
+    let row_max = workgroup_max(m, lane);
     var s = 0.0;
     for (var j = lid; j < p.keys; j += ROW_LANES) {
         var e = 0.0;
@@ -98,7 +99,7 @@ fn causal_softmax(
         out[base + j] = e;
         s = s + e;
     }
-    let inv = 1.0 / workgroup_sum(s, lid);
+    let inv = 1.0 / workgroup_sum(s, lane);
     for (var j = lid; j < p.keys; j += ROW_LANES) {
         out[base + j] = out[base + j] * inv;
     }

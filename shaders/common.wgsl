@@ -1,4 +1,5 @@
-// Shared helpers, prepended to every kernel that reduces across a workgroup.
+// Shared helpers, prepended to every kernel (the row reductions follow it:
+// row_reduce.wgsl, or row_reduce_subgroups.wgsl where the device has subgroups).
 // Workgroups that reduce one row are ROW_LANES invocations wide: rows here are
 // mostly short (attention scores, hidden states), and a narrower group needs
 // fewer barrier rounds (which software rasterizers pay dearly for) while a
@@ -12,37 +13,6 @@ const COL_CHUNK_ROWS: u32 = 32u;
 
 var<workgroup> scratch: array<f32, ROW_LANES>;
 
-// Sum of `v` over the ROW_LANES invocations; every invocation gets the result.
-fn workgroup_sum(v: f32, lid: u32) -> f32 {
-    scratch[lid] = v;
-    workgroupBarrier();
-    for (var s = ROW_LANES / 2u; s > 0u; s = s >> 1u) {
-        if (lid < s) {
-            scratch[lid] = scratch[lid] + scratch[lid + s];
-        }
-        workgroupBarrier();
-    }
-    let total = scratch[0];
-    workgroupBarrier();
-    return total;
-}
-
-// Maximum of `v` over the ROW_LANES invocations; every invocation gets the result.
-fn workgroup_max(v: f32, lid: u32) -> f32 {
-    scratch[lid] = v;
-    workgroupBarrier();
-    for (var s = ROW_LANES / 2u; s > 0u; s = s >> 1u) {
-        if (lid < s) {
-            scratch[lid] = max(scratch[lid], scratch[lid + s]);
-        }
-        workgroupBarrier();
-    }
-    let total = scratch[0];
-    workgroupBarrier();
-    return total;
-}
-
-// Linear workgroup id of a 2-D grid (grids split at 65535 groups per dimension).
 // tanh as 1 - 2/(e^2u + 1) with u clamped, so no backend's tanh overflows
 // to NaN for large |x| (GELU's tanh approximation, logit soft-capping).
 fn tanh_clamped(x: f32) -> f32 {
@@ -50,6 +20,7 @@ fn tanh_clamped(x: f32) -> f32 {
     return 1.0 - 2.0 / (exp(2.0 * u) + 1.0);
 }
 
+// Linear workgroup id of a 2-D grid (grids split at 65535 groups per dimension).
 fn group_index(wid: vec3<u32>, nwg: vec3<u32>) -> u32 {
     return wid.x + wid.y * nwg.x;
 }

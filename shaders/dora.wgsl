@@ -21,10 +21,11 @@ struct Params {
 
 @compute @workgroup_size(ROW_LANES)
 fn recompose(
-    @builtin(local_invocation_index) lid: u32,
+    lane: RowLane,
     @builtin(workgroup_id) wid: vec3<u32>,
     @builtin(num_workgroups) nwg: vec3<u32>,
 ) {
+    let lid = lane.lid;
     let row = group_index(wid, nwg);
     if (row >= p.rows) {
         return;
@@ -39,7 +40,7 @@ fn recompose(
         merged[row * p.cols + j] = v;
         s = fma(v, v, s);
     }
-    let norm = sqrt(workgroup_sum(s, lid));
+    let norm = sqrt(workgroup_sum(s, lane));
     let c = magnitude[row] / norm;
     // Each invocation rescales only the elements it wrote itself: no barrier needed.
     for (var j = lid; j < p.cols; j += ROW_LANES) {

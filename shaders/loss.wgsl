@@ -37,10 +37,11 @@ fn is_counted(t: i32) -> bool {
 
 @compute @workgroup_size(ROW_LANES)
 fn ce_rows(
-    @builtin(local_invocation_index) lid: u32,
+    lane: RowLane,
     @builtin(workgroup_id) wid: vec3<u32>,
     @builtin(num_workgroups) nwg: vec3<u32>,
 ) {
+    let lid = lane.lid;
     let row = group_index(wid, nwg);
     if (row >= p.rows) {
         return;
@@ -50,12 +51,12 @@ fn ce_rows(
     for (var j = lid; j < p.classes; j += ROW_LANES) {
         m = max(m, logit(base + j));
     }
-    let row_max = workgroup_max(m, lid);
+    let row_max = workgroup_max(m, lane);
     var s = 0.0;
     for (var j = lid; j < p.classes; j += ROW_LANES) {
         s = s + exp(logit(base + j) - row_max);
     }
-    let l = row_max + log(workgroup_sum(s, lid));
+    let l = row_max + log(workgroup_sum(s, lane));
     if (lid == 0u) {
         lse[row] = l;
         let t = targets[row];
@@ -68,7 +69,8 @@ fn ce_rows(
 }
 
 @compute @workgroup_size(ROW_LANES)
-fn ce_mean(@builtin(local_invocation_index) lid: u32) {
+fn ce_mean(lane: RowLane) {
+    let lid = lane.lid;
     var s = 0.0;
     var n = 0.0;
     for (var i = lid; i < p.rows; i += ROW_LANES) {
@@ -77,8 +79,8 @@ fn ce_mean(@builtin(local_invocation_index) lid: u32) {
             n = n + 1.0;
         }
     }
-    let total = workgroup_sum(s, lid);
-    let count = workgroup_sum(n, lid);
+    let total = workgroup_sum(s, lane);
+    let count = workgroup_sum(n, lane);
     if (lid == 0u) {
         stats[0] = total / max(count, 1.0);
         stats[1] = count;

@@ -13,10 +13,11 @@ struct Params {
 
 @compute @workgroup_size(ROW_LANES)
 fn row_norm(
-    @builtin(local_invocation_index) lid: u32,
+    lane: RowLane,
     @builtin(workgroup_id) wid: vec3<u32>,
     @builtin(num_workgroups) nwg: vec3<u32>,
 ) {
+    let lid = lane.lid;
     let row = group_index(wid, nwg);
     if (row >= p.rows) {
         return;
@@ -26,7 +27,7 @@ fn row_norm(
         let v = load_w(row * p.cols + j);
         s = fma(v, v, s);
     }
-    let total = workgroup_sum(s, lid);
+    let total = workgroup_sum(s, lane);
     if (lid == 0u) {
         out[row] = sqrt(total);
     }

@@ -19,10 +19,11 @@ struct Params {
 
 @compute @workgroup_size(ROW_LANES)
 fn sum_rows(
-    @builtin(local_invocation_index) lid: u32,
+    lane: RowLane,
     @builtin(workgroup_id) wid: vec3<u32>,
     @builtin(num_workgroups) nwg: vec3<u32>,
 ) {
+    let lid = lane.lid;
     let row = group_index(wid, nwg);
     if (row >= p.rows) {
         return;
@@ -31,7 +32,7 @@ fn sum_rows(
     for (var j = lid; j < p.cols; j += ROW_LANES) {
         s = s + x[row * p.cols + j];
     }
-    let total = workgroup_sum(s, lid);
+    let total = workgroup_sum(s, lane);
     if (lid == 0u) {
         out[row] = p.alpha * total;
     }
@@ -56,13 +57,14 @@ fn sum_cols(
 }
 
 @compute @workgroup_size(ROW_LANES)
-fn sum_squares_into(@builtin(local_invocation_index) lid: u32) {
+fn sum_squares_into(lane: RowLane) {
+    let lid = lane.lid;
     var s = 0.0;
     for (var j = lid; j < p.cols; j += ROW_LANES) {
         let v = x[j];
         s = s + v * v;
     }
-    let total = workgroup_sum(s, lid);
+    let total = workgroup_sum(s, lane);
     if (lid == 0u) {
         out[p.rows] = p.alpha * total;
     }

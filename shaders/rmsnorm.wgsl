@@ -15,26 +15,27 @@ struct Params {
 @group(0) @binding(3) var<storage, read> g: array<f32>;
 @group(0) @binding(4) var<storage, read_write> out: array<f32>;
 
-fn inverse_rms(base: u32, lid: u32) -> f32 {
+fn inverse_rms(base: u32, lane: RowLane) -> f32 {
     var s = 0.0;
-    for (var j = lid; j < p.cols; j += ROW_LANES) {
+    for (var j = lane.lid; j < p.cols; j += ROW_LANES) {
         s = fma(x[base + j], x[base + j], s);
     }
-    return inverseSqrt(workgroup_sum(s, lid) / f32(p.cols) + p.eps);
+    return inverseSqrt(workgroup_sum(s, lane) / f32(p.cols) + p.eps);
 }
 
 @compute @workgroup_size(ROW_LANES)
 fn rmsnorm_forward(
-    @builtin(local_invocation_index) lid: u32,
+    lane: RowLane,
     @builtin(workgroup_id) wid: vec3<u32>,
     @builtin(num_workgroups) nwg: vec3<u32>,
 ) {
+    let lid = lane.lid;
     let row = group_index(wid, nwg);
     if (row >= p.rows) {
         return;
     }
     let base = row * p.cols;
-    let r = inverse_rms(base, lid);
+    let r = inverse_rms(base, lane);
     for (var j = lid; j < p.cols; j += ROW_LANES) {
         out[base + j] = load_w(j) * (x[base + j] * r);
     }
@@ -42,21 +43,22 @@ fn rmsnorm_forward(
 
 @compute @workgroup_size(ROW_LANES)
 fn rmsnorm_backward(
-    @builtin(local_invocation_index) lid: u32,
+    lane: RowLane,
     @builtin(workgroup_id) wid: vec3<u32>,
     @builtin(num_workgroups) nwg: vec3<u32>,
 ) {
+    let lid = lane.lid;
     let row = group_index(wid, nwg);
     if (row >= p.rows) {
         return;
     }
     let base = row * p.cols;
-    let r = inverse_rms(base, lid);
+    let r = inverse_rms(base, lane);
     var s = 0.0;
     for (var j = lid; j < p.cols; j += ROW_LANES) {
         s = s + load_w(j) * g[base + j] * x[base + j];
     }
-    let mean_wgx = workgroup_sum(s, lid) / f32(p.cols);
+    let mean_wgx = workgroup_sum(s, lane) / f32(p.cols);
     for (var j = lid; j < p.cols; j += ROW_LANES) {
         out[base + j] = r * load_w(j) * g[base + j] - x[base + j] * r * r * r * mean_wgx;
     }

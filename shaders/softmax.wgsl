@@ -14,10 +14,11 @@ struct Params {
 
 @compute @workgroup_size(ROW_LANES)
 fn softmax_forward(
-    @builtin(local_invocation_index) lid: u32,
+    lane: RowLane,
     @builtin(workgroup_id) wid: vec3<u32>,
     @builtin(num_workgroups) nwg: vec3<u32>,
 ) {
+    let lid = lane.lid;
     let row = group_index(wid, nwg);
     if (row >= p.rows) {
         return;
@@ -27,14 +28,14 @@ fn softmax_forward(
     for (var j = lid; j < p.cols; j += ROW_LANES) {
         m = max(m, x[base + j]);
     }
-    let row_max = workgroup_max(m, lid);
+    let row_max = workgroup_max(m, lane);
     var s = 0.0;
     for (var j = lid; j < p.cols; j += ROW_LANES) {
         let e = exp(x[base + j] - row_max);
         out[base + j] = e;
         s = s + e;
     }
-    let inv = 1.0 / workgroup_sum(s, lid);
+    let inv = 1.0 / workgroup_sum(s, lane);
     for (var j = lid; j < p.cols; j += ROW_LANES) {
         out[base + j] = out[base + j] * inv;
     }
@@ -43,10 +44,11 @@ fn softmax_forward(
 // Here `x` holds the forward output y.
 @compute @workgroup_size(ROW_LANES)
 fn softmax_backward(
-    @builtin(local_invocation_index) lid: u32,
+    lane: RowLane,
     @builtin(workgroup_id) wid: vec3<u32>,
     @builtin(num_workgroups) nwg: vec3<u32>,
 ) {
+    let lid = lane.lid;
     let row = group_index(wid, nwg);
     if (row >= p.rows) {
         return;
@@ -56,7 +58,7 @@ fn softmax_backward(
     for (var j = lid; j < p.cols; j += ROW_LANES) {
         s = fma(g[base + j], x[base + j], s);
     }
-    let dot = workgroup_sum(s, lid);
+    let dot = workgroup_sum(s, lane);
     for (var j = lid; j < p.cols; j += ROW_LANES) {
         out[base + j] = x[base + j] * (g[base + j] - dot);
     }

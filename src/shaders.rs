@@ -8,6 +8,8 @@
 use crate::tensor::{DType, Quant};
 
 const COMMON: &str = include_str!("../shaders/common.wgsl");
+const ROW_REDUCE: &str = include_str!("../shaders/row_reduce.wgsl");
+const ROW_REDUCE_SUBGROUPS: &str = include_str!("../shaders/row_reduce_subgroups.wgsl");
 const MATMUL_IO: &str = include_str!("../shaders/matmul_io.wgsl");
 const MATMUL: &str = include_str!("../shaders/matmul.wgsl");
 const MATMUL_SKINNY: &str = include_str!("../shaders/matmul_skinny.wgsl");
@@ -379,8 +381,16 @@ impl Kernel {
         }
     }
 
-    /// The full WGSL source of this variant.
+    /// The full WGSL source of this variant, for a device without subgroup
+    /// operations.
     pub fn source(&self) -> String {
+        self.source_for(false)
+    }
+
+    /// The full WGSL source of this variant; with `subgroups` (a device with
+    /// `Features::SUBGROUP`), kernels that reduce across a row's workgroup do
+    /// it with subgroup operations (row_reduce_subgroups.wgsl).
+    pub fn source_for(&self, subgroups: bool) -> String {
         let (header, body) = match *self {
             Kernel::Matmul {
                 trans_a,
@@ -471,7 +481,38 @@ impl Kernel {
             }
             Kernel::FmaPeak => (String::new(), BENCH),
         };
-        format!("// variant: {}\n{header}\n{COMMON}\n{body}", self.label())
+        // Only kernels that reduce rows (their entry points take a RowLane)
+        // use subgroup operations. naga 30 takes them without WGSL's
+        // `enable subgroups;` (it refuses that directive); the device's
+        // `Features::SUBGROUP` is what allows them.
+        let reduce = if subgroups && self.reduces_rows() {
+            ROW_REDUCE_SUBGROUPS
+        } else {
+            ROW_REDUCE
+        };
+        format!(
+            "// variant: {}\n{header}\n{COMMON}\n{reduce}\n{body}",
+            self.label()
+        )
+    }
+
+    /// Whether the kernel reduces across a row's workgroup (workgroup_sum or
+    /// workgroup_max), so that subgroup operations can do it.
+    pub fn reduces_rows(&self) -> bool {
+        matches!(
+            self,
+            Kernel::RowNorm { .. }
+                | Kernel::Recompose { .. }
+                | Kernel::SumRows
+                | Kernel::SumSquaresInto
+                | Kernel::SoftmaxForward
+                | Kernel::SoftmaxBackward
+                | Kernel::CrossEntropyRows
+                | Kernel::CrossEntropyMean
+                | Kernel::CausalSoftmax
+                | Kernel::RmsNormForward(_)
+                | Kernel::RmsNormBackward(_)
+        )
     }
 
     /// Every kernel variant the library can launch.

@@ -498,3 +498,59 @@ fn cross_entropy_matches_f64_with_ignored_rows() {
     .unwrap();
     assert_eq!(loss.item().unwrap(), 0.0);
 }
+
+/// The row reductions (sums, maxima) run on subgroup operations where the
+/// adapter has them, and through workgroup memory otherwise: both give the
+/// f64 results, and the default context takes subgroups wherever offered.
+#[test]
+fn row_reductions_match_f64_with_and_without_subgroups() {
+    let with = gpu();
+    let offered = with.adapter_report().expect("own device").subgroups;
+    assert_eq!(
+        with.uses_subgroups(),
+        offered && std::env::var("DORA_SUBGROUPS").as_deref() != Ok("0"),
+        "subgroups are used exactly where the adapter offers them"
+    );
+    let without = Gpu::with_options(&GpuOptions {
+        subgroups: false,
+        ..Default::default()
+    })
+    .unwrap();
+    assert!(!without.uses_subgroups());
+    let mut rng = Rng::new(10);
+    for gpu in [with, &without] {
+        for &(rows, cols) in &[(1, 1), (5, 7), (9, 64), (3, 1000)] {
+            let x: Vec<f32> = random(&mut rng, rows * cols)
+                .iter()
+                .map(|v| v * 20.0)
+                .collect();
+            let t = Tensor::from_f32(gpu, &x, &[rows, cols]).unwrap();
+            let label = format!("{rows}×{cols}, subgroups {}", gpu.uses_subgroups());
+            assert_close(
+                &format!("softmax {label}"),
+                &ops::softmax(&t).unwrap().to_vec_f32().unwrap(),
+                &softmax_ref(&to_f64(&x), cols),
+                1e-5,
+                1e-7,
+            );
+            let sums: Vec<f64> = x
+                .chunks(cols)
+                .map(|r| r.iter().map(|&v| v as f64).sum())
+                .collect();
+            assert_close(
+                &format!("sum_rows {label}"),
+                &ops::sum_rows(&t).unwrap().to_vec_f32().unwrap(),
+                &sums,
+                1e-5,
+                1e-4,
+            );
+            assert_close(
+                &format!("row_norm {label}"),
+                &ops::row_norm(&t).unwrap().to_vec_f32().unwrap(),
+                &row_norm_ref(&to_f64(&x), rows, cols),
+                1e-5,
+                1e-5,
+            );
+        }
+    }
+}

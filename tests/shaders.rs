@@ -6,10 +6,15 @@ use dora_wgpu::shaders::Kernel;
 use naga::back::{glsl, hlsl, msl, spv};
 use naga::valid::{Capabilities, ValidationFlags, Validator};
 
-fn check(kernel: &Kernel) -> Result<(), String> {
-    let source = kernel.source();
+fn check(kernel: &Kernel, subgroups: bool) -> Result<(), String> {
+    let source = kernel.source_for(subgroups);
     let module = naga::front::wgsl::parse_str(&source).map_err(|e| e.emit_to_string(&source))?;
-    let info = Validator::new(ValidationFlags::all(), Capabilities::empty())
+    let capabilities = if subgroups {
+        Capabilities::SUBGROUP
+    } else {
+        Capabilities::empty()
+    };
+    let info = Validator::new(ValidationFlags::all(), capabilities)
         .validate(&module)
         .map_err(|e| e.emit_to_string(&source))?;
     if !module.entry_points.iter().any(|e| e.name == kernel.entry()) {
@@ -18,7 +23,8 @@ fn check(kernel: &Kernel) -> Result<(), String> {
     spv::write_vec(&module, &info, &spv::Options::default(), None)
         .map_err(|e| format!("SPIR-V: {e}"))?;
     let msl_options = msl::Options {
-        lang_version: (2, 0),
+        // Metal 2.1 brought simdgroup functions.
+        lang_version: if subgroups { (2, 1) } else { (2, 0) },
         ..Default::default()
     };
     msl::write_string(
@@ -65,9 +71,16 @@ fn check(kernel: &Kernel) -> Result<(), String> {
 fn every_kernel_variant_validates_and_translates_to_all_backends() {
     let kernels = Kernel::all();
     assert!(kernels.len() > 40, "expected every variant to be listed");
+    // Each variant as compiled for a device without subgroups, and as
+    // compiled for one with them (the row reductions differ).
     let failures: Vec<String> = kernels
         .iter()
-        .filter_map(|k| check(k).err().map(|e| format!("{}: {e}", k.label())))
+        .flat_map(|k| [(k, false), (k, true)])
+        .filter_map(|(k, sg)| {
+            check(k, sg)
+                .err()
+                .map(|e| format!("{} (subgroups {sg}): {e}", k.label()))
+        })
         .collect();
     assert!(
         failures.is_empty(),
@@ -82,7 +95,10 @@ fn every_kernel_variant_validates_and_translates_to_all_backends() {
 /// files share) must appear in one: a file no kernel includes fails here.
 #[test]
 fn every_wgsl_file_is_used_by_some_kernel() {
-    let sources: Vec<String> = Kernel::all().iter().map(Kernel::source).collect();
+    let sources: Vec<String> = Kernel::all()
+        .iter()
+        .flat_map(|k| [k.source_for(false), k.source_for(true)])
+        .collect();
     let mut files = 0;
     for entry in std::fs::read_dir(concat!(env!("CARGO_MANIFEST_DIR"), "/shaders")).unwrap() {
         let path = entry.unwrap().path();
@@ -98,4 +114,37 @@ fn every_wgsl_file_is_used_by_some_kernel() {
         files > 10,
         "expected the shaders/ folder, found {files} files"
     );
+}
+
+/// The kernels `reduces_rows` lists (they get subgroup reductions) are
+/// exactly those whose entry point takes a `RowLane`, as the WGSL declares.
+#[test]
+fn subgroup_reductions_go_to_exactly_the_kernels_that_reduce_rows() {
+    for kernel in Kernel::all() {
+        let source = kernel.source();
+        let module = naga::front::wgsl::parse_str(&source).unwrap();
+        let entry = module
+            .entry_points
+            .iter()
+            .find(|e| e.name == kernel.entry())
+            .unwrap();
+        let takes_lane = entry
+            .function
+            .arguments
+            .iter()
+            .any(|a| module.types[a.ty].name.as_deref() == Some("RowLane"));
+        assert_eq!(
+            takes_lane,
+            kernel.reduces_rows(),
+            "{}: entry {} takes a RowLane: {takes_lane}",
+            kernel.label(),
+            kernel.entry()
+        );
+        assert_eq!(
+            kernel.source_for(true).contains("subgroupAdd"),
+            takes_lane,
+            "{}",
+            kernel.label()
+        );
+    }
 }

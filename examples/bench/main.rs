@@ -171,10 +171,11 @@ fn run() -> dora_wgpu::Result<()> {
     let gpu = Gpu::new()?;
     let peak = dora_wgpu::peak::fma_peak_gflops(&gpu, repeats)?;
     println!(
-        "adapter {}  backend {:?}  matmul kernels {:?}",
+        "adapter {}  backend {:?}  matmul kernels {:?}  subgroup reductions {}",
         gpu.adapter_name(),
         gpu.backend(),
-        gpu.matmul_kernels()
+        gpu.matmul_kernels(),
+        gpu.uses_subgroups()
     );
     println!("FMA peak {peak:.1} GFLOP/s\n");
 
@@ -507,6 +508,7 @@ fn run() -> dora_wgpu::Result<()> {
         "fma_peak_gflops": peak,
         "fma_peak_end_gflops": peak_end,
         "matmul_kernels": gpu.matmul_kernels(),
+        "subgroup_reductions": gpu.uses_subgroups(),
         "matmul_other_kernels": {"kernels": other_kernels, "m": m, "k": k, "n": n, "layout": "NN",
             "weight_dtype": "f32", "gflops": other_gflops, "pct_of_peak": 100.0 * other_gflops / peak},
         "matmul": matmuls,

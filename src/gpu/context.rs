@@ -29,6 +29,10 @@ pub struct GpuOptions {
     pub broadcast_lanes: Option<u32>,
     /// How causal attention is computed (see [`AttentionKernels`]).
     pub attention: AttentionKernels,
+    /// Row reductions (norms, softmax, cross-entropy) through subgroup
+    /// operations where the adapter has `Features::SUBGROUP` (default), or
+    /// always through workgroup memory. `DORA_SUBGROUPS=0` turns them off.
+    pub subgroups: bool,
     /// How much memory the buffer pool may keep idle, and a hard cap on all of it.
     pub memory: PoolLimits,
 }
@@ -109,6 +113,7 @@ impl Default for GpuOptions {
             matmul_kernels: MatmulKernels::Auto,
             broadcast_lanes: None,
             attention: AttentionKernels::Auto,
+            subgroups: std::env::var("DORA_SUBGROUPS").map_or(true, |v| v != "0"),
             memory: PoolLimits::default(),
         }
     }
@@ -139,6 +144,9 @@ pub(crate) struct GpuInner {
     pub broadcast_lanes: u32,
     /// The attention path (`Auto` decides per call, by size).
     pub attention: AttentionKernels,
+    /// Row reductions use subgroup operations (the device has `SUBGROUP` and
+    /// they were not turned off).
+    pub subgroups: bool,
     /// What the adapter offers, where this context opened it itself.
     pub report: Option<AdapterReport>,
     /// The first uncaptured device error, reported at the next synchronisation.
@@ -233,8 +241,15 @@ impl Gpu {
         let limits = adapter.limits();
         let (device, queue) = pollster::block_on(adapter.request_device(&wgpu::DeviceDescriptor {
             label: Some("dora-wgpu"),
-            // Timestamps only serve `--profile`; asked for wherever offered.
-            required_features: adapter.features() & wgpu::Features::TIMESTAMP_QUERY,
+            // Timestamps only serve `--profile`; asked for wherever offered,
+            // as are subgroups (row reductions) unless turned off.
+            required_features: adapter.features()
+                & (wgpu::Features::TIMESTAMP_QUERY
+                    | if options.subgroups {
+                        wgpu::Features::SUBGROUP
+                    } else {
+                        wgpu::Features::empty()
+                    }),
             required_limits: limits,
             experimental_features: wgpu::ExperimentalFeatures::disabled(),
             memory_hints: wgpu::MemoryHints::Performance,
@@ -322,6 +337,7 @@ impl Gpu {
         let broadcast_lanes =
             broadcast_lanes.unwrap_or_else(|| crate::shaders::broadcast_lanes_for(&info));
         let pass_timer = PassTimer::new(&device, &queue);
+        let subgroups = device.features().contains(wgpu::Features::SUBGROUP);
         Ok(Gpu {
             inner: Arc::new(GpuInner {
                 device,
@@ -335,6 +351,7 @@ impl Gpu {
                 broadcast_lanes,
                 attention,
                 report,
+                subgroups,
                 device_error: Arc::new(Mutex::new(None)),
                 profile: Mutex::new(None),
                 pass_timer,
@@ -356,6 +373,11 @@ impl Gpu {
     /// device itself (`None` for [`Gpu::from_device`]).
     pub fn adapter_report(&self) -> Option<&AdapterReport> {
         self.inner.report.as_ref()
+    }
+
+    /// Whether row reductions run on subgroup operations ([`GpuOptions::subgroups`]).
+    pub fn uses_subgroups(&self) -> bool {
+        self.inner.subgroups
     }
 
     /// How this context computes attention ([`GpuOptions::attention`]).

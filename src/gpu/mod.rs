@@ -170,7 +170,10 @@ impl Gpu {
                 kernel.label()
             )));
         }
-        let pipeline = self.inner.pipelines.get(&self.inner.device, kernel);
+        let pipeline = self
+            .inner
+            .pipelines
+            .get(&self.inner.device, kernel, self.inner.subgroups);
         let profiling = self.is_profiling();
         if profiling {
             self.synchronize()?; // only this dispatch is timed

@@ -23,13 +23,15 @@ impl PipelineCache {
         self.map.lock().unwrap().len()
     }
 
-    pub fn get(&self, device: &wgpu::Device, kernel: &Kernel) -> Arc<Pipeline> {
+    /// The pipeline of `kernel`, compiled on first use; `subgroups` is fixed
+    /// per context (whether its device has subgroup operations).
+    pub fn get(&self, device: &wgpu::Device, kernel: &Kernel, subgroups: bool) -> Arc<Pipeline> {
         let key = kernel.label();
         if let Some(p) = self.map.lock().unwrap().get(&key) {
             return p.clone();
         }
         // Compile outside the lock: it can take a while and other threads may record meanwhile.
-        let pipeline = Arc::new(build(device, kernel, &key));
+        let pipeline = Arc::new(build(device, kernel, &key, subgroups));
         self.map
             .lock()
             .unwrap()
@@ -39,8 +41,8 @@ impl PipelineCache {
     }
 }
 
-fn build(device: &wgpu::Device, kernel: &Kernel, label: &str) -> Pipeline {
-    let source = kernel.source();
+fn build(device: &wgpu::Device, kernel: &Kernel, label: &str, subgroups: bool) -> Pipeline {
+    let source = kernel.source_for(subgroups);
     let module = device.create_shader_module(wgpu::ShaderModuleDescriptor {
         label: Some(label),
         source: wgpu::ShaderSource::Wgsl(source.into()),
