@@ -260,7 +260,10 @@ fn tiny_model() -> (
 }
 
 fn base_linear(io: &BTreeMap<String, HostTensor>, module: &str) -> Linear {
-    let gpu = gpu();
+    base_linear_on(gpu(), io, module)
+}
+
+fn base_linear_on(gpu: &dora_wgpu::Gpu, io: &BTreeMap<String, HostTensor>, module: &str) -> Linear {
     let w = io[&format!("{module}.weight")].to_gpu(gpu).unwrap();
     let b = io
         .get(&format!("{module}.bias"))
@@ -294,9 +297,25 @@ fn adapter_saved_by_peft_loads_and_reproduces_its_outputs_and_merge() {
     }
 }
 
+/// A context whose row reductions go through workgroup memory on every
+/// device. The committed `rust_adapter` was written that way; subgroup
+/// reductions sum in another order (last-bit differences in the initial
+/// magnitudes ‖W‖), and the staleness check below compares bits.
+fn workgroup_memory_gpu() -> &'static dora_wgpu::Gpu {
+    static GPU: std::sync::OnceLock<dora_wgpu::Gpu> = std::sync::OnceLock::new();
+    GPU.get_or_init(|| {
+        let options = dora_wgpu::GpuOptions {
+            subgroups: false,
+            ..Default::default()
+        };
+        dora_wgpu::Gpu::with_options(&options).expect("GPU tests need an adapter")
+    })
+}
+
 /// The adapter this library writes for the tiny model: fresh layers moved
 /// off their initial values deterministically, so the file is the same on every run.
 fn rust_adapter() -> (AdapterWeights, BTreeMap<String, DoraLinear>) {
+    let gpu = workgroup_memory_gpu;
     let (io, shapes) = tiny_model();
     let options = dora_wgpu::nn::AdapterOptions {
         rank: 4,
@@ -307,7 +326,8 @@ fn rust_adapter() -> (AdapterWeights, BTreeMap<String, DoraLinear>) {
     let mut layers = BTreeMap::new();
     let mut modules = BTreeMap::new();
     for (i, module) in shapes.keys().enumerate() {
-        let layer = DoraLinear::new(base_linear(&io, module), &options, i as u64).unwrap();
+        let layer =
+            DoraLinear::new(base_linear_on(gpu(), &io, module), &options, i as u64).unwrap();
         let nb = layer.lora_b.numel();
         let db = Tensor::from_f32(gpu(), &random(&mut rng, nb), layer.lora_b.shape()).unwrap();
         ops::add_assign(&layer.lora_b, &db, 0.3).unwrap();
@@ -351,7 +371,9 @@ fn adapter_saved_here_loads_in_peft_and_reproduces_our_outputs() {
     let peft = read_safetensors(&fixture("rust_adapter_peft_outputs.safetensors")).unwrap();
     let (io, _) = tiny_model();
     for (module, layer) in &layers {
-        let x = io[&format!("x.{module}")].to_gpu(gpu()).unwrap();
+        let x = io[&format!("x.{module}")]
+            .to_gpu(workgroup_memory_gpu())
+            .unwrap();
         let y = layer.forward(&x).unwrap().to_vec_f32().unwrap();
         let e = rel_err(&y, &peft[&format!("y.{module}")].to_f32());
         assert!(
