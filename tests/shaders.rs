@@ -148,3 +148,65 @@ fn subgroup_reductions_go_to_exactly_the_kernels_that_reduce_rows() {
         );
     }
 }
+
+/// What each kernel binds, as the dispatcher declares it (`Kernel::bindings`:
+/// the bind group layout and the order buffers are passed in), equals what its
+/// WGSL entry point uses, read back by naga: binding numbers and whether each
+/// storage buffer is written. A mismatch would otherwise show only when a
+/// device creates the pipeline.
+#[test]
+fn declared_bindings_match_what_each_entry_point_uses() {
+    use dora_wgpu::shaders::Access;
+    let mut failures = Vec::new();
+    for kernel in Kernel::all() {
+        for subgroups in [false, true] {
+            let source = kernel.source_for(subgroups);
+            let module = naga::front::wgsl::parse_str(&source).unwrap();
+            let capabilities = if subgroups {
+                Capabilities::SUBGROUP
+            } else {
+                Capabilities::empty()
+            };
+            let info = Validator::new(ValidationFlags::all(), capabilities)
+                .validate(&module)
+                .unwrap();
+            let index = module
+                .entry_points
+                .iter()
+                .position(|e| e.name == kernel.entry())
+                .unwrap();
+            let uses = info.get_entry_point(index);
+            let mut used: Vec<(u32, Option<Access>)> = module
+                .global_variables
+                .iter()
+                .filter(|(handle, _)| !uses[*handle].is_empty())
+                .filter_map(|(_, var)| {
+                    let binding = var.binding.as_ref()?.binding;
+                    match var.space {
+                        naga::AddressSpace::Uniform => Some((binding, None)),
+                        naga::AddressSpace::Storage { access } => Some((
+                            binding,
+                            Some(if access.contains(naga::StorageAccess::STORE) {
+                                Access::ReadWrite
+                            } else {
+                                Access::Read
+                            }),
+                        )),
+                        _ => None,
+                    }
+                })
+                .collect();
+            used.sort_by_key(|(b, _)| *b);
+            let mut declared: Vec<(u32, Option<Access>)> = vec![(0, None)];
+            declared.extend(kernel.bindings().iter().map(|&(b, a)| (b, Some(a))));
+            declared.sort_by_key(|(b, _)| *b);
+            if used != declared {
+                failures.push(format!(
+                    "{} (subgroups {subgroups}): entry uses {used:?}, bindings() declares {declared:?}",
+                    kernel.label()
+                ));
+            }
+        }
+    }
+    assert!(failures.is_empty(), "{}", failures.join("\n"));
+}
