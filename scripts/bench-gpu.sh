@@ -94,9 +94,10 @@ model_args=()
 for m in "${models[@]}"; do model_args+=(--model "$m"); done
 
 # Shorter memory runs than the bench's defaults, to stay within the budget with
-# a 1B model (the bench takes the first of repeated options: the caller's win).
+# a 1B model (the bench takes the first of repeated options: the caller's win),
+# and the per-kernel profile of one training step, for tuning on this card.
 step bench target/release/examples/bench --json "$OUT/bench.json" "${model_args[@]}" "$@" \
-  --memory-steps 100 --model-memory-steps 20
+  --memory-steps 100 --model-memory-steps 20 --profile
 
 # The same models and shape for PyTorch+PEFT: the embedded default model
 # (assets/default-model) and each benchmark model; --quick trains 2 × 32 there.
