@@ -166,12 +166,21 @@ pub enum AttentionPass {
 /// workgroup (8 or 4: four key tiles and two of weights must fit). `None`
 /// where even 4 keys do not fit (heads past 128 under a 16 KiB limit).
 pub(crate) fn attention_tiles(head_dim_max: u32, workgroup_bytes: u32) -> Option<(u32, u32)> {
-    let rows = if head_dim_max > 128 { 4 } else { 8 };
+    let rows = attention_query_rows(head_dim_max);
     let key_bytes = |key_rows: u32| 4 * (4 * key_rows * head_dim_max + 2 * key_rows * 64);
     let key_rows = [8, 4]
         .into_iter()
         .find(|&r| key_bytes(r) <= workgroup_bytes)?;
     Some((rows, key_rows))
+}
+
+/// Queries per fused-attention forward and dL/dq workgroup (the source's `ROWS`).
+fn attention_query_rows(head_dim_max: u32) -> u32 {
+    if head_dim_max > 128 {
+        4
+    } else {
+        8
+    }
 }
 
 /// The fused attention's delta pass: it uses no tiles, so one variant serves all.
@@ -467,7 +476,7 @@ impl Kernel {
                 key_rows,
                 ..
             } => {
-                let rows = if head_dim_max > 128 { 4 } else { 8 };
+                let rows = attention_query_rows(head_dim_max);
                 (
                     format!(
                         "const D_MAX: u32 = {head_dim_max}u;\nconst ROWS: u32 = {rows}u;\n\

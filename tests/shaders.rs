@@ -6,7 +6,12 @@ use dora_wgpu::shaders::Kernel;
 use naga::back::{glsl, hlsl, msl, spv};
 use naga::valid::{Capabilities, ValidationFlags, Validator};
 
-fn check(kernel: &Kernel, subgroups: bool) -> Result<(), String> {
+/// The variant's source parsed and validated by naga, as compiled for a
+/// device with or without subgroup operations.
+fn parse_and_validate(
+    kernel: &Kernel,
+    subgroups: bool,
+) -> Result<(naga::Module, naga::valid::ModuleInfo), String> {
     let source = kernel.source_for(subgroups);
     let module = naga::front::wgsl::parse_str(&source).map_err(|e| e.emit_to_string(&source))?;
     let capabilities = if subgroups {
@@ -17,6 +22,11 @@ fn check(kernel: &Kernel, subgroups: bool) -> Result<(), String> {
     let info = Validator::new(ValidationFlags::all(), capabilities)
         .validate(&module)
         .map_err(|e| e.emit_to_string(&source))?;
+    Ok((module, info))
+}
+
+fn check(kernel: &Kernel, subgroups: bool) -> Result<(), String> {
+    let (module, info) = parse_and_validate(kernel, subgroups)?;
     if !module.entry_points.iter().any(|e| e.name == kernel.entry()) {
         return Err(format!("no entry point {}", kernel.entry()));
     }
@@ -160,16 +170,7 @@ fn declared_bindings_match_what_each_entry_point_uses() {
     let mut failures = Vec::new();
     for kernel in Kernel::all() {
         for subgroups in [false, true] {
-            let source = kernel.source_for(subgroups);
-            let module = naga::front::wgsl::parse_str(&source).unwrap();
-            let capabilities = if subgroups {
-                Capabilities::SUBGROUP
-            } else {
-                Capabilities::empty()
-            };
-            let info = Validator::new(ValidationFlags::all(), capabilities)
-                .validate(&module)
-                .unwrap();
+            let (module, info) = parse_and_validate(&kernel, subgroups).unwrap();
             let index = module
                 .entry_points
                 .iter()

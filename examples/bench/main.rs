@@ -71,25 +71,22 @@ fn attention_paths(quick: bool, repeats: usize) -> dora_wgpu::Result<Vec<serde_j
     } else {
         &[(4, 128, 9, 3, 64), (2, 512, 9, 3, 64)]
     };
-    let contexts = [AttentionKernels::Fused, AttentionKernels::Matmul].map(|attention| {
-        Gpu::with_options(&GpuOptions {
-            attention,
-            ..Default::default()
+    let contexts = [AttentionKernels::Fused, AttentionKernels::Matmul]
+        .into_iter()
+        .map(|attention| {
+            Gpu::with_options(&GpuOptions {
+                attention,
+                ..Default::default()
+            })
         })
-    });
+        .collect::<dora_wgpu::Result<Vec<Gpu>>>()?;
     let mut rng = Rng::new(3);
     let mut rows = Vec::new();
-    println!(
-        "
-causal attention forward + backward (heads/kv heads × head dim):"
-    );
+    println!("\ncausal attention forward + backward (heads/kv heads × head dim):");
     for &(b, t, h, hkv, d) in shapes {
         let heads = ops::AttentionHeads::causal(h, hkv, d);
         let mut figures = Vec::new();
         for (gpu, kind) in contexts.iter().zip(["fused", "matmul"]) {
-            let gpu = gpu
-                .as_ref()
-                .map_err(|e| dora_wgpu::Error::Device(e.to_string()))?;
             let input = |rng: &mut Rng, n: usize| {
                 Tensor::param(gpu, &random(rng, b * t * n * d), &[b, t, n * d])
             };

@@ -112,6 +112,11 @@ pub fn merge_heads(x: &Tensor) -> Result<Tensor> {
     }))
 }
 
+/// A sliding window as the kernels take it: the keys a query sees, 0 for all.
+fn window_param(window: Option<usize>) -> u32 {
+    window.map_or(0, |w| w.clamp(1, u32::MAX as usize) as u32)
+}
+
 /// softmax(scale · scores) over the last dim with causal masking: scores is
 /// [.., T, S]; query t sits at absolute position offset + t and sees keys
 /// 0..=offset + t, or with a sliding `window` only the `window` latest of
@@ -141,7 +146,7 @@ pub fn causal_softmax(
         keys: keys as u32,
         offset: offset as u32,
         scale,
-        window: window.map_or(0, |w| w.clamp(1, u32::MAX as usize) as u32),
+        window: window_param(window),
         ..heads_params(0, 0, 0, 0, 1)
     };
     let y = Tensor::empty(scores.gpu(), s, DType::F32)?;
@@ -218,6 +223,12 @@ pub fn causal_attention(
             v.shape()
         );
     }
+    if offset + seq > keys {
+        shape_err!(
+            "attention: {seq} queries at offset {offset} need {} keys, got {keys}",
+            offset + seq
+        );
+    }
     if let Some(tiles) = fused_tiles(q.gpu(), batch, heads, seq, keys, d) {
         let p = FusedParams {
             batch: batch as u32,
@@ -227,15 +238,9 @@ pub fn causal_attention(
             kv_heads: kv_heads as u32,
             head_dim: d as u32,
             offset: offset as u32,
-            window: window.map_or(0, |w| w.clamp(1, u32::MAX as usize) as u32),
+            window: window_param(window),
             scale,
         };
-        if offset + seq > keys {
-            shape_err!(
-                "attention: {seq} queries at offset {offset} need {} keys, got {keys}",
-                offset + seq
-            );
-        }
         return fused_attention(q, k, v, p, tiles);
     }
     let group = heads / kv_heads;
@@ -275,7 +280,7 @@ fn fused_tiles(
         AttentionKernels::Auto => batch * heads * seq * keys * 4 > FUSED_ABOVE_BYTES,
     };
     let head_dim_max = attention_head_dim_max(d).filter(|_| fused)?;
-    let workgroup_bytes = gpu.inner.limits.max_compute_workgroup_storage_size;
+    let workgroup_bytes = gpu.limits().max_compute_workgroup_storage_size;
     let (rows, key_rows) = attention_tiles(head_dim_max, workgroup_bytes)?;
     Some(FusedTiles {
         head_dim_max,

@@ -147,7 +147,7 @@ fn backward_prep(
         _pad: u32,
     }
     let (rows, cols) = super::rows_cols(g);
-    let chunks = rows.div_ceil(super::reduce::COL_CHUNK_ROWS).max(1);
+    let chunks = super::reduce::col_chunks(rows);
     let h = Tensor::empty(g.gpu(), g.shape(), DType::F32)?;
     let gy = Tensor::empty(g.gpu(), &[chunks, cols], DType::F32)?;
     let params = Params {

@@ -39,13 +39,18 @@ pub(crate) fn sum_rows_raw(x: &Tensor, alpha: f32) -> Result<Tensor> {
 /// Rows per chunk of a column sum: `COL_CHUNK_ROWS` in shaders/common.wgsl.
 pub(crate) const COL_CHUNK_ROWS: usize = 32;
 
+/// How many chunks of [`COL_CHUNK_ROWS`] a column sum over `rows` rows takes.
+pub(crate) fn col_chunks(rows: usize) -> usize {
+    rows.div_ceil(COL_CHUNK_ROWS).max(1)
+}
+
 /// alpha * sum over all leading dimensions: [..., c] -> [c]. Chunks of
 /// [`COL_CHUNK_ROWS`] rows are summed in parallel into [chunks, c], which
 /// is summed again until one row is left.
 pub(crate) fn sum_cols_raw(x: &Tensor, alpha: f32) -> Result<Tensor> {
     x.expect_f32("sum_cols", "input")?;
     let (rows, cols) = rows_cols(x);
-    let chunks = rows.div_ceil(COL_CHUNK_ROWS).max(1);
+    let chunks = col_chunks(rows);
     let out = Tensor::empty(x.gpu(), &[chunks, cols], DType::F32)?;
     let params = Params {
         rows: rows as u32,

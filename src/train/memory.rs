@@ -61,6 +61,12 @@ pub fn estimate_step_memory(
     let tokens = (shape.batch * shape.seq_len) as u64;
     // LoRA and DoRA layers are single recorded ops that keep their input and
     // output (and x·Aᵀ), with or without dropout: its mask is regenerated.
+    // One layer's [B·H, T, T] scores, which the fused kernels never hold.
+    let scores = if shape.fused_attention {
+        0
+    } else {
+        heads * t * tokens
+    };
     let (per_token_layer, attention) = if shape.fused_attention {
         // q, k, v, roped q and k, the output; and the log-sum-exps.
         (7 * d + 3 * dq + 3 * dkv + 4 * f, heads * tokens)
@@ -68,7 +74,7 @@ pub fn estimate_step_memory(
         // Also q and the repeated k and v split per head, the per-head
         // output; probabilities kept for backward, plus the scores they came
         // from while both exist.
-        (7 * d + 6 * dq + 3 * dkv + 4 * f, 2 * heads * t * tokens)
+        (7 * d + 6 * dq + 3 * dkv + 4 * f, 2 * scores)
     };
     let layer = (per_token_layer * tokens + attention) * f32_bytes;
     let layers = c.num_hidden_layers as u64;
@@ -93,10 +99,7 @@ pub fn estimate_step_memory(
         resident,
         adapter_and_optimizer: 4 * trainable as u64 * f32_bytes,
         activations: kept + backward + head,
-        largest_buffer: (attention / 2)
-            .max(tokens * f)
-            .max(rows * c.vocab_size as u64)
-            * f32_bytes,
+        largest_buffer: scores.max(rows * c.vocab_size as u64) * f32_bytes,
     }
 }
 
