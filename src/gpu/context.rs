@@ -224,6 +224,10 @@ impl Gpu {
             MatmulKernels::Auto => MatmulKernels::from_env()?,
             chosen => chosen,
         };
+        let attention = match options.attention {
+            AttentionKernels::Auto => AttentionKernels::from_env()?,
+            chosen => chosen,
+        };
         if let Some(lanes) = options.broadcast_lanes.filter(|l| ![8, 16].contains(l)) {
             return Err(Error::InvalidArgument(format!(
                 "GpuOptions::broadcast_lanes {lanes}: expected 8 or 16"
@@ -256,10 +260,6 @@ impl Gpu {
             trace: wgpu::Trace::Off,
         }))
         .map_err(|e| Error::NoAdapter(format!("{} ({:?}): {e}", info.name, info.backend)))?;
-        let attention = match options.attention {
-            AttentionKernels::Auto => AttentionKernels::from_env()?,
-            chosen => chosen,
-        };
         let gpu = Gpu::with_device(
             device,
             queue,
@@ -539,13 +539,18 @@ impl std::fmt::Debug for Gpu {
     }
 }
 
-/// Lists every adapter wgpu can see on the given backends.
-pub fn list_adapters(backends: wgpu::Backends) -> Vec<wgpu::AdapterInfo> {
+/// Every adapter wgpu can see on the given backends.
+fn enumerate_adapters(backends: wgpu::Backends) -> Vec<wgpu::Adapter> {
     let instance = wgpu::Instance::new(wgpu::InstanceDescriptor {
         backends,
         ..wgpu::InstanceDescriptor::new_without_display_handle_from_env()
     });
     pollster::block_on(instance.enumerate_adapters(backends))
+}
+
+/// Lists every adapter wgpu can see on the given backends.
+pub fn list_adapters(backends: wgpu::Backends) -> Vec<wgpu::AdapterInfo> {
+    enumerate_adapters(backends)
         .iter()
         .map(|a| a.get_info())
         .collect()
@@ -626,11 +631,7 @@ impl AdapterReport {
 
 /// Every adapter wgpu finds on `backends`, with what each offers the kernels.
 pub fn describe_adapters(backends: wgpu::Backends) -> Vec<AdapterReport> {
-    let instance = wgpu::Instance::new(wgpu::InstanceDescriptor {
-        backends,
-        ..wgpu::InstanceDescriptor::new_without_display_handle_from_env()
-    });
-    pollster::block_on(instance.enumerate_adapters(backends))
+    enumerate_adapters(backends)
         .iter()
         .map(AdapterReport::of)
         .collect()
