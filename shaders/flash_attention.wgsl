@@ -52,6 +52,9 @@ struct Params {
 const LANES: u32 = 64u;
 // A masked score: below every real one.
 const MASKED: f32 = -3.4028235e38;
+// Row group 1 of small per-group arrays is indexed as GROUPS - 1u (or
+// KEY_GROUPS - 1u): with a single group a constant index 1 is out of bounds,
+// which naga refuses even in a branch that is never taken.
 const GROUPS: u32 = ROWS / 4u;
 const KEY_GROUPS: u32 = KEY_ROWS / 4u;
 
