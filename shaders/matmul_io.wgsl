@@ -1,20 +1,9 @@
 // The parameters and operands every matmul kernel shares (matmul.wgsl,
 // matmul_skinny.wgsl, matmul_broadcast.wgsl), prepended to each by
-// src/shaders.rs. Params mirrors `Params` in src/ops/matmul.rs; `BWord`, the
-// word B is read in, comes from the generated header.
+// src/kernels/matmul/mod.rs; `BWord`, the word B is read in, comes from the
+// generated header.
 
-struct Params {
-    m: u32,
-    n: u32,
-    k: u32,
-    stride_a: u32,
-    stride_b: u32,
-    stride_c: u32,
-    alpha: f32,
-    beta: f32,
-    has_bias: u32,
-}
-
+// `Params` is generated from its one declaration in Rust (src/kernels/matmul/mod.rs).
 @group(0) @binding(0) var<uniform> p: Params;
 @group(0) @binding(1) var<storage, read> a: array<f32>;
 @group(0) @binding(2) var<storage, read> b: array<BWord>;

@@ -12,26 +12,9 @@ use std::collections::{HashMap, HashSet};
 use std::sync::Mutex;
 
 use crate::error::{shape_err, Error, Result};
-use crate::ops;
-use crate::tensor::Tensor;
-
-/// The backward rule of one recorded op: given dL/d(output) and which inputs
-/// need a gradient, returns dL/d(input) for each input (None where not needed).
-pub(crate) type BackwardFn =
-    Box<dyn FnOnce(&Tensor, &[bool]) -> Result<Vec<Option<Tensor>>> + Send>;
-
-pub(crate) struct GradFn {
-    pub name: &'static str,
-    pub inputs: Vec<Tensor>,
-    pub backward: BackwardFn,
-}
-
-pub(crate) enum Node {
-    /// A trainable leaf and its accumulated gradient.
-    Param { grad: Mutex<Option<Tensor>> },
-    /// The result of a recorded op; `None` once backward has used it.
-    Op { grad_fn: Mutex<Option<GradFn>> },
-}
+use crate::kernels::elementwise::{add_assign, binary, copy};
+use crate::kernels::{BinaryOp, Broadcast};
+use crate::tensor::{GradFn, Node, Tensor};
 
 thread_local! {
     static GRAD_ENABLED: Cell<bool> = const { Cell::new(true) };
@@ -183,7 +166,7 @@ impl Tensor {
                     accumulate_into_param(input, ig)?;
                 } else if input.grad_fn().is_some() {
                     let total = match grads.remove(&input.id()) {
-                        Some(prev) => ops::add(&prev, &ig)?,
+                        Some(prev) => binary(&prev, &ig, BinaryOp::Add, Broadcast::None)?,
                         None => ig,
                     };
                     grads.insert(input.id(), total);
@@ -199,10 +182,10 @@ fn accumulate_into_param(param: &Tensor, g: Tensor) -> Result<()> {
     let slot = param.param_grad_slot().expect("caller checked is_param");
     let mut slot = slot.lock().unwrap();
     match slot.as_ref() {
-        Some(acc) => ops::add_assign(acc, &g, 1.0)?,
+        Some(acc) => add_assign(acc, &g, 1.0)?,
         // A gradient can share its buffer with another (e.g. both inputs of an
         // add); the slot is accumulated in place later, so it gets its own copy.
-        None if g.shares_buffer() => *slot = Some(ops::copy(&g)?),
+        None if g.shares_buffer() => *slot = Some(copy(&g)?),
         None => *slot = Some(g),
     }
     Ok(())

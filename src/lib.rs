@@ -15,15 +15,18 @@
 
 pub mod assets;
 pub mod autograd;
+mod dtype;
 mod error;
 pub mod gpu;
 pub mod io;
+pub mod kernels;
 pub mod nn;
 pub mod ops;
 pub mod optim;
 pub mod peak;
 pub mod plot;
-pub mod shaders;
+/// The kernels' former module path, kept for applications that import it.
+pub use kernels as shaders;
 pub mod tasks;
 mod tensor;
 pub mod text;

@@ -2,8 +2,7 @@
 //! arithmetic as `torch.optim.AdamW` (checked against its values in tests).
 
 use crate::error::{arg_err, Result};
-use crate::ops::{groups_for_elements, launch};
-use crate::shaders::Kernel;
+use crate::kernels::adamw::{adamw_step, AdamWParams};
 use crate::tensor::{DType, Tensor};
 
 /// AdamW hyper-parameters; `Default` is torch's.
@@ -26,20 +25,6 @@ impl Default for AdamWConfig {
             weight_decay: 1e-2,
         }
     }
-}
-
-#[repr(C)]
-#[derive(Clone, Copy, bytemuck::Pod, bytemuck::Zeroable)]
-struct Params {
-    n: u32,
-    lr: f32,
-    beta1: f32,
-    beta2: f32,
-    eps: f32,
-    weight_decay: f32,
-    step_size: f32,
-    bc2_sqrt: f32,
-    grad_scale: f32,
 }
 
 /// AdamW over a fixed list of trainable tensors, updated in place.
@@ -88,7 +73,7 @@ impl AdamW {
         let bc2 = 1.0 - (c.beta2 as f64).powi(t);
         for (p, (m, v)) in self.params.iter().zip(&self.moments) {
             let Some(g) = p.grad() else { continue };
-            let params = Params {
+            let params = AdamWParams {
                 n: p.numel() as u32,
                 lr: c.lr,
                 beta1: c.beta1,
@@ -99,12 +84,7 @@ impl AdamW {
                 bc2_sqrt: bc2.sqrt() as f32,
                 grad_scale,
             };
-            launch(
-                Kernel::AdamW,
-                &params,
-                &[p, &g, m, v],
-                groups_for_elements(p.numel()),
-            )?;
+            adamw_step(p, &g, m, v, &params)?;
         }
         Ok(())
     }

@@ -5,8 +5,7 @@ use std::time::Instant;
 
 use crate::error::Result;
 use crate::gpu::Gpu;
-use crate::ops::{groups_for_elements, launch};
-use crate::shaders::Kernel;
+use crate::kernels::bench::fma_peak;
 use crate::tensor::{DType, Tensor};
 
 /// GFLOP/s of a plain FMA loop on this device: the ceiling other kernels are
@@ -20,12 +19,7 @@ pub fn fma_peak_gflops(gpu: &Gpu, repeats: usize) -> Result<f64> {
     let out = Tensor::empty(gpu, &[invocations], DType::F32)?;
     let run = || -> Result<f64> {
         let t = Instant::now();
-        launch(
-            Kernel::FmaPeak,
-            &iters,
-            &[&out],
-            groups_for_elements(invocations),
-        )?;
+        fma_peak(&out, iters)?;
         gpu.synchronize()?;
         Ok(t.elapsed().as_secs_f64())
     };

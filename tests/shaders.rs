@@ -2,7 +2,7 @@
 //! SPIR-V (Vulkan), MSL (Metal), HLSL (DX12) and GLSL ES 3.1 (GL): this
 //! catches Metal/DX12/GL breakage on a machine that has none of them.
 
-use dora_wgpu::shaders::Kernel;
+use dora_wgpu::kernels::Kernel;
 use naga::back::{glsl, hlsl, msl, spv};
 use naga::valid::{Capabilities, ValidationFlags, Validator};
 
@@ -100,9 +100,11 @@ fn every_kernel_variant_validates_and_translates_to_all_backends() {
     );
 }
 
-/// Each `shaders/*.wgsl` file is pasted whole into some kernel's source, so
-/// its full text (not a first line such as `struct Params {`, which most
-/// files share) must appear in one: a file no kernel includes fails here.
+/// Each `.wgsl` file under `src/kernels/` is pasted whole into some kernel's
+/// source, so its full text (not a first line such as a comment, which files
+/// may share) must appear in one: a file no kernel includes fails here. A
+/// weight loader template (`shared/load_*.wgsl`) appears with its names
+/// filled in, as every family but the matmul fills them.
 #[test]
 fn every_wgsl_file_is_used_by_some_kernel() {
     let sources: Vec<String> = Kernel::all()
@@ -110,21 +112,50 @@ fn every_wgsl_file_is_used_by_some_kernel() {
         .flat_map(|k| [k.source_for(false), k.source_for(true)])
         .collect();
     let mut files = 0;
-    for entry in std::fs::read_dir(concat!(env!("CARGO_MANIFEST_DIR"), "/shaders")).unwrap() {
-        let path = entry.unwrap().path();
-        let text = std::fs::read_to_string(&path).unwrap();
-        assert!(
-            sources.iter().any(|s| s.contains(text.as_str())),
-            "{} is not included by any kernel",
-            path.display()
-        );
-        files += 1;
+    let mut folders = vec![std::path::PathBuf::from(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/src/kernels"
+    ))];
+    while let Some(folder) = folders.pop() {
+        for entry in std::fs::read_dir(&folder).unwrap() {
+            let path = entry.unwrap().path();
+            if path.is_dir() {
+                folders.push(path);
+                continue;
+            }
+            if path.extension().is_none_or(|e| e != "wgsl") {
+                continue;
+            }
+            let text = std::fs::read_to_string(&path).unwrap();
+            let fillings: Vec<String> = QUANT_NAMES
+                .iter()
+                .map(|q| {
+                    text.replace("{word}", "WWord")
+                        .replace("{load}", "load_w")
+                        .replace("{array}", "w")
+                        .replace("{quant}", q)
+                })
+                .collect();
+            assert!(
+                sources
+                    .iter()
+                    .any(|s| fillings.iter().any(|f| s.contains(f.as_str()))),
+                "{} is not included by any kernel",
+                path.display()
+            );
+            files += 1;
+        }
     }
     assert!(
         files > 10,
-        "expected the shaders/ folder, found {files} files"
+        "expected the WGSL files under src/kernels/, found {files} files"
     );
 }
+
+/// The names `shared/load_quant.wgsl`'s `{quant}` takes.
+const QUANT_NAMES: [&str; 10] = [
+    "q4_0", "q4_1", "q5_0", "q5_1", "q8_0", "q2_k", "q3_k", "q4_k", "q5_k", "q6_k",
+];
 
 /// The kernels `reduces_rows` lists (they get subgroup reductions) are
 /// exactly those whose entry point takes a `RowLane`, as the WGSL declares.
@@ -166,7 +197,7 @@ fn subgroup_reductions_go_to_exactly_the_kernels_that_reduce_rows() {
 /// device creates the pipeline.
 #[test]
 fn declared_bindings_match_what_each_entry_point_uses() {
-    use dora_wgpu::shaders::Access;
+    use dora_wgpu::kernels::Access;
     let mut failures = Vec::new();
     for kernel in Kernel::all() {
         for subgroups in [false, true] {
@@ -210,4 +241,100 @@ fn declared_bindings_match_what_each_entry_point_uses() {
         }
     }
     assert!(failures.is_empty(), "{}", failures.join("\n"));
+}
+
+/// A struct member: (name, byte offset, size).
+type Member = (String, usize, usize);
+
+/// Each member of the WGSL struct bound at binding 0 (the kernel's
+/// `Params`), and the struct's size, as naga lays them out.
+fn wgsl_params(module: &naga::Module) -> Result<(Vec<Member>, usize), String> {
+    let (_, var) = module
+        .global_variables
+        .iter()
+        .find(|(_, v)| {
+            v.space == naga::AddressSpace::Uniform
+                && v.binding.as_ref().map(|b| b.binding) == Some(0)
+        })
+        .ok_or("no uniform at binding 0")?;
+    let naga::TypeInner::Struct { members, span } = &module.types[var.ty].inner else {
+        return Err("the uniform at binding 0 is not a struct".into());
+    };
+    let mut layouter = naga::proc::Layouter::default();
+    layouter
+        .update(module.to_ctx())
+        .map_err(|e| format!("layout: {e}"))?;
+    let members = members
+        .iter()
+        .map(|m| {
+            (
+                m.name.clone().unwrap_or_default(),
+                m.offset as usize,
+                layouter[m.ty].size as usize,
+            )
+        })
+        .collect();
+    Ok((members, *span as usize))
+}
+
+/// Where the WGSL `Params` of `source` differs from `rust` (the struct the
+/// dispatcher uploads, as Rust lays it out), or None where they agree.
+fn params_mismatch(source: &str, rust: &dora_wgpu::kernels::ParamsLayout) -> Option<String> {
+    let module = match naga::front::wgsl::parse_str(source) {
+        Ok(m) => m,
+        Err(e) => return Some(e.emit_to_string(source)),
+    };
+    let (wgsl, wgsl_size) = match wgsl_params(&module) {
+        Ok(p) => p,
+        Err(e) => return Some(e),
+    };
+    let rust_members: Vec<Member> = rust
+        .members
+        .iter()
+        .map(|m| (m.name.to_string(), m.offset, m.size))
+        .collect();
+    (wgsl != rust_members || wgsl_size != rust.size).then(|| {
+        format!(
+            "WGSL {wgsl:?} ({wgsl_size} bytes), Rust {rust_members:?} ({} bytes)",
+            rust.size
+        )
+    })
+}
+
+/// Every kernel's WGSL `Params` has the member names, offsets and sizes of
+/// the Rust struct its launcher uploads, read back from the variant's full
+/// source by naga. (Both come from one `kernel_params!` declaration; this
+/// keeps them from drifting if a shader ever declares its own.)
+#[test]
+fn each_kernels_wgsl_params_lay_out_as_the_rust_struct() {
+    let failures: Vec<String> = Kernel::all()
+        .iter()
+        .filter_map(|k| {
+            params_mismatch(&k.source(), &k.params()).map(|e| format!("{}: {e}", k.label()))
+        })
+        .collect();
+    assert!(failures.is_empty(), "{}", failures.join("\n"));
+}
+
+/// The check above fails where the two sides differ: the same source with
+/// two `Params` members swapped on the WGSL side is caught.
+#[test]
+fn params_with_two_fields_swapped_are_caught() {
+    let kernel = Kernel::all()[0];
+    let params = kernel.params();
+    let source = kernel.source();
+    let [first, second] = [&params.members[0], &params.members[1]].map(|m| {
+        let line = source
+            .lines()
+            .find(|l| l.trim_start().starts_with(&format!("{}:", m.name)))
+            .unwrap();
+        line.to_string()
+    });
+    let swapped = source
+        .replacen(&first, "@@FIRST@@", 1)
+        .replacen(&second, &first, 1)
+        .replacen("@@FIRST@@", &second, 1);
+    assert_ne!(swapped, source);
+    assert!(params_mismatch(&source, &params).is_none());
+    assert!(params_mismatch(&swapped, &params).is_some());
 }

@@ -140,7 +140,7 @@ pub(crate) struct GpuInner {
     pub batch: Mutex<Batch>,
     /// `Tiled` or `Broadcast`, never `Auto`.
     pub matmul_kernels: MatmulKernels,
-    /// Invocations per broadcast-matmul group ([`crate::shaders::broadcast_lanes_for`]).
+    /// Invocations per broadcast-matmul group ([`broadcast_lanes_for`]).
     pub broadcast_lanes: u32,
     /// The attention path (`Auto` decides per call, by size).
     pub attention: AttentionKernels,
@@ -321,11 +321,7 @@ impl Gpu {
     ) -> Result<Gpu> {
         let limits = device.limits();
         // The most storage buffers any kernel binds (WebGPU guarantees 8).
-        let needed = crate::shaders::Kernel::all()
-            .iter()
-            .map(|k| k.bindings().len() as u32)
-            .max()
-            .unwrap_or(0);
+        let needed = MAX_STORAGE_BINDINGS;
         if limits.max_storage_buffers_per_shader_stage < needed {
             return Err(Error::NoAdapter(format!(
                 "{} allows {} storage buffers per shader stage; dora-wgpu needs {needed}",
@@ -334,8 +330,7 @@ impl Gpu {
         }
         let batch = Batch::new(&device, limits.min_uniform_buffer_offset_alignment);
         let matmul_kernels = matmul_kernels.resolve(&info);
-        let broadcast_lanes =
-            broadcast_lanes.unwrap_or_else(|| crate::shaders::broadcast_lanes_for(&info));
+        let broadcast_lanes = broadcast_lanes.unwrap_or_else(|| broadcast_lanes_for(&info));
         let pass_timer = PassTimer::new(&device, &queue);
         let subgroups = device.features().contains(wgpu::Features::SUBGROUP);
         Ok(Gpu {
@@ -684,4 +679,21 @@ fn pick_adapter(instance: &wgpu::Instance, options: &GpuOptions) -> Result<wgpu:
                 options.backends
             ))
         })
+}
+
+/// The most storage buffers any kernel binds (`kernels::Kernel::all` is
+/// checked against it by a unit test there).
+pub(crate) const MAX_STORAGE_BINDINGS: u32 = 8;
+
+/// The broadcast matmul's group size on an adapter: its SIMD width when the
+/// driver states one (lavapipe: 8), within 8..=16, else 16. A group of one
+/// SIMD batch wastes the least on widths that are not a multiple of its
+/// columns (576 = 9 x 64 with 8 lanes, 4.5 x 128 with 16); a group narrower
+/// than the SIMD width would leave lanes idle.
+pub(crate) fn broadcast_lanes_for(info: &wgpu::AdapterInfo) -> u32 {
+    if info.subgroup_min_size == info.subgroup_max_size {
+        info.subgroup_max_size.clamp(8, 16).next_power_of_two()
+    } else {
+        16
+    }
 }

@@ -6,14 +6,17 @@ mod context;
 mod pipeline;
 mod pool;
 
+#[cfg(test)]
+pub(crate) use context::MAX_STORAGE_BINDINGS;
 pub use context::{
     describe_adapters, list_adapters, AdapterReport, AttentionKernels, Gpu, GpuOptions, KernelTime,
     MatmulKernels,
 };
+pub use pipeline::Access;
+pub(crate) use pipeline::Program;
 pub use pool::{MemoryStats, PoolLimits};
 
 use crate::error::{Error, Result};
-use crate::shaders::Kernel;
 use batch::PARAM_BYTES;
 
 /// Largest workgroup count per dispatch dimension that every backend accepts.
@@ -151,7 +154,7 @@ impl Gpu {
     /// `buffers` bind at 1.. in the order of `kernel.bindings()`.
     pub(crate) fn dispatch(
         &self,
-        kernel: &Kernel,
+        kernel: &dyn Program,
         params: &[u8],
         buffers: &[&GpuBuffer],
         workgroups: [u32; 3],

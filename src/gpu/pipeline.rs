@@ -6,7 +6,25 @@
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
-use crate::shaders::{Access, Kernel};
+/// How a kernel declares a storage binding.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Access {
+    Read,
+    ReadWrite,
+}
+
+/// What the dispatcher needs of a kernel to compile and bind it. The kernels
+/// (`crate::kernels::Kernel`) implement it; this layer knows no kernel by name.
+pub(crate) trait Program {
+    /// A unique name for the variant: the pipeline cache key.
+    fn label(&self) -> String;
+    fn entry(&self) -> &'static str;
+    /// The storage bindings, as (binding, access) in the order a dispatch
+    /// passes its buffers. Binding 0 is always the parameters.
+    fn bindings(&self) -> &'static [(u32, Access)];
+    /// The full WGSL source, for a device with or without subgroup operations.
+    fn source_for(&self, subgroups: bool) -> String;
+}
 
 pub(crate) struct Pipeline {
     pub pipeline: wgpu::ComputePipeline,
@@ -25,7 +43,12 @@ impl PipelineCache {
 
     /// The pipeline of `kernel`, compiled on first use; `subgroups` is fixed
     /// per context (whether its device has subgroup operations).
-    pub fn get(&self, device: &wgpu::Device, kernel: &Kernel, subgroups: bool) -> Arc<Pipeline> {
+    pub fn get(
+        &self,
+        device: &wgpu::Device,
+        kernel: &dyn Program,
+        subgroups: bool,
+    ) -> Arc<Pipeline> {
         let key = kernel.label();
         if let Some(p) = self.map.lock().unwrap().get(&key) {
             return p.clone();
@@ -41,7 +64,7 @@ impl PipelineCache {
     }
 }
 
-fn build(device: &wgpu::Device, kernel: &Kernel, label: &str, subgroups: bool) -> Pipeline {
+fn build(device: &wgpu::Device, kernel: &dyn Program, label: &str, subgroups: bool) -> Pipeline {
     let source = kernel.source_for(subgroups);
     let module = device.create_shader_module(wgpu::ShaderModuleDescriptor {
         label: Some(label),

@@ -7,7 +7,8 @@ mod peft;
 mod safetensors;
 
 pub use self::peft::{
-    AdapterConfig, AdapterWeights, ModuleAdapter, TargetModules, CONFIG_FILE, WEIGHTS_FILE,
+    lora_scaling, AdapterConfig, AdapterWeights, ModuleAdapter, TargetModules, CONFIG_FILE,
+    WEIGHTS_FILE,
 };
 pub(crate) use self::safetensors::write_atomically_with;
 pub use self::safetensors::{

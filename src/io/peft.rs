@@ -13,6 +13,15 @@ use serde::{Deserialize, Serialize};
 use super::safetensors::{read_safetensors, write_atomically, write_safetensors, HostTensor};
 use crate::error::{Error, Result};
 
+/// PEFT's scaling: lora_alpha / r, or lora_alpha / √r with rsLoRA.
+pub fn lora_scaling(alpha: f32, rank: usize, use_rslora: bool) -> f32 {
+    if use_rslora {
+        alpha / (rank as f32).sqrt()
+    } else {
+        alpha / rank as f32
+    }
+}
+
 pub const CONFIG_FILE: &str = "adapter_config.json";
 pub const WEIGHTS_FILE: &str = "adapter_model.safetensors";
 const KEY_PREFIX: &str = "base_model.model.";
@@ -206,7 +215,7 @@ impl AdapterConfig {
     /// s = lora_alpha / r, or lora_alpha / √r with rsLoRA.
     pub fn scaling(&self, module: &str) -> f32 {
         let (r, alpha) = self.rank_and_alpha(module);
-        crate::nn::lora_scaling(alpha, r, self.use_rslora)
+        lora_scaling(alpha, r, self.use_rslora)
     }
 
     /// True when `module` is one this config adapts: `target_modules`, then

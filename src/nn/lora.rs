@@ -9,14 +9,8 @@ use crate::io::{HostTensor, ModuleAdapter};
 use crate::ops::{self, Transpose};
 use crate::tensor::Tensor;
 
-/// PEFT's scaling: lora_alpha / r, or lora_alpha / √r with rsLoRA.
-pub fn lora_scaling(alpha: f32, rank: usize, use_rslora: bool) -> f32 {
-    if use_rslora {
-        alpha / (rank as f32).sqrt()
-    } else {
-        alpha / rank as f32
-    }
-}
+/// PEFT's scaling rule, defined beside PEFT's config in `io`.
+pub use crate::io::lora_scaling;
 
 /// Hyper-parameters of a new adapter; `Default` is PEFT's (r 8, alpha 8, no dropout).
 #[derive(Clone, Copy, Debug, PartialEq)]

@@ -4,78 +4,14 @@
 //! (`flash_attention.wgsl`), which never hold a [queries, keys] matrix.
 
 use super::matmul::Transpose;
-use super::{groups, groups_for_elements, launch};
 use crate::autograd::record;
 use crate::error::{shape_err, Result};
 use crate::gpu::{AttentionKernels, Gpu};
-use crate::shaders::{
-    attention_head_dim_max, attention_tiles, AttentionPass, Kernel, ATTENTION_DELTA,
+use crate::kernels::attention::{self as kernels, heads_params, AttentionParams};
+use crate::kernels::flash_attention::{
+    self as flash, attention_head_dim_max, attention_tiles, FlashParams, Tiles,
 };
-use crate::tensor::{DType, Tensor};
-
-#[repr(C)]
-#[derive(Clone, Copy, bytemuck::Pod, bytemuck::Zeroable)]
-struct Params {
-    batch: u32,
-    seq: u32,
-    src_heads: u32,
-    head_dim: u32,
-    group: u32,
-    keys: u32,
-    offset: u32,
-    scale: f32,
-    /// Sliding window: keys a query sees, itself included (0: all earlier ones).
-    window: u32,
-}
-
-fn heads_params(
-    batch: usize,
-    seq: usize,
-    src_heads: usize,
-    head_dim: usize,
-    group: usize,
-) -> Params {
-    Params {
-        batch: batch as u32,
-        seq: seq as u32,
-        src_heads: src_heads as u32,
-        head_dim: head_dim as u32,
-        group: group as u32,
-        keys: 0,
-        offset: 0,
-        scale: 1.0,
-        window: 0,
-    }
-}
-
-fn split_raw(x: &Tensor, p: Params) -> Result<Tensor> {
-    let heads = (p.src_heads * p.group) as usize;
-    let shape = [p.batch as usize, heads, p.seq as usize, p.head_dim as usize];
-    let out = Tensor::empty(x.gpu(), &shape, DType::F32)?;
-    launch(
-        Kernel::SplitHeads,
-        &p,
-        &[x, &out],
-        groups_for_elements(out.numel()),
-    )?;
-    Ok(out)
-}
-
-fn merge_raw(x: &Tensor, p: Params) -> Result<Tensor> {
-    let shape = [
-        p.batch as usize,
-        p.seq as usize,
-        (p.src_heads * p.head_dim) as usize,
-    ];
-    let out = Tensor::empty(x.gpu(), &shape, DType::F32)?;
-    launch(
-        Kernel::MergeHeads,
-        &p,
-        &[x, &out],
-        groups_for_elements(out.numel()),
-    )?;
-    Ok(out)
-}
+use crate::tensor::Tensor;
 
 /// [B, T, heads * head_dim] -> [B, heads * group, T, head_dim], each head repeated `group` times.
 pub fn split_heads(x: &Tensor, heads: usize, head_dim: usize, group: usize) -> Result<Tensor> {
@@ -90,9 +26,9 @@ pub fn split_heads(x: &Tensor, heads: usize, head_dim: usize, group: usize) -> R
         shape_err!("split_heads: width {width} is not {heads} heads × {head_dim}");
     }
     let p = heads_params(batch, seq, heads, head_dim, group);
-    let out = split_raw(x, p)?;
+    let out = kernels::split_heads(x, p)?;
     Ok(record(out, "split_heads", &[x], move |g, _| {
-        Ok(vec![Some(merge_raw(g, p)?)])
+        Ok(vec![Some(kernels::merge_heads(g, p)?)])
     }))
 }
 
@@ -106,9 +42,9 @@ pub fn merge_heads(x: &Tensor) -> Result<Tensor> {
         );
     };
     let p = heads_params(batch, seq, heads, head_dim, 1);
-    let out = merge_raw(x, p)?;
+    let out = kernels::merge_heads(x, p)?;
     Ok(record(out, "merge_heads", &[x], move |g, _| {
-        Ok(vec![Some(split_raw(g, p)?)])
+        Ok(vec![Some(kernels::split_heads(g, p)?)])
     }))
 }
 
@@ -140,7 +76,7 @@ pub fn causal_softmax(
         );
     }
     let rows = scores.numel() / keys.max(1);
-    let p = Params {
+    let p = AttentionParams {
         batch: rows as u32,
         seq: queries as u32,
         keys: keys as u32,
@@ -149,12 +85,11 @@ pub fn causal_softmax(
         window: window_param(window),
         ..heads_params(0, 0, 0, 0, 1)
     };
-    let y = Tensor::empty(scores.gpu(), s, DType::F32)?;
-    launch(Kernel::CausalSoftmax, &p, &[scores, &y], groups(rows))?;
+    let y = kernels::causal_softmax(scores, p)?;
     let saved = y.clone();
     Ok(record(y, "causal_softmax", &[scores], move |g, _| {
         // Masked entries have y = 0, so the plain softmax backward already zeroes them.
-        let dx = super::softmax::softmax_backward_raw(&saved, g)?;
+        let dx = crate::kernels::softmax::softmax_backward(&saved, g)?;
         Ok(vec![Some(super::elementwise::scale(&dx, scale)?)])
     }))
 }
@@ -230,7 +165,7 @@ pub fn causal_attention(
         );
     }
     if let Some(tiles) = fused_tiles(q.gpu(), batch, heads, seq, keys, d) {
-        let p = FusedParams {
+        let p = FlashParams {
             batch: batch as u32,
             seq: seq as u32,
             keys: keys as u32,
@@ -273,7 +208,7 @@ fn fused_tiles(
     seq: usize,
     keys: usize,
     d: usize,
-) -> Option<FusedTiles> {
+) -> Option<Tiles> {
     let fused = match gpu.attention_kernels() {
         AttentionKernels::Fused => true,
         AttentionKernels::Matmul => false,
@@ -281,12 +216,7 @@ fn fused_tiles(
     };
     let head_dim_max = attention_head_dim_max(d).filter(|_| fused)?;
     let workgroup_bytes = gpu.limits().max_compute_workgroup_storage_size;
-    let (rows, key_rows) = attention_tiles(head_dim_max, workgroup_bytes)?;
-    Some(FusedTiles {
-        head_dim_max,
-        rows,
-        key_rows,
-    })
+    attention_tiles(head_dim_max, workgroup_bytes)
 }
 
 /// Whether [`causal_attention`] on `gpu` takes the fused kernels for
@@ -303,32 +233,6 @@ pub fn attention_is_fused(
     fused_tiles(gpu, batch, heads, seq, keys, head_dim).is_some()
 }
 
-#[derive(Clone, Copy)]
-struct FusedTiles {
-    head_dim_max: u32,
-    rows: u32,
-    key_rows: u32,
-}
-
-#[repr(C)]
-#[derive(Clone, Copy, bytemuck::Pod, bytemuck::Zeroable)]
-struct FusedParams {
-    batch: u32,
-    seq: u32,
-    keys: u32,
-    heads: u32,
-    kv_heads: u32,
-    head_dim: u32,
-    offset: u32,
-    window: u32,
-    scale: f32,
-}
-
-/// Workgroups for a pass over `items` rows (queries or keys) in blocks of `rows`, per head.
-fn fused_groups(p: &FusedParams, items: u32, rows: u32, heads: u32) -> [u32; 3] {
-    groups((items.div_ceil(rows) * heads * p.batch) as usize)
-}
-
 /// The fused attention: q [B, T, H·d], k and v [B, S, Hkv·d] as they come out
 /// of the projections (no head split copies), out [B, T, H·d]. Backward
 /// recomputes the probabilities block by block from the saved per-query
@@ -337,55 +241,27 @@ fn fused_attention(
     q: &Tensor,
     k: &Tensor,
     v: &Tensor,
-    p: FusedParams,
-    tiles: FusedTiles,
+    p: FlashParams,
+    tiles: Tiles,
 ) -> Result<Tensor> {
-    let gpu = q.gpu();
-    let kernel = move |pass| Kernel::FlashAttention {
-        pass,
-        head_dim_max: tiles.head_dim_max,
-        key_rows: tiles.key_rows,
-    };
-    let FusedTiles { rows, key_rows, .. } = tiles;
-    let stats_shape = [p.batch as usize, p.heads as usize, p.seq as usize];
-    let out = Tensor::empty(gpu, q.shape(), DType::F32)?;
-    let lse = Tensor::empty(gpu, &stats_shape, DType::F32)?;
-    launch(
-        kernel(AttentionPass::Forward),
-        &p,
-        &[q, k, v, &out, &lse],
-        fused_groups(&p, p.seq, rows, p.heads),
-    )?;
+    let (out, lse) = flash::forward(q, k, v, &p, tiles)?;
     let saved = [q, k, v, &out].map(Tensor::detach);
     Ok(record(out, "attention", &[q, k, v], move |g, needs| {
         let [q, k, v, out] = &saved;
-        let delta = Tensor::empty(g.gpu(), &stats_shape, DType::F32)?;
-        launch(
-            ATTENTION_DELTA,
-            &p,
-            &[out, g, &delta],
-            groups((p.batch * p.seq * p.heads).div_ceil(64) as usize),
-        )?;
+        let delta = flash::delta(out, g, &p)?;
+        let s = flash::Saved {
+            q,
+            k,
+            v,
+            lse: &lse,
+            delta: &delta,
+        };
         let mut grads = vec![None, None, None];
         if needs[0] {
-            let dq = Tensor::empty(g.gpu(), q.shape(), DType::F32)?;
-            launch(
-                kernel(AttentionPass::BackwardQuery),
-                &p,
-                &[q, k, v, &lse, g, &delta, &dq],
-                fused_groups(&p, p.seq, rows, p.heads),
-            )?;
-            grads[0] = Some(dq);
+            grads[0] = Some(flash::backward_query(&s, g, &p, tiles)?);
         }
         if needs[1] || needs[2] {
-            let dk = Tensor::empty(g.gpu(), k.shape(), DType::F32)?;
-            let dv = Tensor::empty(g.gpu(), v.shape(), DType::F32)?;
-            launch(
-                kernel(AttentionPass::BackwardKeys),
-                &p,
-                &[q, k, v, &lse, g, &delta, &dk, &dv],
-                fused_groups(&p, p.keys, key_rows, p.kv_heads),
-            )?;
+            let (dk, dv) = flash::backward_keys(&s, g, &p, tiles)?;
             grads[1] = Some(dk);
             grads[2] = Some(dv);
         }

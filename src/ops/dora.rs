@@ -1,19 +1,11 @@
 //! The DoRA recomposition kernel: W' = (m / ||W + s·B·A||_row) ⊙ (W + s·B·A).
 //! Used to merge an adapter into its base weight; not recorded on the tape.
 
-use super::{groups, launch};
 use crate::error::{shape_err, Result};
-use crate::shaders::Kernel;
-use crate::tensor::{DType, Tensor};
-
-#[repr(C)]
-#[derive(Clone, Copy, bytemuck::Pod, bytemuck::Zeroable)]
-struct Params {
-    rows: u32,
-    cols: u32,
-    rank: u32,
-    scale: f32,
-}
+use crate::kernels::dora::{self as kernels, backward_prep};
+use crate::kernels::elementwise::{binary as binary_raw, dropout as dropout_raw};
+use crate::kernels::{BinaryOp, Broadcast};
+use crate::tensor::Tensor;
 
 /// Recomposes a DoRA layer's weight. `w` [out, in] (f32, bf16 or f16),
 /// `a` [r, in], `b` [out, r], `m` [out] (f32), `scale` = lora_alpha / r.
@@ -63,30 +55,7 @@ pub fn recompose(
             w.dtype().name()
         );
     }
-    let merged = Tensor::empty(w.gpu(), &[out_f, in_f], DType::F32)?;
-    let norms = Tensor::empty(w.gpu(), &[out_f], DType::F32)?;
-    let params = Params {
-        rows: out_f as u32,
-        cols: in_f as u32,
-        rank: r as u32,
-        scale,
-    };
-    launch(
-        Kernel::Recompose { dtype: w.dtype() },
-        &params,
-        &[w, a, b, m, &merged, &norms],
-        groups(out_f),
-    )?;
-    Ok((merged, norms))
-}
-
-#[repr(C)]
-#[derive(Clone, Copy, bytemuck::Pod, bytemuck::Zeroable)]
-struct NormParams {
-    rows: u32,
-    rank: u32,
-    scale: f32,
-    _pad: u32,
+    kernels::recompose(w, a, b, m, scale)
 }
 
 /// ‖W_i + s·B_i·A‖ per output row from the factored terms, in one pass:
@@ -114,60 +83,7 @@ pub(crate) fn factored_norm(
             b.shape()
         );
     }
-    let norms = Tensor::empty(b.gpu(), &[out_f], DType::F32)?;
-    let params = NormParams {
-        rows: out_f as u32,
-        rank: r as u32,
-        scale,
-        _pad: 0,
-    };
-    launch(
-        Kernel::FactoredNorm,
-        &params,
-        &[aw, b, gram, w_sq, &norms],
-        super::groups_for_elements(out_f),
-    )?;
-    Ok(norms)
-}
-
-/// h = g ⊙ c and gy = Σ_rows g ⊙ (y − bias) in one pass over the output
-/// gradient `g` (shaders/dora_backward.wgsl); dL/dm = gy / m.
-fn backward_prep(
-    g: &Tensor,
-    y: &Tensor,
-    c: &Tensor,
-    bias: Option<&Tensor>,
-) -> Result<(Tensor, Tensor)> {
-    #[repr(C)]
-    #[derive(Clone, Copy, bytemuck::Pod, bytemuck::Zeroable)]
-    struct Params {
-        rows: u32,
-        cols: u32,
-        has_bias: u32,
-        _pad: u32,
-    }
-    let (rows, cols) = super::rows_cols(g);
-    let chunks = super::reduce::col_chunks(rows);
-    let h = Tensor::empty(g.gpu(), g.shape(), DType::F32)?;
-    let gy = Tensor::empty(g.gpu(), &[chunks, cols], DType::F32)?;
-    let params = Params {
-        rows: rows as u32,
-        cols: cols as u32,
-        has_bias: bias.is_some() as u32,
-        _pad: 0,
-    };
-    launch(
-        Kernel::DoraBackwardPrep,
-        &params,
-        &[g, y, c, bias.unwrap_or(c), &h, &gy],
-        [cols.div_ceil(64) as u32, chunks as u32, 1],
-    )?;
-    let gy = if chunks == 1 {
-        super::reshape(&gy, &[cols])?
-    } else {
-        super::reduce::sum_cols_raw(&gy, 1.0)?
-    };
-    Ok((h, gy))
+    kernels::factored_norm(aw, b, gram, w_sq, scale)
 }
 
 /// The fused DoRA forward, with the row norm `norm` = ||W + s·B·A|| held constant:
@@ -207,10 +123,8 @@ fn scaled_update(
 }
 
 pub(crate) fn dora_linear_fused(x: &Tensor, layer: &FusedDora) -> Result<Tensor> {
-    use super::elementwise::binary_raw;
     use super::matmul::{matmul_raw, Transpose::*};
     use crate::autograd::record;
-    use crate::shaders::{BinaryOp, Broadcast};
 
     let FusedDora {
         weight: w,
@@ -279,10 +193,8 @@ pub(crate) fn dora_linear_fused_dropout(
     p: f32,
     seed: u32,
 ) -> Result<Tensor> {
-    use super::elementwise::{binary_raw, dropout_raw};
     use super::matmul::{matmul_raw, Transpose::*};
     use crate::autograd::record;
-    use crate::shaders::{BinaryOp, Broadcast};
 
     let FusedDora {
         weight: w,
@@ -298,7 +210,7 @@ pub(crate) fn dora_linear_fused_dropout(
     let (xa, z) = scaled_update(&xd, layer, &c, None)?;
     let rest = binary_raw(x, &xd, BinaryOp::Sub, Broadcast::None)?;
     drop(xd);
-    let y = super::elementwise::copy(&z)?;
+    let y = crate::kernels::elementwise::copy(&z)?;
     matmul_raw(&rest, w, NT, 1.0, 1.0, Some(&y))?;
     drop(rest);
     let y = match bias {

@@ -1,42 +1,12 @@
 //! Elementwise ops (unary and binary with broadcasting), gradient accumulation,
 //! copies and dtype widening; their backward rules sit beside each.
 
-use super::reduce::{sum_cols_raw, sum_rows_raw};
-use super::{groups_for_elements, launch, rows_cols};
 use crate::autograd::record;
 use crate::error::{shape_err, Result};
-use crate::shaders::{BinaryOp, Broadcast, Kernel, UnaryOp};
+use crate::kernels::elementwise::{self as kernels, binary as binary_raw, unary as unary_raw};
+use crate::kernels::reduce::{sum_cols, sum_rows};
+use crate::kernels::{BinaryOp, Broadcast, UnaryOp};
 use crate::tensor::{DType, Tensor};
-
-#[repr(C)]
-#[derive(Clone, Copy, bytemuck::Pod, bytemuck::Zeroable)]
-struct Params {
-    n: u32,
-    cols: u32,
-    alpha: f32,
-    beta: f32,
-    seed: u32,
-}
-
-fn unary_raw(x: &Tensor, op: UnaryOp, alpha: f32) -> Result<Tensor> {
-    x.expect_f32("elementwise op", "input")?;
-    let out = Tensor::empty(x.gpu(), x.shape(), DType::F32)?;
-    let n = x.numel();
-    let params = Params {
-        n: n as u32,
-        cols: x.last_dim() as u32,
-        alpha,
-        beta: 0.0,
-        seed: 0,
-    };
-    launch(
-        Kernel::Unary(op),
-        &params,
-        &[x, &out],
-        groups_for_elements(n),
-    )?;
-    Ok(out)
-}
 
 /// How `b` broadcasts against `a`, or an error naming both shapes.
 fn broadcast_kind(a: &Tensor, b: &Tensor, op: &str) -> Result<Broadcast> {
@@ -59,62 +29,14 @@ fn broadcast_kind(a: &Tensor, b: &Tensor, op: &str) -> Result<Broadcast> {
     )
 }
 
-/// The row length the kernels index `b` by: one value per row of `shape`,
-/// or, for a one-element `b` broadcast per row, one value for everything.
-fn broadcast_cols(shape: &[usize], b: &Tensor, bc: Broadcast) -> usize {
-    match bc {
-        Broadcast::PerRow if b.numel() == 1 => crate::tensor::numel(shape).max(1),
-        _ => shape.last().copied().unwrap_or(1),
-    }
-}
-
-pub(crate) fn binary_raw(a: &Tensor, b: &Tensor, op: BinaryOp, bc: Broadcast) -> Result<Tensor> {
-    let out = Tensor::empty(a.gpu(), a.shape(), DType::F32)?;
-    let n = a.numel();
-    let params = Params {
-        n: n as u32,
-        cols: broadcast_cols(a.shape(), b, bc) as u32,
-        alpha: 1.0,
-        beta: 0.0,
-        seed: 0,
-    };
-    launch(
-        Kernel::Binary(op, bc),
-        &params,
-        &[a, b, &out],
-        groups_for_elements(n),
-    )?;
-    Ok(out)
-}
-
-/// Expands `b` (broadcast as `bc`) to `shape`.
-pub(crate) fn expand(b: &Tensor, shape: &[usize], bc: Broadcast) -> Result<Tensor> {
-    let out = Tensor::empty(b.gpu(), shape, DType::F32)?;
-    let n = out.numel();
-    let params = Params {
-        n: n as u32,
-        cols: broadcast_cols(shape, b, bc) as u32,
-        alpha: 1.0,
-        beta: 0.0,
-        seed: 0,
-    };
-    launch(
-        Kernel::Binary(BinaryOp::Right, bc),
-        &params,
-        &[b, b, &out],
-        groups_for_elements(n),
-    )?;
-    Ok(out)
-}
-
 /// Sums a full-shape gradient down to the shape of a broadcast operand.
 fn reduce_to(g: &Tensor, bc: Broadcast, b: &Tensor) -> Result<Tensor> {
     let r = match bc {
         Broadcast::None => return Ok(g.clone()),
-        Broadcast::Row => sum_cols_raw(g, 1.0)?,
-        Broadcast::PerRow => sum_rows_raw(g, 1.0)?,
+        Broadcast::Row => sum_cols(g, 1.0)?,
+        Broadcast::PerRow => sum_rows(g, 1.0)?,
     };
-    super::reshape(&r, b.shape())
+    Ok(r.view(b.shape()))
 }
 
 fn binary(a: &Tensor, b: &Tensor, op: BinaryOp, name: &'static str) -> Result<Tensor> {
@@ -293,28 +215,12 @@ pub fn add_assign(acc: &Tensor, x: &Tensor, alpha: f32) -> Result<()> {
             x.shape()
         );
     }
-    let n = acc.numel();
-    let params = Params {
-        n: n as u32,
-        cols: 1,
-        alpha,
-        beta: 0.0,
-        seed: 0,
-    };
-    launch(
-        Kernel::AddAssign,
-        &params,
-        &[x, acc],
-        groups_for_elements(n),
-    )
+    kernels::add_assign(acc, x, alpha)
 }
 
 /// A copy of `x` in a buffer of its own (not recorded).
 pub fn copy(x: &Tensor) -> Result<Tensor> {
-    let out = Tensor::empty(x.gpu(), x.shape(), x.dtype())?;
-    x.gpu()
-        .copy(x.buf(), 0, out.buf(), 0, x.dtype().storage_bytes(x.numel()));
-    Ok(out)
+    kernels::copy(x)
 }
 
 /// `x` widened to f32 on the GPU (a copy when already f32). Not recorded.
@@ -324,25 +230,7 @@ pub fn to_f32(x: &Tensor) -> Result<Tensor> {
         DType::I32 => Err(crate::Error::InvalidArgument(
             "to_f32: i32 tensors hold ids, not values".into(),
         )),
-        dtype => {
-            let out = Tensor::empty(x.gpu(), x.shape(), DType::F32)?;
-            let n = x.numel();
-            let (_, cols) = rows_cols(x);
-            let params = Params {
-                n: n as u32,
-                cols: cols as u32,
-                alpha: 1.0,
-                beta: 0.0,
-                seed: 0,
-            };
-            launch(
-                Kernel::Widen(dtype),
-                &params,
-                &[&out, x],
-                groups_for_elements(n),
-            )?;
-            Ok(out)
-        }
+        _ => kernels::widen(x),
     }
 }
 
@@ -352,29 +240,10 @@ pub fn transpose(x: &Tensor) -> Result<Tensor> {
     let &[rows, cols] = x.shape() else {
         shape_err!("transpose: needs a 2-D tensor, got {:?}", x.shape());
     };
-    let out = transpose_raw(x, rows, cols)?;
+    let out = kernels::transpose(x, rows, cols)?;
     Ok(record(out, "transpose", &[x], move |g, _| {
-        Ok(vec![Some(transpose_raw(g, cols, rows)?)])
+        Ok(vec![Some(kernels::transpose(g, cols, rows)?)])
     }))
-}
-
-fn transpose_raw(x: &Tensor, rows: usize, cols: usize) -> Result<Tensor> {
-    let out = Tensor::empty(x.gpu(), &[cols, rows], DType::F32)?;
-    let n = rows * cols;
-    let params = Params {
-        n: n as u32,
-        cols: cols as u32,
-        alpha: 1.0,
-        beta: 0.0,
-        seed: 0,
-    };
-    launch(
-        Kernel::Transpose,
-        &params,
-        &[x, &out],
-        groups_for_elements(n),
-    )?;
-    Ok(out)
 }
 
 /// Inverted dropout with probability `p`: each element is zeroed with
@@ -387,25 +256,10 @@ pub fn dropout(x: &Tensor, p: f32, seed: u32) -> Result<Tensor> {
     if p == 0.0 {
         return Ok(x.clone());
     }
-    let out = dropout_raw(x, p, seed)?;
+    let out = kernels::dropout(x, p, seed)?;
     Ok(record(out, "dropout", &[x], move |g, _| {
-        Ok(vec![Some(dropout_raw(g, p, seed)?)])
+        Ok(vec![Some(kernels::dropout(g, p, seed)?)])
     }))
-}
-
-pub(crate) fn dropout_raw(x: &Tensor, p: f32, seed: u32) -> Result<Tensor> {
-    x.expect_f32("dropout", "input")?;
-    let out = Tensor::empty(x.gpu(), x.shape(), DType::F32)?;
-    let n = x.numel();
-    let params = Params {
-        n: n as u32,
-        cols: 1,
-        alpha: p,
-        beta: 0.0,
-        seed,
-    };
-    launch(Kernel::Dropout, &params, &[x, &out], groups_for_elements(n))?;
-    Ok(out)
 }
 
 /// `x` stored as `dtype` (f32 values rounded to nearest even for bf16/f16).
@@ -413,25 +267,7 @@ pub(crate) fn dropout_raw(x: &Tensor, p: f32, seed: u32) -> Result<Tensor> {
 pub fn cast(x: &Tensor, dtype: DType) -> Result<Tensor> {
     match (x.dtype(), dtype) {
         (from, to) if from == to => copy(x),
-        (DType::F32, DType::BF16 | DType::F16) => {
-            let out = Tensor::empty(x.gpu(), x.shape(), dtype)?;
-            let n = x.numel();
-            let params = Params {
-                n: n as u32,
-                cols: 1,
-                alpha: 1.0,
-                beta: 0.0,
-                seed: 0,
-            };
-            let words = n.div_ceil(2);
-            launch(
-                Kernel::Pack16(dtype),
-                &params,
-                &[x, &out],
-                groups_for_elements(words),
-            )?;
-            Ok(out)
-        }
+        (DType::F32, DType::BF16 | DType::F16) => kernels::pack16(x, dtype),
         (DType::BF16 | DType::F16 | DType::Quant(_), DType::F32) => to_f32(x),
         (DType::BF16 | DType::F16 | DType::Quant(_), DType::BF16 | DType::F16) => {
             cast(&to_f32(x)?, dtype)

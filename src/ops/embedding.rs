@@ -4,49 +4,11 @@
 //! than the device binds at once (Gemma 3's 262k × 640 in bf16 is 335 MB;
 //! lavapipe and many GL drivers bind 128 MiB) still loads.
 
-use super::shape::{copy_cols_raw, ColumnParams};
-use super::{groups_for_elements, launch};
 use crate::error::{shape_err, Result};
 use crate::gpu::Gpu;
-use crate::shaders::Kernel;
+use crate::kernels::columns::{copy_cols as copy_cols_raw, ColumnParams};
+use crate::kernels::embedding::embed_block;
 use crate::tensor::{DType, Tensor};
-
-#[repr(C)]
-#[derive(Clone, Copy, bytemuck::Pod, bytemuck::Zeroable)]
-struct Params {
-    tokens: u32,
-    dim: u32,
-    /// Rows of this block, starting at row `first` of a `total`-row table.
-    vocab: u32,
-    first: u32,
-    total: u32,
-}
-
-/// Writes the rows of `block` (rows first.. of a `total`-row table) for the
-/// ids that fall in it; ids outside the whole table give zeros.
-fn embed_block(
-    block: &Tensor,
-    first: usize,
-    total: usize,
-    ids: &Tensor,
-    out: &Tensor,
-) -> Result<()> {
-    let (vocab, dim) = (block.shape()[0], block.shape()[1]);
-    let tokens = ids.numel();
-    let params = Params {
-        tokens: tokens as u32,
-        dim: dim as u32,
-        vocab: vocab as u32,
-        first: first as u32,
-        total: total as u32,
-    };
-    launch(
-        Kernel::Embedding(block.dtype()),
-        &params,
-        &[block, ids, out],
-        groups_for_elements(tokens * dim),
-    )
-}
 
 fn check_ids(ids: &Tensor) -> Result<()> {
     if ids.dtype() != DType::I32 {

@@ -4,11 +4,11 @@
 //! backward; fused, only `x` and the rank-r x_d·Aᵀ do, and the dropout mask is
 //! regenerated from its seed.
 
-use super::elementwise::{binary_raw, dropout_raw};
 use super::matmul::{matmul_raw, Transpose::*};
 use crate::autograd::record;
 use crate::error::Result;
-use crate::shaders::{BinaryOp, Broadcast};
+use crate::kernels::elementwise::{binary as binary_raw, dropout as dropout_raw};
+use crate::kernels::{BinaryOp, Broadcast};
 use crate::tensor::Tensor;
 
 /// The frozen base and trainable factors of a LoRA layer.

@@ -1,23 +1,15 @@
 //! Mean cross-entropy with an ignore index, and its fused backward.
 
-use super::{groups, groups_for_elements, launch, rows_cols, VocabMatrix};
+use super::{rows_cols, VocabMatrix};
 use crate::autograd::record;
 use crate::error::{shape_err, Result};
-use crate::shaders::Kernel;
+use crate::kernels::elementwise::binary;
+use crate::kernels::loss::CrossEntropy;
+use crate::kernels::{BinaryOp, Broadcast};
 use crate::tensor::{DType, Tensor};
 
 /// Targets equal to this (PyTorch's default) are left out of the loss.
 pub const IGNORE_INDEX: i32 = -100;
-
-#[repr(C)]
-#[derive(Clone, Copy, bytemuck::Pod, bytemuck::Zeroable)]
-struct Params {
-    rows: u32,
-    classes: u32,
-    ignore_index: i32,
-    /// Logits read as `softcap·tanh(x / softcap)`; 0 for none.
-    softcap: f32,
-}
 
 /// Mean over counted rows of `-log softmax(logits)[target]`.
 /// `logits` is [..., classes] f32, `targets` i32 with one entry per row;
@@ -39,83 +31,10 @@ pub fn cross_entropy(logits: &Tensor, targets: &Tensor, ignore_index: i32) -> Re
             logits.shape()
         );
     }
-    let (loss, saved) = ce_forward(logits, targets, ignore_index, None)?;
+    let (loss, saved) = CrossEntropy::forward(logits, targets, ignore_index, None)?;
     Ok(record(loss, "cross_entropy", &[logits], move |g, _| {
         Ok(vec![Some(saved.backward(g)?)])
     }))
-}
-
-/// What the cross-entropy backward needs from its forward.
-struct SavedCe {
-    logits: Tensor,
-    targets: Tensor,
-    lse: Tensor,
-    /// [mean loss, counted rows]
-    stats: Tensor,
-    params: Params,
-}
-
-impl SavedCe {
-    /// dlogits = g · (softmax − onehot) / count for counted rows, 0 elsewhere.
-    fn backward(&self, g: &Tensor) -> Result<Tensor> {
-        let dlogits = Tensor::empty(g.gpu(), self.logits.shape(), DType::F32)?;
-        let n = (self.params.rows * self.params.classes) as usize;
-        launch(
-            Kernel::CrossEntropyBackward,
-            &self.params,
-            &[
-                &self.logits,
-                &self.targets,
-                &self.lse,
-                &self.stats,
-                g,
-                &dlogits,
-            ],
-            groups_for_elements(n),
-        )?;
-        Ok(dlogits)
-    }
-}
-
-/// The forward kernels: the mean loss as a [1] view, and what backward needs.
-fn ce_forward(
-    logits: &Tensor,
-    targets: &Tensor,
-    ignore_index: i32,
-    softcap: Option<f32>,
-) -> Result<(Tensor, SavedCe)> {
-    let (rows, classes) = rows_cols(logits);
-    let gpu = logits.gpu();
-    let params = Params {
-        rows: rows as u32,
-        classes: classes as u32,
-        ignore_index,
-        softcap: softcap.unwrap_or(0.0),
-    };
-    let row_loss = Tensor::empty(gpu, &[rows.max(1)], DType::F32)?;
-    let lse = Tensor::empty(gpu, &[rows.max(1)], DType::F32)?;
-    let stats = Tensor::empty(gpu, &[2], DType::F32)?;
-    launch(
-        Kernel::CrossEntropyRows,
-        &params,
-        &[logits, targets, &row_loss, &lse],
-        groups(rows),
-    )?;
-    launch(
-        Kernel::CrossEntropyMean,
-        &params,
-        &[targets, &row_loss, &stats],
-        [1, 1, 1],
-    )?;
-    let loss = stats.prefix_view(&[1]);
-    let saved = SavedCe {
-        logits: logits.clone(),
-        targets: targets.clone(),
-        lse,
-        stats,
-        params,
-    };
-    Ok((loss, saved))
 }
 
 /// Mean cross-entropy of the logits `hidden · headᵀ` over the rows whose
@@ -196,7 +115,7 @@ pub fn lm_head_cross_entropy(
     for &(start, len, share) in &chunks {
         let logits = head.logits_raw(&copy_rows(hidden, start, len)?)?;
         let t = Tensor::from_i32(&gpu, &targets[start..start + len], &[len])?;
-        let (mean, saved) = ce_forward(&logits, &t, IGNORE_INDEX, softcap)?;
+        let (mean, saved) = CrossEntropy::forward(&logits, &t, IGNORE_INDEX, softcap)?;
         super::add_assign(&loss, &mean, share)?;
         if let Some(dhidden) = &dhidden {
             // The chunk's mean carries `share` of the total.
@@ -222,12 +141,7 @@ pub fn lm_head_cross_entropy(
         &[hidden],
         move |g, _| {
             // dhidden · g, with g the one-element incoming gradient.
-            let scaled = super::elementwise::binary_raw(
-                &dhidden,
-                g,
-                crate::shaders::BinaryOp::Mul,
-                crate::shaders::Broadcast::PerRow,
-            )?;
+            let scaled = binary(&dhidden, g, BinaryOp::Mul, Broadcast::PerRow)?;
             Ok(vec![Some(scaled)])
         },
     ))

@@ -1,11 +1,13 @@
 //! Matrix products C = op(A)·op(B), batched, with either operand transposed,
 //! and their backward rules. B may be a frozen 16-bit weight.
 
-use super::launch;
 use crate::autograd::record;
 use crate::error::{arg_err, shape_err, Result};
 use crate::gpu::MatmulKernels;
-use crate::shaders::{broadcast_lanes, broadcast_vector_b, Kernel, MatmulKind};
+use crate::kernels::launch;
+use crate::kernels::matmul::{
+    broadcast_lanes, broadcast_vector_b, Matmul, MatmulKind, MatmulParams,
+};
 use crate::tensor::{DType, Tensor};
 
 /// Which operands are transposed: `NT` is `A·Bᵀ`, the layout of `x·Wᵀ` with a
@@ -31,21 +33,6 @@ impl Transpose {
 
 /// Products with at most this many rows of A use the untiled kernel.
 const SKINNY_MAX_ROWS: usize = 8;
-
-/// The uniform every matmul kernel reads (`Params` in shaders/matmul_io.wgsl).
-#[repr(C)]
-#[derive(Clone, Copy, bytemuck::Pod, bytemuck::Zeroable)]
-struct Params {
-    m: u32,
-    n: u32,
-    k: u32,
-    stride_a: u32,
-    stride_b: u32,
-    stride_c: u32,
-    alpha: f32,
-    beta: f32,
-    has_bias: u32,
-}
 
 /// The sizes of one product, after checking the operands fit.
 struct Plan {
@@ -211,7 +198,7 @@ pub(crate) fn matmul_epilogue(
         None => Tensor::empty(a.gpu(), &p.out_shape, DType::F32)?,
     };
     let (ta, tb) = t.flags();
-    let params = Params {
+    let params = MatmulParams {
         m: p.m as u32,
         n: p.n as u32,
         k: p.k as u32,
@@ -225,7 +212,7 @@ pub(crate) fn matmul_epilogue(
     let gpu = a.gpu();
     let family = (gpu.matmul_kernels(), gpu.broadcast_lanes());
     let kind = choose_kind(family, &p, ta, tb, b.dtype());
-    let kernel = Kernel::Matmul {
+    let kernel = Matmul {
         trans_a: ta,
         trans_b: tb,
         b_dtype: b.dtype(),

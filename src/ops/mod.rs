@@ -1,7 +1,7 @@
-//! Tensor operations. Each file holds one op family: the Rust launcher of its
-//! WGSL kernel and, beside it, its backward rule (recorded on the tape by
-//! `autograd::record`). Ops check shapes and dtypes and return errors; they
-//! never panic on user input.
+//! Tensor operations. Each file holds one op family: its forward (checks,
+//! then the kernels of `crate::kernels`) and, beside it, its backward rule
+//! (recorded on the tape by `autograd::record`). Ops check shapes and dtypes
+//! and return errors; they never panic on user input.
 
 mod attention;
 pub(crate) mod dora;
@@ -38,35 +38,4 @@ pub use rope::{rope, RopeTables};
 pub use shape::{reshape, slice_cols, slice_rows};
 pub use softmax::softmax;
 
-use crate::error::Result;
-use crate::gpu::grid;
-use crate::shaders::Kernel;
-use crate::tensor::Tensor;
-
-/// Records one dispatch of `kernel` over `tensors` (in its bindings' order).
-pub(crate) fn launch<P: bytemuck::Pod>(
-    kernel: Kernel,
-    params: &P,
-    tensors: &[&Tensor],
-    workgroups: [u32; 3],
-) -> Result<()> {
-    let gpu = tensors[0].gpu();
-    let buffers: Vec<_> = tensors.iter().map(|t| t.buf()).collect();
-    gpu.dispatch(&kernel, bytemuck::bytes_of(params), &buffers, workgroups)
-}
-
-/// A grid of `n` workgroups (for one-workgroup-per-row kernels).
-pub(crate) fn groups(n: usize) -> [u32; 3] {
-    grid(n as u32)
-}
-
-/// A grid covering `n` elements at 256 per workgroup.
-pub(crate) fn groups_for_elements(n: usize) -> [u32; 3] {
-    grid(n.div_ceil(256) as u32)
-}
-
-/// Rows and columns of a tensor seen as a matrix over its last dimension.
-pub(crate) fn rows_cols(t: &Tensor) -> (usize, usize) {
-    let cols = t.last_dim();
-    (t.numel() / cols.max(1), cols)
-}
+pub(crate) use crate::kernels::rows_cols;

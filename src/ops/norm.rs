@@ -1,23 +1,15 @@
 //! Row L2 norms of an [rows, cols] weight (the paper's ||.||_c for a Hugging
 //! Face [out, in] weight) and their backward rule.
 
-use super::elementwise::binary_raw;
-use super::{groups, launch};
 use crate::autograd::record;
 use crate::error::{shape_err, Result};
-use crate::shaders::{BinaryOp, Broadcast, Kernel};
-use crate::tensor::{DType, Tensor};
-
-#[repr(C)]
-#[derive(Clone, Copy, bytemuck::Pod, bytemuck::Zeroable)]
-struct Params {
-    rows: u32,
-    cols: u32,
-}
+use crate::kernels::elementwise::binary as binary_raw;
+use crate::kernels::{norm, BinaryOp, Broadcast};
+use crate::tensor::Tensor;
 
 /// n_i = ||W_i||_2 for each row of a 2-D `w` (f32, bf16 or f16): [rows, cols] -> [rows].
 pub fn row_norm(w: &Tensor) -> Result<Tensor> {
-    let &[rows, cols] = w.shape() else {
+    let &[rows, _] = w.shape() else {
         shape_err!(
             "row_norm: weight must be 2-D [out, in], got {:?}",
             w.shape()
@@ -29,22 +21,12 @@ pub fn row_norm(w: &Tensor) -> Result<Tensor> {
             w.dtype().name()
         );
     }
-    let out = Tensor::empty(w.gpu(), &[rows], DType::F32)?;
-    let params = Params {
-        rows: rows as u32,
-        cols: cols as u32,
-    };
-    launch(
-        Kernel::RowNorm { dtype: w.dtype() },
-        &params,
-        &[w, &out],
-        groups(rows),
-    )?;
+    let out = norm::row_norm(w)?;
     let (saved_w, saved_n) = (w.clone(), out.clone());
     Ok(record(out, "row_norm", &[w], move |g, _| {
         // dn_i/dW_ij = W_ij / n_i
         let per_row = binary_raw(g, &saved_n, BinaryOp::Div, Broadcast::None)?;
-        let per_row = super::reshape(&per_row, &[rows, 1])?;
+        let per_row = per_row.view(&[rows, 1]);
         Ok(vec![Some(binary_raw(
             &saved_w,
             &per_row,

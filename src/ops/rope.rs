@@ -1,12 +1,11 @@
 //! Rotary position embeddings (Hugging Face's rotate_half convention) and
 //! their backward rule: the inverse rotation.
 
-use super::{groups_for_elements, launch};
 use crate::autograd::record;
 use crate::error::{shape_err, Result};
 use crate::gpu::Gpu;
-use crate::shaders::Kernel;
-use crate::tensor::{DType, Tensor};
+use crate::kernels::rope::{self as kernels, RopeParams};
+use crate::tensor::Tensor;
 
 /// cos and sin of position × inverse frequency, [positions, rotary_dim / 2],
 /// computed as transformers does: inv_freq and the angles in f32, then cos
@@ -70,30 +69,6 @@ impl RopeTables {
     }
 }
 
-#[repr(C)]
-#[derive(Clone, Copy, bytemuck::Pod, bytemuck::Zeroable)]
-struct Params {
-    batch: u32,
-    seq: u32,
-    heads: u32,
-    head_dim: u32,
-    offset: u32,
-    direction: f32,
-    rotary_dim: u32,
-}
-
-fn rope_raw(x: &Tensor, p: Params, tables: &RopeTables) -> Result<Tensor> {
-    let out = Tensor::empty(x.gpu(), x.shape(), DType::F32)?;
-    let pairs = (p.batch * p.seq * p.heads * (p.head_dim / 2)) as usize;
-    launch(
-        Kernel::Rope,
-        &p,
-        &[x, &tables.cos, &tables.sin, &out],
-        groups_for_elements(pairs),
-    )?;
-    Ok(out)
-}
-
 /// Rotates x [batch, seq, heads * head_dim] by the positions offset..offset + seq.
 pub fn rope(x: &Tensor, heads: usize, offset: usize, tables: &RopeTables) -> Result<Tensor> {
     x.expect_f32("rope", "input")?;
@@ -116,7 +91,7 @@ pub fn rope(x: &Tensor, heads: usize, offset: usize, tables: &RopeTables) -> Res
             tables.positions
         );
     }
-    let params = Params {
+    let params = RopeParams {
         batch: batch as u32,
         seq: seq as u32,
         heads: heads as u32,
@@ -125,16 +100,18 @@ pub fn rope(x: &Tensor, heads: usize, offset: usize, tables: &RopeTables) -> Res
         direction: 1.0,
         rotary_dim: tables.rotary_dim as u32,
     };
-    let out = rope_raw(x, params, tables)?;
+    let out = kernels::rope(x, params, &tables.cos, &tables.sin)?;
     let tables = tables.clone();
     Ok(record(out, "rope", &[x], move |g, _| {
-        Ok(vec![Some(rope_raw(
+        let back = RopeParams {
+            direction: -1.0,
+            ..params
+        };
+        Ok(vec![Some(kernels::rope(
             g,
-            Params {
-                direction: -1.0,
-                ..params
-            },
-            &tables,
+            back,
+            &tables.cos,
+            &tables.sin,
         )?)])
     }))
 }

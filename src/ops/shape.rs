@@ -1,9 +1,8 @@
 //! Shape ops: views that share the buffer, and slices that copy.
 
-use super::{groups_for_elements, launch};
 use crate::autograd::record;
 use crate::error::{shape_err, Result};
-use crate::shaders::Kernel;
+use crate::kernels::columns::{copy_cols, ColumnParams};
 use crate::tensor::{numel, DType, Tensor};
 
 /// The same elements viewed with another shape of equal size.
@@ -65,27 +64,6 @@ pub fn slice_rows(x: &Tensor, start: usize, len: usize) -> Result<Tensor> {
     }))
 }
 
-#[repr(C)]
-#[derive(Clone, Copy, bytemuck::Pod, bytemuck::Zeroable)]
-pub(crate) struct ColumnParams {
-    pub rows: u32,
-    pub len: u32,
-    pub src_cols: u32,
-    pub src_start: u32,
-    pub dst_cols: u32,
-    pub dst_start: u32,
-}
-
-/// dst[r, dst_start + c] = src[r, src_start + c] for c < len, unrecorded.
-pub(crate) fn copy_cols_raw(src: &Tensor, dst: &Tensor, p: ColumnParams) -> Result<()> {
-    launch(
-        Kernel::CopyCols,
-        &p,
-        &[src, dst],
-        groups_for_elements((p.rows * p.len) as usize),
-    )
-}
-
 /// Columns `start..start + len` of the last dimension of `x` (f32), as a new
 /// tensor: how q, k and v come out of Phi-3's fused `qkv_proj`. Backward
 /// places the gradient back into zeros at the same columns.
@@ -111,18 +89,11 @@ pub fn slice_cols(x: &Tensor, start: usize, len: usize) -> Result<Tensor> {
         dst_cols: len as u32,
         dst_start: 0,
     };
-    copy_cols_raw(x, &out, p)?;
+    copy_cols(x, &out, p)?;
     let full = x.shape().to_vec();
     Ok(record(out, "slice_cols", &[x], move |g, _| {
         let dx = Tensor::zeros(g.gpu(), &full, DType::F32)?;
-        let back = ColumnParams {
-            src_cols: p.dst_cols,
-            src_start: p.dst_start,
-            dst_cols: p.src_cols,
-            dst_start: p.src_start,
-            ..p
-        };
-        copy_cols_raw(g, &dx, back)?;
+        copy_cols(g, &dx, p.reversed())?;
         Ok(vec![Some(dx)])
     }))
 }
