@@ -14,6 +14,7 @@ const MATMUL_IO: &str = include_str!("../shaders/matmul_io.wgsl");
 const MATMUL: &str = include_str!("../shaders/matmul.wgsl");
 const MATMUL_SKINNY: &str = include_str!("../shaders/matmul_skinny.wgsl");
 const MATMUL_BROADCAST: &str = include_str!("../shaders/matmul_broadcast.wgsl");
+const MATMUL_COOP: &str = include_str!("../shaders/matmul_coop.wgsl");
 const NORM: &str = include_str!("../shaders/norm.wgsl");
 const DORA: &str = include_str!("../shaders/dora.wgsl");
 const DORA_NORM: &str = include_str!("../shaders/dora_norm.wgsl");
@@ -104,6 +105,12 @@ pub enum MatmulKind {
         vector_b: bool,
         lanes: u32,
     },
+    /// Cooperative matrices (matmul_coop.wgsl): f16 operands, f32
+    /// accumulators, on `tile` x `tile` hardware tiles (16: Vulkan's
+    /// `VK_KHR_cooperative_matrix`; 8: Metal's simdgroup matrices), one
+    /// subgroup of `lanes` invocations per workgroup. Opt-in, and only after
+    /// a self-test on the device (see `ops::matmul`).
+    Cooperative { tile: u32, lanes: u32 },
 }
 
 /// Invocations of a broadcast-matmul workgroup along (columns, rows): wide
@@ -426,6 +433,12 @@ impl Kernel {
                             let (x, y) = broadcast_lanes(tall, lanes);
                             format!("const LANES_X: u32 = {x}u;\nconst LANES_Y: u32 = {y}u;\n")
                         }
+                        MatmulKind::Cooperative { tile, lanes } => format!(
+                            "const T: u32 = {tile}u;\nconst LANES: u32 = {lanes}u;\n\
+                             alias TileA = coop_mat{tile}x{tile}<f16, A>;\n\
+                             alias TileB = coop_mat{tile}x{tile}<f16, B>;\n\
+                             alias TileC = coop_mat{tile}x{tile}<f32, C>;\n"
+                        ),
                         _ => String::new(),
                     }
                 ),
@@ -433,6 +446,7 @@ impl Kernel {
                     MatmulKind::Tiled => MATMUL,
                     MatmulKind::Skinny => MATMUL_SKINNY,
                     MatmulKind::Broadcast { .. } => MATMUL_BROADCAST,
+                    MatmulKind::Cooperative { .. } => MATMUL_COOP,
                 },
             ),
             Kernel::RowNorm { dtype } => (weight_loader("WWord", "load_w", "w", dtype), NORM),
@@ -500,9 +514,22 @@ impl Kernel {
             ROW_REDUCE
         };
         format!(
-            "// variant: {}\n{header}\n{COMMON}\n{reduce}\n{body}",
+            "{}// variant: {}\n{header}\n{COMMON}\n{reduce}\n{body}",
+            self.enables(),
             self.label()
         )
+    }
+
+    /// The WGSL `enable` directives the variant needs (they must open the
+    /// module): f16 and cooperative matrices for the cooperative matmul.
+    pub fn enables(&self) -> &'static str {
+        match self {
+            Kernel::Matmul {
+                kind: MatmulKind::Cooperative { .. },
+                ..
+            } => "enable f16;\nenable wgpu_cooperative_matrix;\n",
+            _ => "",
+        }
     }
 
     /// Whether the kernel reduces across a row's workgroup (workgroup_sum or
@@ -542,15 +569,22 @@ impl Kernel {
                                 },
                             )
                         });
+                        // Vulkan's 16x16 tiles on 32- and 64-wide subgroups,
+                        // Metal's 8x8 on 32.
+                        let cooperative = [(16, 32), (16, 64), (8, 32)]
+                            .map(|(tile, lanes)| MatmulKind::Cooperative { tile, lanes });
                         for kind in [MatmulKind::Tiled, MatmulKind::Skinny]
                             .into_iter()
                             .chain(broadcast)
+                            .chain(cooperative)
                         {
                             let unused = match kind {
                                 // A quantized B is a frozen weight: A is
                                 // never transposed against it.
                                 _ if matches!(b_dtype, DType::Quant(_)) && trans_a => true,
                                 MatmulKind::Tiled => false,
+                                // TT is never on a training path.
+                                MatmulKind::Cooperative { .. } => trans_a && trans_b,
                                 MatmulKind::Skinny => trans_a,
                                 // Sizes that meet every alignment: a vector
                                 // variant exists wherever a vector loader does.

@@ -3,6 +3,7 @@
 
 mod batch;
 mod context;
+pub(crate) mod cooperative;
 mod pipeline;
 mod pool;
 

@@ -4,7 +4,8 @@
 use super::launch;
 use crate::autograd::record;
 use crate::error::{arg_err, shape_err, Result};
-use crate::gpu::MatmulKernels;
+use crate::gpu::cooperative::{CooperativeShape, CooperativeState};
+use crate::gpu::{Gpu, MatmulKernels};
 use crate::shaders::{broadcast_lanes, broadcast_vector_b, Kernel, MatmulKind};
 use crate::tensor::{DType, Tensor};
 
@@ -123,15 +124,26 @@ fn broadcast_block(tall: bool, lanes: u32) -> (usize, usize) {
 /// leave most of its invocations idle.
 const BROADCAST_TALL_BELOW_COLS: usize = 256;
 
+/// Products with fewer rows or columns than this stay off the cooperative
+/// kernel: most of its (4·tile)² block would be padding.
+const COOPERATIVE_MIN: usize = 16;
+
 /// The kernel for one product on a context using `family`, whose broadcast
-/// groups are `lanes` invocations.
+/// groups are `lanes` invocations, and whose cooperative-matrix kernel (if
+/// verified) has `cooperative` tiles.
 fn choose_kind(
     (family, lanes): (MatmulKernels, u32),
+    cooperative: Option<CooperativeShape>,
     p: &Plan,
     ta: bool,
     tb: bool,
     b_dtype: DType,
 ) -> MatmulKind {
+    if let Some(CooperativeShape { tile, lanes }) = cooperative {
+        if !(ta && tb) && p.m.min(p.n) >= COOPERATIVE_MIN {
+            return MatmulKind::Cooperative { tile, lanes };
+        }
+    }
     // The broadcast kernel clamps its 8 columns into [0, N) and reads 16-bit
     // B two neighbours per word; TT is never on a training path.
     let words_align = matches!(b_dtype, DType::F32 | DType::Quant(_))
@@ -170,6 +182,133 @@ pub(crate) fn matmul_raw(
     matmul_epilogue(a, b, t, alpha, beta, out, None)
 }
 
+/// The cooperative shape products may use on `gpu`: `None` unless the
+/// self-test has passed. The first call on a context that offers the path
+/// runs the self-test (and says once if it failed).
+fn cooperative_shape(gpu: &Gpu) -> Option<CooperativeShape> {
+    match gpu.cooperative_state() {
+        CooperativeState::Verified(shape) => Some(shape),
+        untested @ CooperativeState::Untested(shape) => {
+            if !gpu.move_cooperative_state(&untested, CooperativeState::Testing(shape)) {
+                return None; // another thread is testing it
+            }
+            let kind = MatmulKind::Cooperative {
+                tile: shape.tile,
+                lanes: shape.lanes,
+            };
+            let testing = CooperativeState::Testing(shape);
+            match self_test(gpu, kind) {
+                Ok(worst) => {
+                    log::info!(
+                        "cooperative matrices on {}: {}×{} tiles match the f32 kernels \
+                         (largest difference {worst:.1e} of the output's range)",
+                        gpu.adapter_name(),
+                        shape.tile,
+                        shape.tile
+                    );
+                    gpu.move_cooperative_state(&testing, CooperativeState::Verified(shape));
+                    Some(shape)
+                }
+                Err(why) => {
+                    log::warn!(
+                        "cooperative matrices on {} failed their self-test ({why}); \
+                         products stay on the f32 kernels",
+                        gpu.adapter_name()
+                    );
+                    gpu.move_cooperative_state(&testing, CooperativeState::Failed);
+                    None
+                }
+            }
+        }
+        _ => None,
+    }
+}
+
+/// Largest |candidate − reference| relative to the reference's largest
+/// magnitude that the cooperative kernel may show: its operands are rounded
+/// to f16 (relative error 2⁻¹¹ each), so a correct kernel stays near 1e-3
+/// on the self-test's sizes, while a misplaced tile or element is off by
+/// the order of the values themselves.
+const SELF_TEST_TOLERANCE: f32 = 1e-2;
+
+/// Runs `candidate` against the f32 tiled kernel on the same device, on
+/// products with partial blocks in every dimension, each transpose the
+/// training paths use, f32 and bf16 B, and the epilogue with beta ≠ 0.
+/// Returns the worst relative difference, or why the candidate is unusable
+/// (a difference past [`SELF_TEST_TOLERANCE`], or a device error).
+pub fn self_test(gpu: &Gpu, candidate: MatmulKind) -> std::result::Result<f32, String> {
+    // wgpu's error scopes are per thread; the whole test runs on this one.
+    let scope = gpu.device().push_error_scope(wgpu::ErrorFilter::Validation);
+    let result = self_test_products(gpu, candidate);
+    let device_error = pollster::block_on(scope.pop());
+    match (result, device_error) {
+        (_, Some(e)) => Err(format!(
+            "device error: {}",
+            e.to_string().lines().next().unwrap_or("")
+        )),
+        (Err(e), None) => Err(e.to_string()),
+        (Ok(worst), None) if worst <= SELF_TEST_TOLERANCE => Ok(worst),
+        (Ok(worst), None) => Err(format!(
+            "largest difference {worst:.2e} of the output's range, over {SELF_TEST_TOLERANCE:.0e}"
+        )),
+    }
+}
+
+fn self_test_products(gpu: &Gpu, candidate: MatmulKind) -> Result<f32> {
+    use Transpose::*;
+    // Partial blocks in every dimension; K even so the broadcast kernel
+    // (a stand-in candidate in the tests) may read 16-bit B in pairs.
+    let (m, k, n) = (70, 46, 83);
+    // A fixed pseudo-random sequence in [-1, 1).
+    let mut state = 0x9e37_79b9_u32;
+    let mut values = |count: usize| -> Vec<f32> {
+        (0..count)
+            .map(|_| {
+                state ^= state << 13;
+                state ^= state >> 17;
+                state ^= state << 5;
+                (state >> 8) as f32 / (1u32 << 23) as f32 - 1.0
+            })
+            .collect()
+    };
+    let mut worst = 0.0f32;
+    for (t, b_dtype, with_epilogue) in [
+        (NN, DType::F32, false),
+        (NT, DType::F32, false),
+        (TN, DType::F32, false),
+        (NT, DType::BF16, true),
+    ] {
+        let a_shape = if t == TN { [k, m] } else { [m, k] };
+        let b_shape = if t == NT { [n, k] } else { [k, n] };
+        let a = Tensor::from_f32(gpu, &values(m * k), &a_shape)?;
+        let b = Tensor::from_f32_as(gpu, &values(k * n), &b_shape, b_dtype)?;
+        let c0 = values(m * n);
+        let scale = Tensor::from_f32(gpu, &values(n), &[n])?;
+        let bias = Tensor::from_f32(gpu, &values(n), &[n])?;
+        let run = |kind: MatmulKind| -> Result<Vec<f32>> {
+            let out = Tensor::from_f32(gpu, &c0, &[m, n])?;
+            let epilogue = with_epilogue.then_some(Epilogue {
+                col_scale: &scale,
+                bias: Some(&bias),
+            });
+            launch_product(&a, &b, t, 0.5, 0.25, Some(&out), epilogue, Some(kind))?;
+            out.to_vec_f32()
+        };
+        let reference = run(MatmulKind::Tiled)?;
+        let got = run(candidate)?;
+        let range = reference
+            .iter()
+            .fold(0.0f32, |r, v| r.max(v.abs()))
+            .max(1e-6);
+        for (g, r) in got.iter().zip(&reference) {
+            let d = (g - r).abs() / range;
+            // A NaN output fails as an infinite difference.
+            worst = worst.max(if d.is_nan() { f32::INFINITY } else { d });
+        }
+    }
+    Ok(worst)
+}
+
 /// A per-column scale and optional bias applied to each output after the product.
 pub(crate) struct Epilogue<'a> {
     pub col_scale: &'a Tensor,
@@ -185,6 +324,22 @@ pub(crate) fn matmul_epilogue(
     beta: f32,
     out: Option<&Tensor>,
     epilogue: Option<Epilogue>,
+) -> Result<Tensor> {
+    launch_product(a, b, t, alpha, beta, out, epilogue, None)
+}
+
+/// [`matmul_epilogue`] on the kernel the dispatcher picks, or on `forced`
+/// (the cooperative self-test compares kernels this way).
+#[allow(clippy::too_many_arguments)]
+fn launch_product(
+    a: &Tensor,
+    b: &Tensor,
+    t: Transpose,
+    alpha: f32,
+    beta: f32,
+    out: Option<&Tensor>,
+    epilogue: Option<Epilogue>,
+    forced: Option<MatmulKind>,
 ) -> Result<Tensor> {
     a.expect_f32("matmul", "A")?;
     if !b.dtype().is_float() {
@@ -224,7 +379,10 @@ pub(crate) fn matmul_epilogue(
     };
     let gpu = a.gpu();
     let family = (gpu.matmul_kernels(), gpu.broadcast_lanes());
-    let kind = choose_kind(family, &p, ta, tb, b.dtype());
+    let kind = match forced {
+        Some(kind) => kind,
+        None => choose_kind(family, cooperative_shape(gpu), &p, ta, tb, b.dtype()),
+    };
     let kernel = Kernel::Matmul {
         trans_a: ta,
         trans_b: tb,
@@ -239,6 +397,14 @@ pub(crate) fn matmul_epilogue(
             p.m.div_ceil(64) as u32,
             p.batch as u32,
         ],
+        MatmulKind::Cooperative { tile, .. } => {
+            let block = 4 * tile as usize;
+            [
+                p.n.div_ceil(block) as u32,
+                p.m.div_ceil(block) as u32,
+                p.batch as u32,
+            ]
+        }
         MatmulKind::Broadcast { tall, lanes, .. } => {
             let (cols, rows) = broadcast_block(tall, lanes);
             [

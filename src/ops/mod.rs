@@ -30,6 +30,9 @@ pub use embedding::{embedding, VocabMatrix};
 pub(crate) use lora::{lora_linear_fused, FusedLora};
 pub use loss::{cross_entropy, lm_head_cross_entropy, IGNORE_INDEX};
 pub(crate) use matmul::matmul_raw;
+/// The cooperative-matrix kernel's self-test, exposed for the tests (any kernel can be compared).
+#[doc(hidden)]
+pub use matmul::self_test as matmul_self_test;
 pub use matmul::{matmul, matmul_ex, Transpose};
 pub use norm::row_norm;
 pub use reduce::{global_norm, mean_all, sum_all, sum_cols, sum_rows};
