@@ -195,6 +195,13 @@ fn devices_lists_the_adapter_in_use() {
                 .features()
                 .contains(wgpu::Features::EXPERIMENTAL_COOPERATIVE_MATRIX)
         );
+        // Without f16 cooperative matrices (lavapipe, llvmpipe) the matmul
+        // says why it cannot use them.
+        let offered = adapter
+            .features()
+            .contains(wgpu::Features::EXPERIMENTAL_COOPERATIVE_MATRIX | wgpu::Features::SHADER_F16);
+        let matmul = report["cooperative_matmul"].as_str().unwrap();
+        assert_eq!(!offered, matmul.starts_with("unavailable: "), "{matmul}");
     }
     let in_use = common::gpu().adapter_name();
     assert!(

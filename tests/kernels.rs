@@ -203,6 +203,65 @@ fn broadcast_matmul_with_16_lanes_matches_f64() {
     matmul_16_bit(&gpu);
 }
 
+/// The cooperative-matrix kernel's self-test (what guards that path on a
+/// real GPU) accepts kernels that agree with the f32 tiles and refuses one
+/// that does not. Lavapipe has no cooperative matrices, so the candidates
+/// are other kernels: the broadcast family (correct), and the broadcast
+/// kernel's vector-B variant on a width it does not support (83 columns:
+/// its vec4 loads of B land on the wrong columns), a genuinely wrong kernel.
+#[test]
+fn matmul_self_test_accepts_matching_kernels_and_refuses_a_wrong_one() {
+    use dora_wgpu::shaders::MatmulKind;
+    let gpu = gpu();
+    let broadcast = |vector_b| MatmulKind::Broadcast {
+        tall: false,
+        vector_b,
+        lanes: 8,
+    };
+    let worst = ops::matmul_self_test(gpu, broadcast(false)).expect("the broadcast kernel agrees");
+    assert!(
+        worst < 1e-5,
+        "f32 kernels differ only in summation order: {worst}"
+    );
+    let why = ops::matmul_self_test(gpu, broadcast(true)).expect_err("misaligned vector loads");
+    assert!(why.contains("largest difference"), "{why}");
+}
+
+/// Asking for cooperative matrices on an adapter without them (lavapipe)
+/// leaves every product on the f32 kernels, with the same bits.
+#[test]
+fn cooperative_matrices_asked_for_without_them_change_nothing() {
+    let gpu = Gpu::with_options(&GpuOptions {
+        cooperative_matrix: true,
+        ..Default::default()
+    })
+    .unwrap_or_else(|e| panic!("GPU tests need an adapter: {e}"));
+    let offered = gpu
+        .adapter_report()
+        .is_some_and(|r| r.cooperative_matrix && r.shader_f16);
+    if offered {
+        // A real GPU: whatever the self-test decides, the path says where it stands.
+        let mut rng = Rng::new(3);
+        let a = Tensor::from_f32(&gpu, &random(&mut rng, 64 * 64), &[64, 64]).unwrap();
+        ops::matmul(&a, &a).unwrap().to_vec_f32().unwrap();
+        assert!(gpu.uses_cooperative_matrix().is_some());
+        return;
+    }
+    assert_eq!(gpu.uses_cooperative_matrix(), None);
+    let plain = self::gpu();
+    let mut rng = Rng::new(3);
+    let (m, k, n) = (70, 46, 83);
+    let a = random(&mut rng, m * k);
+    let b = random(&mut rng, k * n);
+    let product = |g: &Gpu| {
+        let a = Tensor::from_f32(g, &a, &[m, k]).unwrap();
+        let b = Tensor::from_f32(g, &b, &[k, n]).unwrap();
+        ops::matmul(&a, &b).unwrap().to_vec_f32().unwrap()
+    };
+    assert_eq!(product(&gpu), product(plain));
+    assert_eq!(gpu.uses_cooperative_matrix(), None);
+}
+
 #[test]
 fn f16_decoding_covers_subnormals_signs_and_large_values() {
     let gpu = gpu();

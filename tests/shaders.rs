@@ -2,7 +2,8 @@
 //! SPIR-V (Vulkan), MSL (Metal), HLSL (DX12) and GLSL ES 3.1 (GL): this
 //! catches Metal/DX12/GL breakage on a machine that has none of them.
 
-use dora_wgpu::kernels::Kernel;
+use dora_wgpu::kernels::matmul::Matmul;
+use dora_wgpu::kernels::{Kernel, MatmulKind};
 use naga::back::{glsl, hlsl, msl, spv};
 use naga::valid::{Capabilities, ValidationFlags, Validator};
 
@@ -14,15 +15,30 @@ fn parse_and_validate(
 ) -> Result<(naga::Module, naga::valid::ModuleInfo), String> {
     let source = kernel.source_for(subgroups);
     let module = naga::front::wgsl::parse_str(&source).map_err(|e| e.emit_to_string(&source))?;
-    let capabilities = if subgroups {
+    let mut capabilities = if subgroups {
         Capabilities::SUBGROUP
     } else {
         Capabilities::empty()
     };
+    if is_cooperative(kernel) {
+        capabilities |= Capabilities::COOPERATIVE_MATRIX | Capabilities::SHADER_FLOAT16;
+    }
     let info = Validator::new(ValidationFlags::all(), capabilities)
         .validate(&module)
         .map_err(|e| e.emit_to_string(&source))?;
     Ok((module, info))
+}
+
+/// The cooperative matmul: only Vulkan (SPIR-V) and Metal (MSL 2.3) offer
+/// cooperative matrices in wgpu 30, so DX12 and GL never compile it.
+fn is_cooperative(kernel: &Kernel) -> bool {
+    matches!(
+        kernel,
+        Kernel::Matmul(Matmul {
+            kind: MatmulKind::Cooperative { .. },
+            ..
+        })
+    )
 }
 
 fn check(kernel: &Kernel, subgroups: bool) -> Result<(), String> {
@@ -34,7 +50,14 @@ fn check(kernel: &Kernel, subgroups: bool) -> Result<(), String> {
         .map_err(|e| format!("SPIR-V: {e}"))?;
     let msl_options = msl::Options {
         // Metal 2.1 brought simdgroup functions.
-        lang_version: if subgroups { (2, 1) } else { (2, 0) },
+        // Metal 2.3 brought simdgroup matrices.
+        lang_version: if is_cooperative(kernel) {
+            (2, 3)
+        } else if subgroups {
+            (2, 1)
+        } else {
+            (2, 0)
+        },
         ..Default::default()
     };
     msl::write_string(
@@ -44,6 +67,9 @@ fn check(kernel: &Kernel, subgroups: bool) -> Result<(), String> {
         &msl::PipelineOptions::default(),
     )
     .map_err(|e| format!("MSL: {e}"))?;
+    if is_cooperative(kernel) {
+        return Ok(());
+    }
     let mut hlsl_out = String::new();
     hlsl::Writer::new(
         &mut hlsl_out,

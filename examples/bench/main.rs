@@ -19,6 +19,7 @@
 
 use std::time::Instant;
 
+mod cooperative;
 mod measure;
 
 use dora_wgpu::nn::{AdapterOptions, DoraLinear, DoraPath, Linear, LoraLinear, Rng};
@@ -247,6 +248,7 @@ fn run() -> dora_wgpu::Result<()> {
         100.0 * other_gflops / peak
     );
     drop((a, b, other));
+    let cooperative = cooperative::cooperative_matmuls(shapes, repeats, &mut rng)?;
 
     // One layer, forward + backward: DoRA (factored and direct) against LoRA.
     let (inp, out, rank, tokens) = if quick {
@@ -509,6 +511,7 @@ fn run() -> dora_wgpu::Result<()> {
         "matmul_other_kernels": {"kernels": other_kernels, "m": m, "k": k, "n": n, "layout": "NN",
             "weight_dtype": "f32", "gflops": other_gflops, "pct_of_peak": 100.0 * other_gflops / peak},
         "matmul": matmuls,
+        "matmul_cooperative": cooperative,
         "dora_lora_time_ratio": dora_t / lora_t,
         "dora_lora_memory_ratio": dora_mem as f64 / lora_mem as f64,
         "dora_factored_direct_time_ratio": dora_t / direct_t,

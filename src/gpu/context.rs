@@ -6,6 +6,7 @@
 use std::sync::{Arc, Mutex};
 
 use super::batch::Batch;
+use super::cooperative::{self, CooperativeState};
 use super::pipeline::PipelineCache;
 use super::pool::{BufferPool, MemoryStats, PoolLimits};
 use crate::error::{Error, Result};
@@ -15,7 +16,8 @@ use crate::error::{Error, Result};
 /// (a case-insensitive substring of the adapter's name) and `WGPU_POWER_PREF`
 /// (low, high); without them the high-performance adapter is preferred.
 /// `DORA_MATMUL_KERNELS` (auto, tiled, broadcast) forces a matmul kernel family,
-/// `DORA_ATTENTION` (auto, fused, matmul) an attention path.
+/// `DORA_ATTENTION` (auto, fused, matmul) an attention path,
+/// `DORA_COOPERATIVE_MATRIX=1` turns on the cooperative-matrix matmul.
 #[derive(Clone, Debug)]
 pub struct GpuOptions {
     pub backends: wgpu::Backends,
@@ -33,6 +35,14 @@ pub struct GpuOptions {
     /// operations where the adapter has `Features::SUBGROUP` (default), or
     /// always through workgroup memory. `DORA_SUBGROUPS=0` turns them off.
     pub subgroups: bool,
+    /// Products on cooperative matrices (tensor cores; Vulkan's
+    /// `VK_KHR_cooperative_matrix`, Metal's simdgroup matrices) where the
+    /// adapter offers f16 × f16 → f32 tiles our kernel fits. Off by default:
+    /// operands are rounded to f16 (about 3 significant digits, magnitudes
+    /// clamped to 65504), as PyTorch's autocast does; accumulation stays f32.
+    /// Used only after a self-test against the f32 kernels on the device.
+    /// `DORA_COOPERATIVE_MATRIX=1` turns it on.
+    pub cooperative_matrix: bool,
     /// How much memory the buffer pool may keep idle, and a hard cap on all of it.
     pub memory: PoolLimits,
 }
@@ -114,6 +124,7 @@ impl Default for GpuOptions {
             broadcast_lanes: None,
             attention: AttentionKernels::Auto,
             subgroups: std::env::var("DORA_SUBGROUPS").map_or(true, |v| v != "0"),
+            cooperative_matrix: std::env::var("DORA_COOPERATIVE_MATRIX").is_ok_and(|v| v == "1"),
             memory: PoolLimits::default(),
         }
     }
@@ -147,6 +158,8 @@ pub(crate) struct GpuInner {
     /// Row reductions use subgroup operations (the device has `SUBGROUP` and
     /// they were not turned off).
     pub subgroups: bool,
+    /// The cooperative-matrix matmul's state ([`GpuOptions::cooperative_matrix`]).
+    pub cooperative: Mutex<CooperativeState>,
     /// What the adapter offers, where this context opened it itself.
     pub report: Option<AdapterReport>,
     /// The first uncaptured device error, reported at the next synchronisation.
@@ -228,7 +241,10 @@ impl Gpu {
             AttentionKernels::Auto => AttentionKernels::from_env()?,
             chosen => chosen,
         };
-        if let Some(lanes) = options.broadcast_lanes.filter(|l| ![8, 16].contains(l)) {
+        if let Some(lanes) = options
+            .broadcast_lanes
+            .filter(|l| !BROADCAST_LANES.contains(l))
+        {
             return Err(Error::InvalidArgument(format!(
                 "GpuOptions::broadcast_lanes {lanes}: expected 8 or 16"
             )));
@@ -243,6 +259,27 @@ impl Gpu {
         // The adapter's own limits: wgpu's defaults (128 MiB bindings, 256 MiB
         // buffers) are too small for the embedding and LM-head weights of real models.
         let limits = adapter.limits();
+        let cooperative = if options.cooperative_matrix {
+            match cooperative::choose_shape(
+                adapter.features(),
+                &adapter.cooperative_matrix_properties(),
+                (info.subgroup_min_size, info.subgroup_max_size),
+            ) {
+                Ok(shape) => CooperativeState::Untested(shape),
+                Err(why) => {
+                    log::warn!(
+                        "cooperative matrices asked for, but {} ({:?}) has none usable: {why}; \
+                         products stay on the f32 kernels",
+                        info.name,
+                        info.backend
+                    );
+                    CooperativeState::Off
+                }
+            }
+        } else {
+            CooperativeState::Off
+        };
+        let experimental = matches!(cooperative, CooperativeState::Untested(_));
         let (device, queue) = pollster::block_on(adapter.request_device(&wgpu::DeviceDescriptor {
             label: Some("dora-wgpu"),
             // Timestamps only serve `--profile`; asked for wherever offered,
@@ -253,9 +290,21 @@ impl Gpu {
                         wgpu::Features::SUBGROUP
                     } else {
                         wgpu::Features::empty()
+                    }
+                    | if experimental {
+                        cooperative::features()
+                    } else {
+                        wgpu::Features::empty()
                     }),
             required_limits: limits,
-            experimental_features: wgpu::ExperimentalFeatures::disabled(),
+            experimental_features: if experimental {
+                // SAFETY: wgpu's experimental features may have bugs of their
+                // own; the cooperative kernel is used only after it matches
+                // the f32 kernels on this device (ops::matmul's self-test).
+                unsafe { wgpu::ExperimentalFeatures::enabled() }
+            } else {
+                wgpu::ExperimentalFeatures::disabled()
+            },
             memory_hints: wgpu::MemoryHints::Performance,
             trace: wgpu::Trace::Off,
         }))
@@ -269,6 +318,7 @@ impl Gpu {
             attention,
             Some(report),
         )?;
+        *gpu.inner.cooperative.lock().unwrap() = cooperative;
         gpu.set_memory_limits(options.memory);
         // Our own device: route uncaptured errors to the next sync instead of panicking.
         let slot = gpu.inner.device_error.clone();
@@ -347,6 +397,7 @@ impl Gpu {
                 attention,
                 report,
                 subgroups,
+                cooperative: Mutex::new(CooperativeState::Off),
                 device_error: Arc::new(Mutex::new(None)),
                 profile: Mutex::new(None),
                 pass_timer,
@@ -373,6 +424,37 @@ impl Gpu {
     /// Whether row reductions run on subgroup operations ([`GpuOptions::subgroups`]).
     pub fn uses_subgroups(&self) -> bool {
         self.inner.subgroups
+    }
+
+    /// The cooperative-matrix matmul's state on this context.
+    pub(crate) fn cooperative_state(&self) -> CooperativeState {
+        self.inner.cooperative.lock().unwrap().clone()
+    }
+
+    /// Moves the cooperative state from `from` to `to`; false (and nothing
+    /// changes) when another thread moved it first.
+    pub(crate) fn move_cooperative_state(
+        &self,
+        from: &CooperativeState,
+        to: CooperativeState,
+    ) -> bool {
+        let mut state = self.inner.cooperative.lock().unwrap();
+        if *state != *from {
+            return false;
+        }
+        *state = to;
+        true
+    }
+
+    /// Whether products run on cooperative matrices: `None` where they were
+    /// not asked for or the adapter has none usable, `Some(false)` before the
+    /// self-test has run or after it failed, `Some(true)` once it passed.
+    pub fn uses_cooperative_matrix(&self) -> Option<bool> {
+        match self.cooperative_state() {
+            CooperativeState::Off => None,
+            CooperativeState::Verified(_) => Some(true),
+            _ => Some(false),
+        }
     }
 
     /// How this context computes attention ([`GpuOptions::attention`]).
@@ -570,6 +652,9 @@ pub struct AdapterReport {
     /// the adapter reports, as "M×N×K A/B type → C type".
     pub cooperative_matrix: bool,
     pub cooperative_matrix_configs: Vec<String>,
+    /// What the cooperative-matrix matmul would run on here
+    /// (`GpuOptions::cooperative_matrix`), or why it cannot.
+    pub cooperative_matmul: String,
     pub max_compute_workgroup_storage_size: u32,
     pub max_compute_invocations_per_workgroup: u32,
     pub max_storage_buffer_binding_size: u64,
@@ -616,6 +701,17 @@ impl AdapterReport {
             timestamp_query: features.contains(wgpu::Features::TIMESTAMP_QUERY),
             cooperative_matrix: features.contains(wgpu::Features::EXPERIMENTAL_COOPERATIVE_MATRIX),
             cooperative_matrix_configs: configs,
+            cooperative_matmul: match cooperative::choose_shape(
+                features,
+                &adapter.cooperative_matrix_properties(),
+                (info.subgroup_min_size, info.subgroup_max_size),
+            ) {
+                Ok(shape) => format!(
+                    "{0}×{0} f16 tiles on {1} lanes (opt-in: DORA_COOPERATIVE_MATRIX=1)",
+                    shape.tile, shape.lanes
+                ),
+                Err(why) => format!("unavailable: {why}"),
+            },
             max_compute_workgroup_storage_size: limits.max_compute_workgroup_storage_size,
             max_compute_invocations_per_workgroup: limits.max_compute_invocations_per_workgroup,
             max_storage_buffer_binding_size: limits.max_storage_buffer_binding_size,
@@ -680,6 +776,10 @@ fn pick_adapter(instance: &wgpu::Instance, options: &GpuOptions) -> Result<wgpu:
             ))
         })
 }
+
+/// The broadcast matmul's group sizes a context takes (the kernels compile
+/// a variant for each).
+pub(crate) const BROADCAST_LANES: [u32; 2] = [8, 16];
 
 /// The most storage buffers any kernel binds (`kernels::Kernel::all` is
 /// checked against it by a unit test there).

@@ -3,9 +3,11 @@
 
 mod batch;
 mod context;
+pub(crate) mod cooperative;
 mod pipeline;
 mod pool;
 
+pub(crate) use context::BROADCAST_LANES;
 #[cfg(test)]
 pub(crate) use context::MAX_STORAGE_BINDINGS;
 pub use context::{

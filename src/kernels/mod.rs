@@ -44,6 +44,10 @@ trait Family: std::fmt::Debug {
     /// passes its buffers. Binding 0 is always the parameters.
     fn bindings(&self) -> &'static [(u32, Access)];
     fn params(&self) -> ParamsLayout;
+    /// The WGSL `enable` directives the variant needs (they open the module).
+    fn enables(&self) -> &'static str {
+        ""
+    }
     /// The constants and small functions that differ between variants.
     fn header(&self) -> String {
         String::new()
@@ -128,6 +132,12 @@ impl Kernel {
         self.family().reduces_rows()
     }
 
+    /// The WGSL `enable` directives the variant needs (they must open the
+    /// module): f16 and cooperative matrices for the cooperative matmul.
+    pub fn enables(&self) -> &'static str {
+        self.family().enables()
+    }
+
     /// The full WGSL source of this variant, for a device without subgroup
     /// operations.
     pub fn source(&self) -> String {
@@ -149,7 +159,8 @@ impl Kernel {
             shared::ROW_REDUCE
         };
         format!(
-            "// variant: {}\n{}{}\n{}\n{reduce}\n{}",
+            "{}// variant: {}\n{}{}\n{}\n{reduce}\n{}",
+            family.enables(),
             self.label(),
             family.params().wgsl,
             family.header(),

@@ -281,7 +281,7 @@ impl DoraLinear {
         let rows = norms.numel();
         let inverse = ops::reshape(&ops::div(norms, &self.magnitude)?, &[rows, 1])?;
         let w = ops::mul(&ops::to_f32(merged)?, &inverse)?;
-        ops::matmul_raw(
+        crate::kernels::matmul::matmul_raw(
             &self.lora_b,
             &self.lora_a,
             Transpose::NN,

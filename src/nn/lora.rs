@@ -159,7 +159,7 @@ impl LoraLinear {
     pub fn merged_weight_f32(&self) -> Result<Tensor> {
         let _g = no_grad();
         let v = ops::to_f32(&self.base.weight)?;
-        ops::matmul_raw(
+        crate::kernels::matmul::matmul_raw(
             &self.lora_b,
             &self.lora_a,
             Transpose::NN,

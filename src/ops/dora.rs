@@ -114,7 +114,7 @@ fn scaled_update(
     c: &Tensor,
     bias: Option<&Tensor>,
 ) -> Result<(Tensor, Tensor)> {
-    use super::matmul::{matmul_epilogue, matmul_raw, Epilogue, Transpose::NT};
+    use crate::kernels::matmul::{matmul_epilogue, matmul_raw, Epilogue, Transpose::NT};
     let xa = matmul_raw(x, layer.lora_a, NT, 1.0, 0.0, None)?;
     let y = matmul_raw(&xa, layer.lora_b, NT, layer.scale, 0.0, None)?;
     let epilogue = Epilogue { col_scale: c, bias };
@@ -123,8 +123,8 @@ fn scaled_update(
 }
 
 pub(crate) fn dora_linear_fused(x: &Tensor, layer: &FusedDora) -> Result<Tensor> {
-    use super::matmul::{matmul_raw, Transpose::*};
     use crate::autograd::record;
+    use crate::kernels::matmul::{matmul_raw, Transpose::*};
 
     let FusedDora {
         weight: w,
@@ -193,8 +193,8 @@ pub(crate) fn dora_linear_fused_dropout(
     p: f32,
     seed: u32,
 ) -> Result<Tensor> {
-    use super::matmul::{matmul_raw, Transpose::*};
     use crate::autograd::record;
+    use crate::kernels::matmul::{matmul_raw, Transpose::*};
 
     let FusedDora {
         weight: w,

@@ -181,7 +181,7 @@ impl VocabMatrix {
 
     /// [n, cols] → [n, rows], unrecorded: each block's product placed in its columns.
     pub(crate) fn logits_raw(&self, hidden: &Tensor) -> Result<Tensor> {
-        use super::{matmul_raw, Transpose};
+        use crate::kernels::matmul::{matmul_raw, Transpose};
         if let [(_, only)] = &self.blocks[..] {
             return matmul_raw(hidden, only, Transpose::NT, 1.0, 0.0, None);
         }
@@ -208,7 +208,7 @@ impl VocabMatrix {
 
     /// g [n, rows] · self: [n, cols], unrecorded (the backward of `logits_raw`).
     pub(crate) fn backward_raw(&self, g: &Tensor) -> Result<Tensor> {
-        use super::{matmul_raw, Transpose};
+        use crate::kernels::matmul::{matmul_raw, Transpose};
         if let [(_, only)] = &self.blocks[..] {
             return matmul_raw(g, only, Transpose::NN, 1.0, 0.0, None);
         }

@@ -4,10 +4,10 @@
 //! backward; fused, only `x` and the rank-r x_d·Aᵀ do, and the dropout mask is
 //! regenerated from its seed.
 
-use super::matmul::{matmul_raw, Transpose::*};
 use crate::autograd::record;
 use crate::error::Result;
 use crate::kernels::elementwise::{binary as binary_raw, dropout as dropout_raw};
+use crate::kernels::matmul::{matmul_raw, Transpose::*};
 use crate::kernels::{BinaryOp, Broadcast};
 use crate::tensor::Tensor;
 

@@ -17,6 +17,9 @@ mod rope;
 mod shape;
 mod softmax;
 
+/// The cooperative-matrix kernel's self-test, exposed for the tests (any kernel can be compared).
+#[doc(hidden)]
+pub use crate::kernels::matmul::self_test as matmul_self_test;
 pub use attention::{
     attention_is_fused, causal_attention, causal_softmax, merge_heads, split_heads, AttentionHeads,
 };
@@ -29,7 +32,6 @@ pub use elementwise::{
 pub use embedding::{embedding, VocabMatrix};
 pub(crate) use lora::{lora_linear_fused, FusedLora};
 pub use loss::{cross_entropy, lm_head_cross_entropy, IGNORE_INDEX};
-pub(crate) use matmul::matmul_raw;
 pub use matmul::{matmul, matmul_ex, Transpose};
 pub use norm::row_norm;
 pub use reduce::{global_norm, mean_all, sum_all, sum_cols, sum_rows};

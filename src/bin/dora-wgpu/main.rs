@@ -218,6 +218,7 @@ fn devices(args: DevicesArgs) -> Result<()> {
             a.max_compute_workgroup_storage_size / 1024,
             a.max_compute_invocations_per_workgroup
         );
+        println!("         cooperative matmul {}", a.cooperative_matmul);
     }
     Ok(())
 }
@@ -403,8 +404,12 @@ fn one_line(err: &clap::Error, args: &[String]) -> String {
 }
 
 fn main() {
-    // Quiet unless asked (RUST_LOG=info): wgpu logs probing failures of backends it does not use.
-    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("off")).init();
+    // Our warnings only unless asked (RUST_LOG=info): wgpu logs probing
+    // failures of backends it does not use.
+    env_logger::Builder::from_env(
+        env_logger::Env::default().default_filter_or("off,dora_wgpu=warn"),
+    )
+    .init();
     // A panic is a bug in dora-wgpu, never a user error: one line, with the
     // source location a bug report needs.
     std::panic::set_hook(Box::new(|info| {

@@ -1,18 +1,22 @@
 //! Matrix products C = alpha·op(A)·op(B) + beta·C, batched, with either
 //! operand transposed, B of any float dtype, and an optional epilogue (a
-//! per-column scale and bias): the tiled kernel (matmul.wgsl), the untiled
-//! one for a few rows (matmul_skinny.wgsl), and the register-tiled one for
-//! CPU-emulated devices (matmul_broadcast.wgsl), all around matmul_io.wgsl.
+//! per-column scale and bias). The kernels share `matmul_io.wgsl` (operands
+//! and parameters) and differ in how they tile: workgroup-memory tiles
+//! (`matmul.wgsl`, real GPUs), none for a few rows (`matmul_skinny.wgsl`),
+//! register tiles for CPU-emulated devices (`matmul_broadcast.wgsl`, with a
+//! `b_pair_*.wgsl` loader of B), cooperative matrices (`matmul_coop.wgsl`).
+//! `launch.rs` picks among them for each product.
+
+mod launch;
+
+pub(crate) use launch::{matmul_epilogue, matmul_raw, Epilogue};
+pub use launch::{self_test, Transpose};
 
 use super::params::{kernel_params, Params};
 use super::{shared, Access, Family, Kernel, ParamsLayout};
 use crate::dtype::DType;
+use crate::gpu::{cooperative, BROADCAST_LANES};
 use Access::{Read, ReadWrite};
-
-const MATMUL_IO: &str = include_str!("../../../shaders/matmul_io.wgsl");
-const MATMUL: &str = include_str!("../../../shaders/matmul.wgsl");
-const MATMUL_SKINNY: &str = include_str!("../../../shaders/matmul_skinny.wgsl");
-const MATMUL_BROADCAST: &str = include_str!("../../../shaders/matmul_broadcast.wgsl");
 
 /// Which matmul kernel computes a product.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -34,6 +38,52 @@ pub enum MatmulKind {
         vector_b: bool,
         lanes: u32,
     },
+    /// Cooperative matrices (matmul_coop.wgsl): f16 operands, f32
+    /// accumulators, on `tile` x `tile` hardware tiles (16: Vulkan's
+    /// `VK_KHR_cooperative_matrix`; 8: Metal's simdgroup matrices), one
+    /// subgroup of `lanes` invocations per workgroup. Opt-in, and only after
+    /// a self-test on the device (see `launch.rs`).
+    Cooperative { tile: u32, lanes: u32 },
+}
+
+impl MatmulKind {
+    /// Every kind a context can use: the broadcast kernels for each group
+    /// size a context takes, the cooperative one for each shape it accepts.
+    fn all() -> impl Iterator<Item = MatmulKind> {
+        let broadcast = BROADCAST_LANES.into_iter().flat_map(|lanes| {
+            [(false, false), (true, false), (false, true), (true, true)].map(|(tall, vector_b)| {
+                MatmulKind::Broadcast {
+                    tall,
+                    vector_b,
+                    lanes,
+                }
+            })
+        });
+        let cooperative =
+            cooperative::SHAPES.map(|(tile, lanes)| MatmulKind::Cooperative { tile, lanes });
+        [MatmulKind::Tiled, MatmulKind::Skinny]
+            .into_iter()
+            .chain(broadcast)
+            .chain(cooperative)
+    }
+
+    /// Whether the dispatcher may pick this kind for a product of this
+    /// layout and B (the sizes it also needs are checked where it picks):
+    /// the rule `launch::choose_kind` and the variant list share.
+    pub(crate) fn serves(self, trans_a: bool, trans_b: bool, b_dtype: DType) -> bool {
+        match self {
+            // A quantized B is a frozen weight: A is never transposed against it.
+            _ if matches!(b_dtype, DType::Quant(_)) && trans_a => false,
+            MatmulKind::Tiled => true,
+            MatmulKind::Skinny => !trans_a,
+            // TT is never on a training path; a vector loader needs a B it
+            // can read in vectors at some size (8 x 8 meets every alignment).
+            MatmulKind::Broadcast { vector_b, .. } => {
+                !(trans_a && trans_b) && (!vector_b || broadcast_vector_b(b_dtype, trans_b, 8, 8))
+            }
+            MatmulKind::Cooperative { .. } => !(trans_a && trans_b),
+        }
+    }
 }
 
 /// Invocations of a broadcast-matmul workgroup along (columns, rows): wide
@@ -102,6 +152,12 @@ impl Family for Matmul {
     fn params(&self) -> ParamsLayout {
         MatmulParams::layout()
     }
+    fn enables(&self) -> &'static str {
+        match self.kind {
+            MatmulKind::Cooperative { .. } => "enable f16;\nenable wgpu_cooperative_matrix;\n",
+            _ => "",
+        }
+    }
     fn header(&self) -> String {
         let Matmul {
             trans_a,
@@ -110,81 +166,62 @@ impl Family for Matmul {
             epilogue,
             kind,
         } = *self;
-        format!(
-            "const TRANS_A: bool = {trans_a};\nconst TRANS_B: bool = {trans_b};\n{MATMUL_IO}{}{}{}",
-            match kind {
-                MatmulKind::Broadcast { vector_b, .. } => {
-                    broadcast_b_loader(b_dtype, trans_b, vector_b)
-                }
-                _ => shared::weight_loader("BWord", "load_b", "b", b_dtype),
-            },
-            if epilogue {
-                MATMUL_EPILOGUE
-            } else {
-                "fn epilogue(v: f32, col: u32) -> f32 { return v; }\n"
-            },
-            match kind {
-                MatmulKind::Broadcast { tall, lanes, .. } => {
-                    let (x, y) = broadcast_lanes(tall, lanes);
-                    format!("const LANES_X: u32 = {x}u;\nconst LANES_Y: u32 = {y}u;\n")
-                }
-                _ => String::new(),
+        let b = match kind {
+            MatmulKind::Broadcast { vector_b, .. } => {
+                broadcast_b_loader(b_dtype, trans_b, vector_b)
             }
+            _ => shared::weight_loader("BWord", "load_b", "b", b_dtype),
+        };
+        let epilogue = if epilogue {
+            include_str!("epilogue.wgsl")
+        } else {
+            include_str!("no_epilogue.wgsl")
+        };
+        let tiles = match kind {
+            MatmulKind::Broadcast { tall, lanes, .. } => {
+                let (x, y) = broadcast_lanes(tall, lanes);
+                format!("const LANES_X: u32 = {x}u;\nconst LANES_Y: u32 = {y}u;\n")
+            }
+            MatmulKind::Cooperative { tile, lanes } => format!(
+                "const T: u32 = {tile}u;\nconst LANES: u32 = {lanes}u;\n\
+                 alias TileA = coop_mat{tile}x{tile}<f16, A>;\n\
+                 alias TileB = coop_mat{tile}x{tile}<f16, B>;\n\
+                 alias TileC = coop_mat{tile}x{tile}<f32, C>;\n"
+            ),
+            MatmulKind::Tiled | MatmulKind::Skinny => String::new(),
+        };
+        format!(
+            "const TRANS_A: bool = {trans_a};\nconst TRANS_B: bool = {trans_b};\n{}{b}{epilogue}{tiles}",
+            include_str!("matmul_io.wgsl")
         )
     }
     fn body(&self) -> &'static str {
         match self.kind {
-            MatmulKind::Tiled => MATMUL,
-            MatmulKind::Skinny => MATMUL_SKINNY,
-            MatmulKind::Broadcast { .. } => MATMUL_BROADCAST,
+            MatmulKind::Tiled => include_str!("matmul.wgsl"),
+            MatmulKind::Skinny => include_str!("matmul_skinny.wgsl"),
+            MatmulKind::Broadcast { .. } => include_str!("matmul_broadcast.wgsl"),
+            MatmulKind::Cooperative { .. } => include_str!("matmul_coop.wgsl"),
         }
     }
 }
 
+/// Every variant the dispatcher can pick: each layout, B type and epilogue
+/// with each kind that [`MatmulKind::serves`] it.
 pub(super) fn variants() -> Vec<Kernel> {
     let mut v = Vec::new();
     for trans_a in [false, true] {
         for trans_b in [false, true] {
             for b_dtype in super::norm::weight_dtypes() {
                 for epilogue in [false, true] {
-                    let broadcast = [8, 16].into_iter().flat_map(|lanes| {
-                        [(false, false), (true, false), (false, true), (true, true)].map(
-                            |(tall, vector_b)| MatmulKind::Broadcast {
-                                tall,
-                                vector_b,
-                                lanes,
-                            },
-                        )
-                    });
-                    for kind in [MatmulKind::Tiled, MatmulKind::Skinny]
-                        .into_iter()
-                        .chain(broadcast)
-                    {
-                        let unused = match kind {
-                            // A quantized B is a frozen weight: A is
-                            // never transposed against it.
-                            _ if matches!(b_dtype, DType::Quant(_)) && trans_a => true,
-                            MatmulKind::Tiled => false,
-                            MatmulKind::Skinny => trans_a,
-                            // Sizes that meet every alignment: a vector
-                            // variant exists wherever a vector loader does.
-                            MatmulKind::Broadcast { vector_b, .. } => {
-                                trans_a && trans_b
-                                    || vector_b && !broadcast_vector_b(b_dtype, trans_b, 8, 8)
-                            }
+                    for kind in MatmulKind::all().filter(|k| k.serves(trans_a, trans_b, b_dtype)) {
+                        let m = Matmul {
+                            trans_a,
+                            trans_b,
+                            b_dtype,
+                            epilogue,
+                            kind,
                         };
-                        if !unused {
-                            v.push(
-                                Matmul {
-                                    trans_a,
-                                    trans_b,
-                                    b_dtype,
-                                    epilogue,
-                                    kind,
-                                }
-                                .into(),
-                            );
-                        }
+                        v.push(m.into());
                     }
                 }
             }
@@ -192,18 +229,6 @@ pub(super) fn variants() -> Vec<Kernel> {
     }
     v
 }
-
-/// The fused DoRA epilogue's bindings and function (the plain variant declares neither).
-const MATMUL_EPILOGUE: &str = "@group(0) @binding(4) var<storage, read> col_scale: array<f32>;
-@group(0) @binding(5) var<storage, read> bias: array<f32>;
-fn epilogue(v: f32, col: u32) -> f32 {
-    var r = v * col_scale[col];
-    if (p.has_bias != 0u) {
-        r = r + bias[col];
-    }
-    return r;
-}
-";
 
 /// The broadcast matmul's B: the `BWord` binding type and `load_b_pair(bi,
 /// sk, sn)`, which returns rows k and k+1 of op(B), 8 columns from element
@@ -213,88 +238,21 @@ fn epilogue(v: f32, col: u32) -> f32 {
 /// words where [`broadcast_vector_b`] allows.
 fn broadcast_b_loader(b_dtype: DType, trans_b: bool, vector_b: bool) -> String {
     let sixteen_bit = matches!(b_dtype, DType::BF16 | DType::F16);
+    let elements = || shared::weight_loader("BWord", "load_b", "b", b_dtype);
     match (b_dtype, trans_b, vector_b) {
         // A transposed 16-bit B: one word holds k and k+1 of a column already.
-        (_, true, _) if sixteen_bit => {
-            shared::weight_loader("BWord", "load_b", "b", b_dtype) + COLUMN_PAIR_LOADER
+        (_, true, _) if sixteen_bit => elements() + include_str!("b_pair_columns.wgsl"),
+        (DType::F32, true, true) => {
+            include_str!("b_word_f32_pairs.wgsl").to_string() + include_str!("b_pair_columns.wgsl")
         }
-        (DType::F32, true, true) => format!(
-            "alias BWord = vec2<f32>;\nfn unpack_pair(v: vec2<f32>) -> vec2<f32> {{ return v; }}\n{COLUMN_PAIR_LOADER}"
-        ),
-        (_, false, false) if sixteen_bit => format!(
-            "{}// b[k*N + n]: one word holds columns n and n+1.
-fn load_b_pair(bi: u32, sk: u32, sn: u32) -> BPair {{
-    let w = bi >> 1u;
-    let v = (bi + sk) >> 1u;
-    return BPair(
-        vec4<f32>(unpack_pair(b[w]), unpack_pair(b[w + 1u])),
-        vec4<f32>(unpack_pair(b[w + 2u]), unpack_pair(b[w + 3u])),
-        vec4<f32>(unpack_pair(b[v]), unpack_pair(b[v + 1u])),
-        vec4<f32>(unpack_pair(b[v + 2u]), unpack_pair(b[v + 3u])),
-    );
-}}
-",
-            shared::weight_loader("BWord", "load_b", "b", b_dtype)
-        ),
-        (_, false, true) if sixteen_bit => format!(
-            "alias BWord = vec4<u32>;
-{}// b[k*N + n], N % 8 == 0: a row's 8 columns are one vec4 of 16-bit pairs.
-fn load_b_pair(bi: u32, sk: u32, sn: u32) -> BPair {{
-    let r0 = b[bi >> 3u];
-    let r1 = b[(bi + sk) >> 3u];
-    return BPair(
-        vec4<f32>(unpack_pair(r0.x), unpack_pair(r0.y)),
-        vec4<f32>(unpack_pair(r0.z), unpack_pair(r0.w)),
-        vec4<f32>(unpack_pair(r1.x), unpack_pair(r1.y)),
-        vec4<f32>(unpack_pair(r1.z), unpack_pair(r1.w)),
-    );
-}}
-",
-            shared::unpack_pair(b_dtype)
-        ),
-        (DType::F32, false, true) => "alias BWord = vec4<f32>;
-// b[k*N + n], N % 4 == 0: a row's 8 columns are two whole vec4s.
-fn load_b_pair(bi: u32, sk: u32, sn: u32) -> BPair {
-    let w = bi >> 2u;
-    let v = (bi + sk) >> 2u;
-    return BPair(b[w], b[w + 1u], b[v], b[v + 1u]);
-}
-"
-        .to_string(),
-        (DType::F32 | DType::Quant(_), _, false) => shared::weight_loader("BWord", "load_b", "b", b_dtype)
-            + "fn load_b_pair(bi: u32, sk: u32, sn: u32) -> BPair {
-    let j = bi + sk;
-    return BPair(
-        vec4<f32>(load_b(bi), load_b(bi + sn), load_b(bi + 2u * sn), load_b(bi + 3u * sn)),
-        vec4<f32>(load_b(bi + 4u * sn), load_b(bi + 5u * sn), load_b(bi + 6u * sn), load_b(bi + 7u * sn)),
-        vec4<f32>(load_b(j), load_b(j + sn), load_b(j + 2u * sn), load_b(j + 3u * sn)),
-        vec4<f32>(load_b(j + 4u * sn), load_b(j + 5u * sn), load_b(j + 6u * sn), load_b(j + 7u * sn)),
-    );
-}
-",
+        (_, false, false) if sixteen_bit => elements() + include_str!("b_pair_16bit_rows.wgsl"),
+        (_, false, true) if sixteen_bit => {
+            shared::unpack_pair(b_dtype) + include_str!("b_pair_16bit_vec4.wgsl")
+        }
+        (DType::F32, false, true) => include_str!("b_pair_f32_vec4.wgsl").to_string(),
+        (DType::F32 | DType::Quant(_), _, false) => {
+            elements() + include_str!("b_pair_elements.wgsl")
+        }
         _ => unreachable!("integer tensors are never weight operands"),
     }
 }
-
-/// `load_b_pair` for a transposed B whose words hold k and k+1 of a column
-/// (`unpack_pair` opens one: two 16-bit values, or a `vec2<f32>` as it is).
-const COLUMN_PAIR_LOADER: &str = "// b[n*K + k], K even: one word holds k and k+1 of a column.
-fn load_b_pair(bi: u32, sk: u32, sn: u32) -> BPair {
-    let w = bi >> 1u;
-    let s = sn >> 1u;
-    let c0 = unpack_pair(b[w]);
-    let c1 = unpack_pair(b[w + s]);
-    let c2 = unpack_pair(b[w + 2u * s]);
-    let c3 = unpack_pair(b[w + 3u * s]);
-    let c4 = unpack_pair(b[w + 4u * s]);
-    let c5 = unpack_pair(b[w + 5u * s]);
-    let c6 = unpack_pair(b[w + 6u * s]);
-    let c7 = unpack_pair(b[w + 7u * s]);
-    return BPair(
-        vec4<f32>(c0.x, c1.x, c2.x, c3.x),
-        vec4<f32>(c4.x, c5.x, c6.x, c7.x),
-        vec4<f32>(c0.y, c1.y, c2.y, c3.y),
-        vec4<f32>(c4.y, c5.y, c6.y, c7.y),
-    );
-}
-";

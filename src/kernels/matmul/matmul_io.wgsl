@@ -1,7 +1,6 @@
-// The parameters and operands every matmul kernel shares (matmul.wgsl,
-// matmul_skinny.wgsl, matmul_broadcast.wgsl), prepended to each by
-// src/kernels/matmul/mod.rs; `BWord`, the word B is read in, comes from the
-// generated header.
+// The operands every matmul kernel shares (matmul.wgsl, matmul_skinny.wgsl,
+// matmul_broadcast.wgsl, matmul_coop.wgsl), in each variant's header (mod.rs);
+// `BWord`, the word B is read in, comes from the header too.
 
 // `Params` is generated from its one declaration in Rust (src/kernels/matmul/mod.rs).
 @group(0) @binding(0) var<uniform> p: Params;
