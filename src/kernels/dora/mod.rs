@@ -95,7 +95,7 @@ impl Family for Dora {
 }
 
 pub(super) fn variants() -> Vec<Kernel> {
-    super::norm::weight_dtypes()
+    super::shared::weight_dtypes()
         .map(|dtype| Dora::Recompose { dtype })
         .chain([Dora::FactoredNorm, Dora::DoraBackwardPrep])
         .map(Kernel::from)

@@ -189,7 +189,7 @@ pub(super) fn variants() -> Vec<Kernel> {
     .flat_map(|op| {
         [Broadcast::None, Broadcast::Row, Broadcast::PerRow].map(|bc| Elementwise::Binary(op, bc))
     });
-    let widen = super::norm::weight_dtypes().map(Elementwise::Widen);
+    let widen = super::shared::weight_dtypes().map(Elementwise::Widen);
     unary
         .into_iter()
         .chain(binary)

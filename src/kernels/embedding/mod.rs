@@ -42,7 +42,7 @@ impl Family for Embedding {
 }
 
 pub(super) fn variants() -> Vec<Kernel> {
-    super::norm::weight_dtypes()
+    super::shared::weight_dtypes()
         .map(|d| Embedding(d).into())
         .collect()
 }

@@ -211,7 +211,7 @@ pub(super) fn variants() -> Vec<Kernel> {
     let mut v = Vec::new();
     for trans_a in [false, true] {
         for trans_b in [false, true] {
-            for b_dtype in super::norm::weight_dtypes() {
+            for b_dtype in super::shared::weight_dtypes() {
                 for epilogue in [false, true] {
                     for kind in MatmulKind::all().filter(|k| k.serves(trans_a, trans_b, b_dtype)) {
                         let m = Matmul {

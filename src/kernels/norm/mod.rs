@@ -2,7 +2,7 @@
 
 use super::params::{kernel_params, Params};
 use super::{groups, launch, shared, Access, Family, Kernel, ParamsLayout};
-use crate::dtype::{DType, Quant};
+use crate::dtype::DType;
 use crate::error::Result;
 use crate::tensor::Tensor;
 use Access::{Read, ReadWrite};
@@ -42,16 +42,9 @@ impl Family for RowNorm {
 }
 
 pub(super) fn variants() -> Vec<Kernel> {
-    weight_dtypes()
+    shared::weight_dtypes()
         .map(|dtype| RowNorm { dtype }.into())
         .collect()
-}
-
-/// Every dtype a frozen weight operand may have: f32, 16-bit, or blocks.
-pub(crate) fn weight_dtypes() -> impl Iterator<Item = DType> {
-    [DType::F32, DType::BF16, DType::F16]
-        .into_iter()
-        .chain(Quant::ALL.map(DType::Quant))
 }
 
 /// n_i = ‖W_i‖₂ for each row of a 2-D float `w`: [rows, cols] -> [rows].

@@ -2,7 +2,7 @@
 //! gets (`common.wgsl`), the row reductions, the 16-bit codecs, llama.cpp's
 //! block decoder, and the loaders that read a weight operand of any dtype.
 
-use crate::dtype::DType;
+use crate::dtype::{DType, Quant};
 
 pub(crate) const COMMON: &str = include_str!("common.wgsl");
 /// Workgroup sum and maximum of the row kernels through workgroup memory.
@@ -19,6 +19,13 @@ const LOAD_F16: &str = include_str!("load_f16.wgsl");
 const LOAD_QUANT: &str = include_str!("load_quant.wgsl");
 const UNPACK_PAIR_BF16: &str = include_str!("unpack_pair_bf16.wgsl");
 const UNPACK_PAIR_F16: &str = include_str!("unpack_pair_f16.wgsl");
+
+/// Every dtype a frozen weight operand may have: f32, 16-bit, or blocks.
+pub(crate) fn weight_dtypes() -> impl Iterator<Item = DType> {
+    [DType::F32, DType::BF16, DType::F16]
+        .into_iter()
+        .chain(Quant::ALL.map(DType::Quant))
+}
 
 /// Declares `word` (the array element type) and `load(i) -> f32`, which reads
 /// element `i` of `array` whatever its storage type (the `load_*.wgsl` files
