@@ -7,11 +7,15 @@
 
 use crate::tensor::{DType, Quant};
 
+mod matmul_tiles;
+pub(crate) use matmul_tiles::tiled_vec4;
+pub use matmul_tiles::MatmulTile;
+
 const COMMON: &str = include_str!("../shaders/common.wgsl");
 const ROW_REDUCE: &str = include_str!("../shaders/row_reduce.wgsl");
 const ROW_REDUCE_SUBGROUPS: &str = include_str!("../shaders/row_reduce_subgroups.wgsl");
 const MATMUL_IO: &str = include_str!("../shaders/matmul_io.wgsl");
-const MATMUL: &str = include_str!("../shaders/matmul.wgsl");
+const MATMUL_TILED: &str = include_str!("../shaders/matmul_tiled.wgsl");
 const MATMUL_SKINNY: &str = include_str!("../shaders/matmul_skinny.wgsl");
 const MATMUL_BROADCAST: &str = include_str!("../shaders/matmul_broadcast.wgsl");
 const NORM: &str = include_str!("../shaders/norm.wgsl");
@@ -87,8 +91,9 @@ pub enum Broadcast {
 /// Which matmul kernel computes a product.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum MatmulKind {
-    /// Workgroup-memory tiles (matmul.wgsl): real GPUs.
-    Tiled,
+    /// Workgroup-memory tiles (matmul_tiled.wgsl): real GPUs. `vec4` reads
+    /// both operands four elements at a time (see [`tiled_vec4`]).
+    Tiled { tile: MatmulTile, vec4: bool },
     /// No tiles, for a few rows of A not transposed (matmul_skinny.wgsl).
     Skinny,
     /// Register tiles, no workgroup memory (matmul_broadcast.wgsl): CPU-emulated
@@ -409,10 +414,17 @@ impl Kernel {
                 kind,
             } => (
                 format!(
-                    "const TRANS_A: bool = {trans_a};\nconst TRANS_B: bool = {trans_b};\n{MATMUL_IO}{}{}{}",
+                    "const TRANS_A: bool = {trans_a};\nconst TRANS_B: bool = {trans_b};\n{MATMUL_IO}{}{}{}{}",
+                    match kind {
+                        MatmulKind::Tiled { vec4, .. } => matmul_tiles::a_word(vec4),
+                        _ => matmul_tiles::a_word(false),
+                    },
                     match kind {
                         MatmulKind::Broadcast { vector_b, .. } => {
                             broadcast_b_loader(b_dtype, trans_b, vector_b)
+                        }
+                        MatmulKind::Tiled { vec4: true, .. } if b_dtype == DType::F32 => {
+                            matmul_tiles::VEC4_F32_B.to_string()
                         }
                         _ => weight_loader("BWord", "load_b", "b", b_dtype),
                     },
@@ -426,11 +438,14 @@ impl Kernel {
                             let (x, y) = broadcast_lanes(tall, lanes);
                             format!("const LANES_X: u32 = {x}u;\nconst LANES_Y: u32 = {y}u;\n")
                         }
-                        _ => String::new(),
+                        MatmulKind::Tiled { tile, vec4 } => {
+                            matmul_tiles::header(tile, vec4, b_dtype)
+                        }
+                        MatmulKind::Skinny => String::new(),
                     }
                 ),
                 match kind {
-                    MatmulKind::Tiled => MATMUL,
+                    MatmulKind::Tiled { .. } => MATMUL_TILED,
                     MatmulKind::Skinny => MATMUL_SKINNY,
                     MatmulKind::Broadcast { .. } => MATMUL_BROADCAST,
                 },
@@ -542,15 +557,16 @@ impl Kernel {
                                 },
                             )
                         });
-                        for kind in [MatmulKind::Tiled, MatmulKind::Skinny]
-                            .into_iter()
-                            .chain(broadcast)
+                        let tiled = MatmulTile::ALL.into_iter().flat_map(|tile| {
+                            [false, true].map(|vec4| MatmulKind::Tiled { tile, vec4 })
+                        });
+                        for kind in tiled.chain([MatmulKind::Skinny]).chain(broadcast)
                         {
                             let unused = match kind {
                                 // A quantized B is a frozen weight: A is
                                 // never transposed against it.
                                 _ if matches!(b_dtype, DType::Quant(_)) && trans_a => true,
-                                MatmulKind::Tiled => false,
+                                MatmulKind::Tiled { .. } => false,
                                 MatmulKind::Skinny => trans_a,
                                 // Sizes that meet every alignment: a vector
                                 // variant exists wherever a vector loader does.

@@ -8,13 +8,17 @@ use std::sync::{Arc, Mutex};
 use super::batch::Batch;
 use super::pipeline::PipelineCache;
 use super::pool::{BufferPool, MemoryStats, PoolLimits};
+use super::matmul_tiles::{tile_from_env, TileChoice};
 use crate::error::{Error, Result};
+use crate::shaders::MatmulTile;
 
 /// Options for picking an adapter. `Default` honours wgpu's own environment
 /// variables: `WGPU_BACKEND` (vulkan, metal, dx12, gl), `WGPU_ADAPTER_NAME`
 /// (a case-insensitive substring of the adapter's name) and `WGPU_POWER_PREF`
 /// (low, high); without them the high-performance adapter is preferred.
 /// `DORA_MATMUL_KERNELS` (auto, tiled, broadcast) forces a matmul kernel family,
+/// `DORA_MATMUL_TILE` (e.g. 128x128) the tiled family's tile and
+/// `DORA_MATMUL_AUTOTUNE=0` turns its tuning off,
 /// `DORA_ATTENTION` (auto, fused, matmul) an attention path.
 #[derive(Clone, Debug)]
 pub struct GpuOptions {
@@ -22,6 +26,15 @@ pub struct GpuOptions {
     pub adapter_name: Option<String>,
     pub power_preference: wgpu::PowerPreference,
     pub matmul_kernels: MatmulKernels,
+    /// The tiled family's tile for every product (`None`: tuned on a real
+    /// GPU, else chosen from the shape; `DORA_MATMUL_TILE` when unset here).
+    /// A tile the device's limits do not allow is an error.
+    pub matmul_tile: Option<MatmulTile>,
+    /// Times the tiled family's candidate tiles on the first product of
+    /// each shape class on a real GPU (not on CPU adapters) and remembers
+    /// the fastest per adapter in the cache directory (`$DORA_CACHE_DIR`,
+    /// else the platform's). `DORA_MATMUL_AUTOTUNE=0` turns it off.
+    pub matmul_autotune: bool,
     /// Invocations per broadcast-matmul group: `None` takes the adapter's
     /// SIMD width when the driver states one (lavapipe: 8), else 16; `Some(8)` or
     /// `Some(16)` forces one, e.g. to test the 16-lane kernels on a device
@@ -111,6 +124,8 @@ impl Default for GpuOptions {
             power_preference: wgpu::PowerPreference::from_env()
                 .unwrap_or(wgpu::PowerPreference::HighPerformance),
             matmul_kernels: MatmulKernels::Auto,
+            matmul_tile: None,
+            matmul_autotune: super::matmul_tiles::autotune_from_env(),
             broadcast_lanes: None,
             attention: AttentionKernels::Auto,
             subgroups: std::env::var("DORA_SUBGROUPS").map_or(true, |v| v != "0"),
@@ -142,6 +157,8 @@ pub(crate) struct GpuInner {
     pub matmul_kernels: MatmulKernels,
     /// Invocations per broadcast-matmul group ([`crate::shaders::broadcast_lanes_for`]).
     pub broadcast_lanes: u32,
+    /// How the tiled matmul's tile is picked.
+    pub matmul_tiles: TileChoice,
     /// The attention path (`Auto` decides per call, by size).
     pub attention: AttentionKernels,
     /// Row reductions use subgroup operations (the device has `SUBGROUP` and
@@ -228,6 +245,10 @@ impl Gpu {
             AttentionKernels::Auto => AttentionKernels::from_env()?,
             chosen => chosen,
         };
+        let tile = match options.matmul_tile {
+            None => tile_from_env()?,
+            chosen => chosen,
+        };
         if let Some(lanes) = options.broadcast_lanes.filter(|l| ![8, 16].contains(l)) {
             return Err(Error::InvalidArgument(format!(
                 "GpuOptions::broadcast_lanes {lanes}: expected 8 or 16"
@@ -266,6 +287,7 @@ impl Gpu {
             info,
             kernels,
             options.broadcast_lanes,
+            (tile, options.matmul_autotune),
             attention,
             Some(report),
         )?;
@@ -305,6 +327,7 @@ impl Gpu {
             info,
             MatmulKernels::Auto,
             None,
+            (tile_from_env()?, super::matmul_tiles::autotune_from_env()),
             AttentionKernels::Auto,
             None,
         )
@@ -316,6 +339,7 @@ impl Gpu {
         info: wgpu::AdapterInfo,
         matmul_kernels: MatmulKernels,
         broadcast_lanes: Option<u32>,
+        (tile, autotune): (Option<MatmulTile>, bool),
         attention: AttentionKernels,
         report: Option<AdapterReport>,
     ) -> Result<Gpu> {
@@ -336,6 +360,7 @@ impl Gpu {
         let matmul_kernels = matmul_kernels.resolve(&info);
         let broadcast_lanes =
             broadcast_lanes.unwrap_or_else(|| crate::shaders::broadcast_lanes_for(&info));
+        let matmul_tiles = TileChoice::new(tile, autotune, &info, &limits)?;
         let pass_timer = PassTimer::new(&device, &queue);
         let subgroups = device.features().contains(wgpu::Features::SUBGROUP);
         Ok(Gpu {
@@ -349,6 +374,7 @@ impl Gpu {
                 batch: Mutex::new(batch),
                 matmul_kernels,
                 broadcast_lanes,
+                matmul_tiles,
                 attention,
                 report,
                 subgroups,
@@ -388,6 +414,17 @@ impl Gpu {
     /// The matmul kernel family this context launches (`Tiled` or `Broadcast`).
     pub fn matmul_kernels(&self) -> MatmulKernels {
         self.inner.matmul_kernels
+    }
+
+    /// The tiled matmul's forced tile, if any ([`GpuOptions::matmul_tile`]).
+    pub fn matmul_tile(&self) -> Option<MatmulTile> {
+        self.inner.matmul_tiles.forced
+    }
+
+    /// Whether this context tunes the tiled matmul's tile ([`GpuOptions::matmul_autotune`]:
+    /// on, no tile forced, not a CPU adapter).
+    pub fn tunes_matmul_tiles(&self) -> bool {
+        self.inner.matmul_tiles.tuned.is_some()
     }
 
     /// Invocations per broadcast-matmul group on this context (8 or 16; see
