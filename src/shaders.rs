@@ -560,8 +560,7 @@ impl Kernel {
                         let tiled = MatmulTile::ALL.into_iter().flat_map(|tile| {
                             [false, true].map(|vec4| MatmulKind::Tiled { tile, vec4 })
                         });
-                        for kind in tiled.chain([MatmulKind::Skinny]).chain(broadcast)
-                        {
+                        for kind in tiled.chain([MatmulKind::Skinny]).chain(broadcast) {
                             let unused = match kind {
                                 // A quantized B is a frozen weight: A is
                                 // never transposed against it.

@@ -129,7 +129,12 @@ fn tiled_family(
         let (ta, tb) = (t == Transpose::TN, t == Transpose::NT);
         let a = random(rng, m * k);
         let b = random(rng, k * n);
-        print!("{:>16} {:>6} {:>5}", format!("{m}×{k}×{n}"), format!("{t:?}"), dtype.name());
+        print!(
+            "{:>16} {:>6} {:>5}",
+            format!("{m}×{k}×{n}"),
+            format!("{t:?}"),
+            dtype.name()
+        );
         let mut per_tile = serde_json::Map::new();
         for (name, gpu) in &contexts {
             let ga = Tensor::from_f32(gpu, &a, &if ta { [k, m] } else { [m, k] })?;
@@ -137,7 +142,10 @@ fn tiled_family(
             let reps = if m * k * n > 1 << 30 { 3 } else { repeats };
             let (_, steady) = time(gpu, reps, || ops::matmul_ex(&ga, &gb, t).map(|_| ()))?;
             let gflops = 2.0 * (m * k * n) as f64 / steady / 1e9;
-            print!(" {:>16}", format!("{gflops:.1} ({:.1}%)", 100.0 * gflops / peak));
+            print!(
+                " {:>16}",
+                format!("{gflops:.1} ({:.1}%)", 100.0 * gflops / peak)
+            );
             per_tile.insert(
                 name.clone(),
                 json!({"gflops": gflops, "pct_of_peak": 100.0 * gflops / peak}),
@@ -620,9 +628,10 @@ fn run() -> dora_wgpu::Result<()> {
             .iter()
             .all(|m| m["gflops"].as_f64().is_some_and(f64::is_finite))
         && tiled.iter().all(|row| {
-            row["tiles"]
-                .as_object()
-                .is_some_and(|t| t.values().all(|v| v["gflops"].as_f64().is_some_and(f64::is_finite)))
+            row["tiles"].as_object().is_some_and(|t| {
+                t.values()
+                    .all(|v| v["gflops"].as_f64().is_some_and(f64::is_finite))
+            })
         })
         && [dora_t / lora_t, dora_t / direct_t, fwd.merged_ratio]
             .iter()

@@ -6,9 +6,9 @@
 use std::sync::{Arc, Mutex};
 
 use super::batch::Batch;
+use super::matmul_tiles::{tile_from_env, TileChoice};
 use super::pipeline::PipelineCache;
 use super::pool::{BufferPool, MemoryStats, PoolLimits};
-use super::matmul_tiles::{tile_from_env, TileChoice};
 use crate::error::{Error, Result};
 use crate::shaders::MatmulTile;
 

@@ -118,7 +118,11 @@ impl MatmulTileCache {
     /// directory (`$XDG_CACHE_HOME` or `~/.cache` on Linux, `~/Library/Caches`
     /// on macOS, `%LOCALAPPDATA%` on Windows) under `dora-wgpu`.
     pub fn default_path() -> Option<PathBuf> {
-        let var = |name| std::env::var_os(name).filter(|v| !v.is_empty()).map(PathBuf::from);
+        let var = |name| {
+            std::env::var_os(name)
+                .filter(|v| !v.is_empty())
+                .map(PathBuf::from)
+        };
         let dir = if let Some(d) = var("DORA_CACHE_DIR") {
             d
         } else if cfg!(windows) {
@@ -162,7 +166,10 @@ impl MatmulTileCache {
                 .collect(),
         );
         let json = serde_json::json!({ "format": FORMAT, "version": VERSION, "adapters": all });
-        write_atomically(path, &serde_json::to_vec_pretty(&json).expect("JSON of strings"))
+        write_atomically(
+            path,
+            &serde_json::to_vec_pretty(&json).expect("JSON of strings"),
+        )
     }
 }
 

@@ -6,7 +6,9 @@ use super::matmul_tune::{tile_for, ShapeClass};
 use crate::autograd::record;
 use crate::error::{arg_err, shape_err, Result};
 use crate::gpu::MatmulKernels;
-use crate::shaders::{broadcast_lanes, broadcast_vector_b, tiled_vec4, Kernel, MatmulKind, MatmulTile};
+use crate::shaders::{
+    broadcast_lanes, broadcast_vector_b, tiled_vec4, Kernel, MatmulKind, MatmulTile,
+};
 use crate::tensor::{DType, Tensor};
 
 /// Which operands are transposed: `NT` is `A·Bᵀ`, the layout of `x·Wᵀ` with a
@@ -296,7 +298,10 @@ pub(crate) fn matmul_epilogue(
             let mut tensors = vec![a, b, &*scratch];
             tensors.extend(&extra);
             let bufs: Vec<_> = tensors.iter().map(|t| t.buf()).collect();
-            let params = Params { beta: 0.0, ..params };
+            let params = Params {
+                beta: 0.0,
+                ..params
+            };
             gpu.time_dispatch(
                 &kernel(kind),
                 bytemuck::bytes_of(&params),

@@ -89,7 +89,8 @@ impl MatmulTile {
     /// workgroups still fill a large GPU, else 64 x 64. Only tiles in
     /// `allowed` are returned (64 x 64 when none of the others is).
     pub fn default_for(m: usize, n: usize, batch: usize, allowed: &[MatmulTile]) -> MatmulTile {
-        let groups = |(bm, bn): (u32, u32)| m.div_ceil(bm as usize) * n.div_ceil(bn as usize) * batch;
+        let groups =
+            |(bm, bn): (u32, u32)| m.div_ceil(bm as usize) * n.div_ceil(bn as usize) * batch;
         let preferred = if m <= 32 && n >= 128 {
             MatmulTile::M32N128
         } else if n <= 32 && m >= 128 {
