@@ -107,15 +107,16 @@ impl Weight {
 
 /// Nothing a multiple of 4 (scalar loads), or everything (vec4 loads) with
 /// partial 128-wide tiles, as (batch, m, k, n).
-const SCALAR: (usize, usize, usize, usize) = (1, 45, 37, 70);
-const VEC4: (usize, usize, usize, usize) = (1, 132, 64, 136);
+type Sizes = (usize, usize, usize, usize);
+const SCALAR: Sizes = (1, 45, 37, 70);
+const VEC4: Sizes = (1, 132, 64, 136);
 
 /// The cases: every tile runs each of them. f32 B on every layout, scalar
 /// without an epilogue and vec4 with one, plus rank-sized M and N and a
 /// batch; 16-bit and Q8_0 B on the weight layouts (x·Wᵀ, dy·W), each on both
 /// load paths with the epilogue on one. Kept to what covers each axis: every
 /// case is a pipeline to compile per tile, which a software device pays seconds for.
-fn cases() -> Vec<(Weight, Transpose, (usize, usize, usize, usize), bool)> {
+fn cases() -> Vec<(Weight, Transpose, Sizes, bool)> {
     use Transpose::*;
     let mut v = Vec::new();
     for t in [NN, NT, TN, TT] {

@@ -333,6 +333,7 @@ impl Gpu {
         )
     }
 
+    #[allow(clippy::too_many_arguments)]
     fn with_device(
         device: wgpu::Device,
         queue: wgpu::Queue,

@@ -295,7 +295,7 @@ pub(crate) fn matmul_epilogue(
                 Some(t) => t,
                 None => scratch.insert(Tensor::empty(gpu, &p.out_shape, DType::F32)?),
             };
-            let mut tensors = vec![a, b, &*scratch];
+            let mut tensors = vec![a, b, scratch];
             tensors.extend(&extra);
             let bufs: Vec<_> = tensors.iter().map(|t| t.buf()).collect();
             let params = Params {
