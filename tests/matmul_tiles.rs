@@ -14,7 +14,8 @@ use common::*;
 use dora_wgpu::nn::Rng;
 use dora_wgpu::ops::{self, Transpose};
 use dora_wgpu::{
-    DType, Gpu, GpuOptions, MatmulKernels, MatmulTile, MatmulTileCache, Quant, Tensor,
+    DType, Gpu, GpuOptions, MatmulAutotune, MatmulKernels, MatmulTile, MatmulTileCache, Quant,
+    Tensor,
 };
 
 /// One context per tile, the tile forced and tuning off.
@@ -27,7 +28,7 @@ fn tile_gpus() -> &'static [(MatmulTile, Gpu)] {
                 let options = GpuOptions {
                     matmul_kernels: MatmulKernels::Tiled,
                     matmul_tile: Some(tile),
-                    matmul_autotune: false,
+                    matmul_autotune: MatmulAutotune::Off,
                     ..Default::default()
                 };
                 let gpu = Gpu::with_options(&options)
@@ -301,7 +302,7 @@ fn tiles_follow_the_device_limits_and_the_shape() {
 #[test]
 fn cpu_adapters_keep_the_broadcast_family_and_never_tune() {
     let gpu = Gpu::with_options(&GpuOptions {
-        matmul_autotune: true,
+        matmul_autotune: MatmulAutotune::Auto,
         ..Default::default()
     })
     .unwrap();
@@ -312,7 +313,7 @@ fn cpu_adapters_keep_the_broadcast_family_and_never_tune() {
         assert!(!gpu.tunes_matmul_tiles());
         let tiled = Gpu::with_options(&GpuOptions {
             matmul_kernels: MatmulKernels::Tiled,
-            matmul_autotune: true,
+            matmul_autotune: MatmulAutotune::Auto,
             ..Default::default()
         })
         .unwrap();
@@ -412,5 +413,56 @@ fn the_tile_cache_is_written_read_back_kept_per_adapter_and_survives_bad_files()
     let mut mem = MatmulTileCache::open(None, &key_a);
     mem.insert(class, MatmulTile::M128N32).unwrap();
     assert_eq!(mem.get(class), Some(MatmulTile::M128N32));
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[test]
+fn tuning_times_the_tiles_once_per_shape_class_and_remembers_the_winner() {
+    let dir = temp_dir("matmul-tuning");
+    let path = dir.join("tiles.json");
+    let options = GpuOptions {
+        matmul_kernels: MatmulKernels::Tiled,
+        // On this CPU adapter too: the timings mean nothing here, the path does.
+        matmul_autotune: MatmulAutotune::Always,
+        matmul_tile_cache: Some(path.clone()),
+        ..Default::default()
+    };
+    let gpu = Gpu::with_options(&options).unwrap();
+    assert!(gpu.tunes_matmul_tiles());
+    let mut rng = Rng::new(7);
+    // Two shape classes, the first one twice (a different size of the same class).
+    for (m, k, n) in [(40, 24, 36), (200, 33, 20), (36, 20, 40)] {
+        let a = random(&mut rng, m * k);
+        let b = random(&mut rng, k * n);
+        let c = ops::matmul(
+            &Tensor::from_f32(&gpu, &a, &[m, k]).unwrap(),
+            &Tensor::from_f32(&gpu, &b, &[k, n]).unwrap(),
+        )
+        .unwrap();
+        let want = matmul_ref(&to_f64(&a), &to_f64(&b), m, k, n, false, false);
+        assert_close(
+            &format!("tuned {m}x{k}x{n}"),
+            &c.to_vec_f32().unwrap(),
+            &want,
+            1e-5,
+            1e-5,
+        );
+    }
+    let key = MatmulTileCache::adapter_key(gpu.adapter_info());
+    let json: serde_json::Value = serde_json::from_slice(&std::fs::read(&path).unwrap()).unwrap();
+    let classes = json["adapters"][&key].as_object().unwrap();
+    assert_eq!(classes.len(), 2, "{classes:?}");
+    let reopened = MatmulTileCache::open(Some(path.clone()), &key);
+    for (class, tile) in classes {
+        let tile = MatmulTile::parse(tile.as_str().unwrap()).unwrap();
+        assert_eq!(reopened.get(class), Some(tile));
+    }
+    // Forcing a tile turns tuning off.
+    let forced = Gpu::with_options(&GpuOptions {
+        matmul_tile: Some(MatmulTile::M64N64),
+        ..options
+    })
+    .unwrap();
+    assert!(!forced.tunes_matmul_tiles());
     std::fs::remove_dir_all(&dir).unwrap();
 }

@@ -6,7 +6,7 @@
 use std::sync::{Arc, Mutex};
 
 use super::batch::Batch;
-use super::matmul_tiles::{tile_from_env, TileChoice};
+use super::matmul_tiles::{tile_from_env, MatmulAutotune, TileChoice};
 use super::pipeline::PipelineCache;
 use super::pool::{BufferPool, MemoryStats, PoolLimits};
 use crate::error::{Error, Result};
@@ -30,11 +30,14 @@ pub struct GpuOptions {
     /// GPU, else chosen from the shape; `DORA_MATMUL_TILE` when unset here).
     /// A tile the device's limits do not allow is an error.
     pub matmul_tile: Option<MatmulTile>,
-    /// Times the tiled family's candidate tiles on the first product of
-    /// each shape class on a real GPU (not on CPU adapters) and remembers
-    /// the fastest per adapter in the cache directory (`$DORA_CACHE_DIR`,
-    /// else the platform's). `DORA_MATMUL_AUTOTUNE=0` turns it off.
-    pub matmul_autotune: bool,
+    /// Whether to time the tiled family's candidate tiles on the first
+    /// product of each shape class and remember the fastest per adapter
+    /// (default: on real GPUs, not CPU adapters; `DORA_MATMUL_AUTOTUNE`
+    /// when left at `Auto`: 0 turns it off).
+    pub matmul_autotune: MatmulAutotune,
+    /// The tuning cache file; None: `$DORA_CACHE_DIR/matmul-tiles.json`,
+    /// else the platform's cache directory (see [`super::MatmulTileCache::default_path`]).
+    pub matmul_tile_cache: Option<std::path::PathBuf>,
     /// Invocations per broadcast-matmul group: `None` takes the adapter's
     /// SIMD width when the driver states one (lavapipe: 8), else 16; `Some(8)` or
     /// `Some(16)` forces one, e.g. to test the 16-lane kernels on a device
@@ -125,7 +128,8 @@ impl Default for GpuOptions {
                 .unwrap_or(wgpu::PowerPreference::HighPerformance),
             matmul_kernels: MatmulKernels::Auto,
             matmul_tile: None,
-            matmul_autotune: super::matmul_tiles::autotune_from_env(),
+            matmul_autotune: MatmulAutotune::Auto,
+            matmul_tile_cache: None,
             broadcast_lanes: None,
             attention: AttentionKernels::Auto,
             subgroups: std::env::var("DORA_SUBGROUPS").map_or(true, |v| v != "0"),
@@ -249,6 +253,10 @@ impl Gpu {
             None => tile_from_env()?,
             chosen => chosen,
         };
+        let autotune = match options.matmul_autotune {
+            MatmulAutotune::Auto => MatmulAutotune::from_env()?,
+            chosen => chosen,
+        };
         if let Some(lanes) = options.broadcast_lanes.filter(|l| ![8, 16].contains(l)) {
             return Err(Error::InvalidArgument(format!(
                 "GpuOptions::broadcast_lanes {lanes}: expected 8 or 16"
@@ -287,7 +295,7 @@ impl Gpu {
             info,
             kernels,
             options.broadcast_lanes,
-            (tile, options.matmul_autotune),
+            (tile, autotune, options.matmul_tile_cache.clone()),
             attention,
             Some(report),
         )?;
@@ -327,7 +335,7 @@ impl Gpu {
             info,
             MatmulKernels::Auto,
             None,
-            (tile_from_env()?, super::matmul_tiles::autotune_from_env()),
+            (tile_from_env()?, MatmulAutotune::from_env()?, None),
             AttentionKernels::Auto,
             None,
         )
@@ -340,7 +348,11 @@ impl Gpu {
         info: wgpu::AdapterInfo,
         matmul_kernels: MatmulKernels,
         broadcast_lanes: Option<u32>,
-        (tile, autotune): (Option<MatmulTile>, bool),
+        (tile, autotune, cache): (
+            Option<MatmulTile>,
+            MatmulAutotune,
+            Option<std::path::PathBuf>,
+        ),
         attention: AttentionKernels,
         report: Option<AdapterReport>,
     ) -> Result<Gpu> {
@@ -361,7 +373,7 @@ impl Gpu {
         let matmul_kernels = matmul_kernels.resolve(&info);
         let broadcast_lanes =
             broadcast_lanes.unwrap_or_else(|| crate::shaders::broadcast_lanes_for(&info));
-        let matmul_tiles = TileChoice::new(tile, autotune, &info, &limits)?;
+        let matmul_tiles = TileChoice::new(tile, autotune, cache, &info, &limits)?;
         let pass_timer = PassTimer::new(&device, &queue);
         let subgroups = device.features().contains(wgpu::Features::SUBGROUP);
         Ok(Gpu {
@@ -423,7 +435,7 @@ impl Gpu {
     }
 
     /// Whether this context tunes the tiled matmul's tile ([`GpuOptions::matmul_autotune`]:
-    /// on, no tile forced, not a CPU adapter).
+    /// no tile forced, and a real GPU unless `Always`).
     pub fn tunes_matmul_tiles(&self) -> bool {
         self.inner.matmul_tiles.tuned.is_some()
     }

@@ -21,10 +21,38 @@ pub(crate) struct TileChoice {
     pub tuned: Option<Mutex<MatmulTileCache>>,
 }
 
+/// When a context tunes the tiled matmul's tile.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum MatmulAutotune {
+    /// On real GPUs (not CPU adapters), unless a tile is forced.
+    #[default]
+    Auto,
+    /// Never: the tile follows the product's shape.
+    Off,
+    /// On CPU adapters too (for tests: a software device's timings tune nothing).
+    Always,
+}
+
+impl MatmulAutotune {
+    /// `DORA_MATMUL_AUTOTUNE`: unset, 1 or auto; 0 or off; always.
+    pub(crate) fn from_env() -> Result<MatmulAutotune> {
+        match std::env::var("DORA_MATMUL_AUTOTUNE").as_deref() {
+            Err(_) | Ok("") | Ok("1") | Ok("auto") => Ok(MatmulAutotune::Auto),
+            Ok("0") | Ok("off") => Ok(MatmulAutotune::Off),
+            Ok("always") => Ok(MatmulAutotune::Always),
+            Ok(other) => Err(Error::InvalidArgument(format!(
+                "DORA_MATMUL_AUTOTUNE={other:?}: expected auto, 0 (off) or always"
+            ))),
+        }
+    }
+}
+
 impl TileChoice {
+    /// `cache`: the tuning cache file (None: [`MatmulTileCache::default_path`]).
     pub fn new(
         forced: Option<MatmulTile>,
-        autotune: bool,
+        autotune: MatmulAutotune,
+        cache: Option<PathBuf>,
         info: &wgpu::AdapterInfo,
         limits: &wgpu::Limits,
     ) -> Result<TileChoice> {
@@ -41,10 +69,15 @@ impl TileChoice {
                 t.invocations().0 * t.invocations().1,
             )));
         }
-        let tune = autotune && forced.is_none() && info.device_type != wgpu::DeviceType::Cpu;
+        let tune = forced.is_none()
+            && match autotune {
+                MatmulAutotune::Auto => info.device_type != wgpu::DeviceType::Cpu,
+                MatmulAutotune::Off => false,
+                MatmulAutotune::Always => true,
+            };
         let tuned = tune.then(|| {
             Mutex::new(MatmulTileCache::open(
-                MatmulTileCache::default_path(),
+                cache.or_else(MatmulTileCache::default_path),
                 &MatmulTileCache::adapter_key(info),
             ))
         });
@@ -68,11 +101,6 @@ pub(crate) fn tile_from_env() -> Result<Option<MatmulTile>> {
             ))
         }),
     }
-}
-
-/// `DORA_MATMUL_AUTOTUNE=0` turns tile tuning off.
-pub(crate) fn autotune_from_env() -> bool {
-    std::env::var("DORA_MATMUL_AUTOTUNE").map_or(true, |v| v != "0")
 }
 
 /// What marks the cache file as this library's.

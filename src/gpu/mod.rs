@@ -11,7 +11,7 @@ pub use context::{
     describe_adapters, list_adapters, AdapterReport, AttentionKernels, Gpu, GpuOptions, KernelTime,
     MatmulKernels,
 };
-pub use matmul_tiles::MatmulTileCache;
+pub use matmul_tiles::{MatmulAutotune, MatmulTileCache};
 pub use pool::{MemoryStats, PoolLimits};
 
 use crate::error::{Error, Result};
