@@ -5,7 +5,8 @@
 // matmul_io.wgsl; the generated header (src/shaders/matmul_tiles.rs) gives
 // the tile (BM x BN outputs per workgroup, RM x RN blocks of 4 x 4 outputs
 // per invocation), whether each operand is read four elements at a time
-// (VEC_A, VEC_B: its contiguous dimension is a multiple of 4), and the
+// (VEC_A, VEC_B: its contiguous dimension is a multiple of 4; B_ONE: B one
+// element at a time, for quantized blocks), and the
 // loaders `load_a`, `load_a4`, `load_b`, `load_b4` (16-bit and quantized B
 // decoded there), and `epilogue` (column scale and bias, or nothing).
 //
@@ -116,7 +117,15 @@ fn stage_a(tid: u32, base: u32, row0: u32, k0: u32) {
 
 // Stages op(B)[k0.., col0..] into tile_b.
 fn stage_b(tid: u32, base: u32, col0: u32, k0: u32) {
-    if (!TRANS_B) {
+    if (B_ONE) {
+        // One element per unit, consecutive invocations along B's rows: a
+        // quantized B's decoder is large, and this inlines it once.
+        for (var u = tid; u < BK * BN; u += THREADS) {
+            let kk = select(u / BN, u % BK, TRANS_B);
+            let nn = select(u % BN, u / BK, TRANS_B);
+            tile_b[kk * BN4 + nn / 4u][nn % 4u] = b_at(base, k0 + kk, col0 + nn);
+        }
+    } else if (!TRANS_B) {
         // Stored [K, N]: four consecutive n of one k per unit.
         for (var u = tid; u < BK * BN4; u += THREADS) {
             let kk = u / BN4;

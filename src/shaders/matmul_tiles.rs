@@ -135,9 +135,13 @@ pub(crate) fn tiled_vec4(trans_a: bool, trans_b: bool, m: usize, k: usize, n: us
 /// otherwise comes from the weight loader).
 pub(crate) fn header(tile: MatmulTile, vec4: bool, b_dtype: DType) -> String {
     let ((bm, bn), (rm, rn)) = (tile.size(), tile.blocks());
+    // A quantized B is staged one element at a time (B_ONE): its decoder is
+    // large, and four- or sixteen-element units would inline it that often.
+    let quant = matches!(b_dtype, DType::Quant(_));
     let mut s = format!(
         "const BM: u32 = {bm}u;\nconst BN: u32 = {bn}u;\nconst RM: u32 = {rm}u;\nconst RN: u32 = {rn}u;\n\
-         const VEC_A: bool = {vec4};\nconst VEC_B: bool = {vec4};\n"
+         const VEC_A: bool = {vec4};\nconst VEC_B: bool = {};\nconst B_ONE: bool = {quant};\n",
+        vec4 && !quant
     );
     s += if vec4 {
         "fn load_a(i: u32) -> f32 { return a[i >> 2u][i & 3u]; }\n\
