@@ -1,7 +1,7 @@
-// The parameters and operands every matmul kernel shares (matmul.wgsl,
+// The parameters and operands every matmul kernel shares (matmul_tiled.wgsl,
 // matmul_skinny.wgsl, matmul_broadcast.wgsl), prepended to each by
-// src/shaders.rs. Params mirrors `Params` in src/ops/matmul.rs; `BWord`, the
-// word B is read in, comes from the generated header.
+// src/shaders.rs. Params mirrors `Params` in src/ops/matmul.rs; `AWord` and
+// `BWord`, the words A and B are read in, come from the generated header.
 
 struct Params {
     m: u32,
@@ -16,6 +16,6 @@ struct Params {
 }
 
 @group(0) @binding(0) var<uniform> p: Params;
-@group(0) @binding(1) var<storage, read> a: array<f32>;
+@group(0) @binding(1) var<storage, read> a: array<AWord>;
 @group(0) @binding(2) var<storage, read> b: array<BWord>;
 @group(0) @binding(3) var<storage, read_write> c: array<f32>;

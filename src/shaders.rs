@@ -7,11 +7,15 @@
 
 use crate::tensor::{DType, Quant};
 
+mod matmul_tiles;
+pub(crate) use matmul_tiles::tiled_vec4;
+pub use matmul_tiles::MatmulTile;
+
 const COMMON: &str = include_str!("../shaders/common.wgsl");
 const ROW_REDUCE: &str = include_str!("../shaders/row_reduce.wgsl");
 const ROW_REDUCE_SUBGROUPS: &str = include_str!("../shaders/row_reduce_subgroups.wgsl");
 const MATMUL_IO: &str = include_str!("../shaders/matmul_io.wgsl");
-const MATMUL: &str = include_str!("../shaders/matmul.wgsl");
+const MATMUL_TILED: &str = include_str!("../shaders/matmul_tiled.wgsl");
 const MATMUL_SKINNY: &str = include_str!("../shaders/matmul_skinny.wgsl");
 const MATMUL_BROADCAST: &str = include_str!("../shaders/matmul_broadcast.wgsl");
 const MATMUL_COOP: &str = include_str!("../shaders/matmul_coop.wgsl");
@@ -88,8 +92,9 @@ pub enum Broadcast {
 /// Which matmul kernel computes a product.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum MatmulKind {
-    /// Workgroup-memory tiles (matmul.wgsl): real GPUs.
-    Tiled,
+    /// Workgroup-memory tiles (matmul_tiled.wgsl): real GPUs. `vec4` reads
+    /// both operands four elements at a time (see [`tiled_vec4`]).
+    Tiled { tile: MatmulTile, vec4: bool },
     /// No tiles, for a few rows of A not transposed (matmul_skinny.wgsl).
     Skinny,
     /// Register tiles, no workgroup memory (matmul_broadcast.wgsl): CPU-emulated
@@ -416,10 +421,17 @@ impl Kernel {
                 kind,
             } => (
                 format!(
-                    "const TRANS_A: bool = {trans_a};\nconst TRANS_B: bool = {trans_b};\n{MATMUL_IO}{}{}{}",
+                    "const TRANS_A: bool = {trans_a};\nconst TRANS_B: bool = {trans_b};\n{MATMUL_IO}{}{}{}{}",
+                    match kind {
+                        MatmulKind::Tiled { vec4, .. } => matmul_tiles::a_word(vec4),
+                        _ => matmul_tiles::a_word(false),
+                    },
                     match kind {
                         MatmulKind::Broadcast { vector_b, .. } => {
                             broadcast_b_loader(b_dtype, trans_b, vector_b)
+                        }
+                        MatmulKind::Tiled { vec4: true, .. } if b_dtype == DType::F32 => {
+                            matmul_tiles::VEC4_F32_B.to_string()
                         }
                         _ => weight_loader("BWord", "load_b", "b", b_dtype),
                     },
@@ -439,11 +451,14 @@ impl Kernel {
                              alias TileB = coop_mat{tile}x{tile}<f16, B>;\n\
                              alias TileC = coop_mat{tile}x{tile}<f32, C>;\n"
                         ),
-                        _ => String::new(),
+                        MatmulKind::Tiled { tile, vec4 } => {
+                            matmul_tiles::header(tile, vec4, b_dtype)
+                        }
+                        MatmulKind::Skinny => String::new(),
                     }
                 ),
                 match kind {
-                    MatmulKind::Tiled => MATMUL,
+                    MatmulKind::Tiled { .. } => MATMUL_TILED,
                     MatmulKind::Skinny => MATMUL_SKINNY,
                     MatmulKind::Broadcast { .. } => MATMUL_BROADCAST,
                     MatmulKind::Cooperative { .. } => MATMUL_COOP,
@@ -569,12 +584,15 @@ impl Kernel {
                                 },
                             )
                         });
+                        let tiled = MatmulTile::ALL.into_iter().flat_map(|tile| {
+                            [false, true].map(|vec4| MatmulKind::Tiled { tile, vec4 })
+                        });
                         // Vulkan's 16x16 tiles on 32- and 64-wide subgroups,
                         // Metal's 8x8 on 32.
                         let cooperative = [(16, 32), (16, 64), (8, 32)]
                             .map(|(tile, lanes)| MatmulKind::Cooperative { tile, lanes });
-                        for kind in [MatmulKind::Tiled, MatmulKind::Skinny]
-                            .into_iter()
+                        for kind in tiled
+                            .chain([MatmulKind::Skinny])
                             .chain(broadcast)
                             .chain(cooperative)
                         {
@@ -582,7 +600,7 @@ impl Kernel {
                                 // A quantized B is a frozen weight: A is
                                 // never transposed against it.
                                 _ if matches!(b_dtype, DType::Quant(_)) && trans_a => true,
-                                MatmulKind::Tiled => false,
+                                MatmulKind::Tiled { .. } => false,
                                 // TT is never on a training path.
                                 MatmulKind::Cooperative { .. } => trans_a && trans_b,
                                 MatmulKind::Skinny => trans_a,

@@ -2,11 +2,14 @@
 //! and their backward rules. B may be a frozen 16-bit weight.
 
 use super::launch;
+use super::matmul_tune::{tile_for, ShapeClass};
 use crate::autograd::record;
 use crate::error::{arg_err, shape_err, Result};
 use crate::gpu::cooperative::{CooperativeShape, CooperativeState};
 use crate::gpu::{Gpu, MatmulKernels};
-use crate::shaders::{broadcast_lanes, broadcast_vector_b, Kernel, MatmulKind};
+use crate::shaders::{
+    broadcast_lanes, broadcast_vector_b, tiled_vec4, Kernel, MatmulKind, MatmulTile,
+};
 use crate::tensor::{DType, Tensor};
 
 /// Which operands are transposed: `NT` is `A·Bᵀ`, the layout of `x·Wᵀ` with a
@@ -130,7 +133,8 @@ const COOPERATIVE_MIN: usize = 16;
 
 /// The kernel for one product on a context using `family`, whose broadcast
 /// groups are `lanes` invocations, and whose cooperative-matrix kernel (if
-/// verified) has `cooperative` tiles.
+/// verified) has `cooperative` tiles. A tiled kernel's tile is a placeholder
+/// here; [`super::matmul_tune::tile_for`] picks it.
 fn choose_kind(
     (family, lanes): (MatmulKernels, u32),
     cooperative: Option<CooperativeShape>,
@@ -166,8 +170,29 @@ fn choose_kind(
     if !ta && p.m <= SKINNY_MAX_ROWS {
         MatmulKind::Skinny
     } else {
-        MatmulKind::Tiled
+        MatmulKind::Tiled {
+            tile: MatmulTile::M64N64,
+            vec4: tiled_vec4(ta, tb, p.m, p.k, p.n),
+        }
     }
+}
+
+/// Workgroups covering the product with `kind`.
+fn workgroups(kind: MatmulKind, p: &Plan) -> [u32; 3] {
+    let (cols, rows) = match kind {
+        MatmulKind::Skinny => (256, p.m.max(1)),
+        MatmulKind::Tiled { tile, .. } => {
+            let (rows, cols) = tile.size();
+            (cols as usize, rows as usize)
+        }
+        MatmulKind::Broadcast { tall, lanes, .. } => broadcast_block(tall, lanes),
+        MatmulKind::Cooperative { tile, .. } => (4 * tile as usize, 4 * tile as usize),
+    };
+    [
+        p.n.div_ceil(cols) as u32,
+        p.m.div_ceil(rows) as u32,
+        p.batch as u32,
+    ]
 }
 
 /// out = alpha·op(A)·op(B) + beta·out, recorded nowhere. `out` is created when None.
@@ -294,7 +319,11 @@ fn self_test_products(gpu: &Gpu, candidate: MatmulKind) -> Result<f32> {
             launch_product(&a, &b, t, 0.5, 0.25, Some(&out), epilogue, Some(kind))?;
             out.to_vec_f32()
         };
-        let reference = run(MatmulKind::Tiled)?;
+        // Any tile gives the same bits; the scalar loads serve any alignment.
+        let reference = run(MatmulKind::Tiled {
+            tile: MatmulTile::M64N64,
+            vec4: false,
+        })?;
         let got = run(candidate)?;
         let range = reference
             .iter()
@@ -377,64 +406,102 @@ fn launch_product(
         beta,
         has_bias: epilogue.as_ref().is_some_and(|e| e.bias.is_some()) as u32,
     };
+    if let Some(e) = &epilogue {
+        for (t, what) in [(Some(e.col_scale), "column scale"), (e.bias, "bias")] {
+            if let Some(t) = t {
+                if t.shape() != [p.n] || t.dtype() != DType::F32 {
+                    shape_err!(
+                        "matmul epilogue: {what} is {:?} {}, expected [{}] f32",
+                        t.shape(),
+                        t.dtype().name(),
+                        p.n
+                    );
+                }
+            }
+        }
+    }
     let gpu = a.gpu();
     let family = (gpu.matmul_kernels(), gpu.broadcast_lanes());
-    let kind = match forced {
+    let mut kind = match forced {
         Some(kind) => kind,
         None => choose_kind(family, cooperative_shape(gpu), &p, ta, tb, b.dtype()),
     };
-    let kernel = Kernel::Matmul {
+    let kernel = |kind| Kernel::Matmul {
         trans_a: ta,
         trans_b: tb,
         b_dtype: b.dtype(),
         epilogue: epilogue.is_some(),
         kind,
     };
-    let groups = match kind {
-        MatmulKind::Skinny => [p.n.div_ceil(256) as u32, 1, p.batch as u32],
-        MatmulKind::Tiled => [
-            p.n.div_ceil(64) as u32,
-            p.m.div_ceil(64) as u32,
-            p.batch as u32,
-        ],
-        MatmulKind::Cooperative { tile, .. } => {
-            let block = 4 * tile as usize;
-            [
-                p.n.div_ceil(block) as u32,
-                p.m.div_ceil(block) as u32,
-                p.batch as u32,
-            ]
-        }
-        MatmulKind::Broadcast { tall, lanes, .. } => {
-            let (cols, rows) = broadcast_block(tall, lanes);
-            [
-                p.n.div_ceil(cols) as u32,
-                p.m.div_ceil(rows) as u32,
-                p.batch as u32,
-            ]
-        }
+    // Without a bias the scale buffer is bound twice; the kernel never reads it as a bias.
+    let extra: Vec<&Tensor> = match &epilogue {
+        None => vec![],
+        Some(e) => vec![e.col_scale, e.bias.unwrap_or(e.col_scale)],
     };
-    match epilogue {
-        None => launch(kernel, &params, &[a, b, &out], groups)?,
-        Some(e) => {
-            for (t, what) in [(Some(e.col_scale), "column scale"), (e.bias, "bias")] {
-                if let Some(t) = t {
-                    if t.shape() != [p.n] || t.dtype() != DType::F32 {
-                        shape_err!(
-                            "matmul epilogue: {what} is {:?} {}, expected [{}] f32",
-                            t.shape(),
-                            t.dtype().name(),
-                            p.n
-                        );
-                    }
-                }
-            }
-            // Without a bias the scale buffer is bound twice; the kernel never reads it as a bias.
-            let bias = e.bias.unwrap_or(e.col_scale);
-            launch(kernel, &params, &[a, b, &out, e.col_scale, bias], groups)?
-        }
+    // A forced kernel (the cooperative self-test's) keeps its tile.
+    if let (None, MatmulKind::Tiled { vec4, .. }) = (forced, kind) {
+        let class = ShapeClass {
+            trans_a: ta,
+            trans_b: tb,
+            b_dtype: b.dtype(),
+            epilogue: epilogue.is_some(),
+            vec4,
+            batch: p.batch,
+            m: p.m,
+            k: p.k,
+            n: p.n,
+        };
+        // Tuning runs write a scratch output, never `out`.
+        let mut scratch = None;
+        let tile = tile_for(gpu, &class, |tile| {
+            let kind = MatmulKind::Tiled { tile, vec4 };
+            let scratch = match &scratch {
+                Some(t) => t,
+                None => scratch.insert(Tensor::empty(gpu, &p.out_shape, DType::F32)?),
+            };
+            let mut tensors = vec![a, b, scratch];
+            tensors.extend(&extra);
+            let bufs: Vec<_> = tensors.iter().map(|t| t.buf()).collect();
+            let params = Params {
+                beta: 0.0,
+                ..params
+            };
+            gpu.time_dispatch(
+                &kernel(kind),
+                bytemuck::bytes_of(&params),
+                &bufs,
+                workgroups(kind, &p),
+            )
+        })?;
+        kind = MatmulKind::Tiled { tile, vec4 };
     }
+    let mut tensors = vec![a, b, &out];
+    tensors.extend(&extra);
+    launch(kernel(kind), &params, &tensors, workgroups(kind, &p))?;
     Ok(out)
+}
+
+/// out = col_scale ⊙ (alpha·op(A)·op(B) + beta·out) + bias, outside autograd:
+/// the fused DoRA forward's product. `out` is created when None (then `beta`
+/// only matters if it is not 0: the new output's contents are undefined);
+/// a bias needs a column scale.
+#[allow(clippy::too_many_arguments)]
+pub fn matmul_fused(
+    a: &Tensor,
+    b: &Tensor,
+    t: Transpose,
+    alpha: f32,
+    beta: f32,
+    out: Option<&Tensor>,
+    col_scale: Option<&Tensor>,
+    bias: Option<&Tensor>,
+) -> Result<Tensor> {
+    let epilogue = match (col_scale, bias) {
+        (Some(col_scale), bias) => Some(Epilogue { col_scale, bias }),
+        (None, None) => None,
+        (None, Some(_)) => arg_err!("matmul_fused: a bias needs a column scale"),
+    };
+    matmul_epilogue(a, b, t, alpha, beta, out, epilogue)
 }
 
 /// A·B.

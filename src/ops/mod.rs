@@ -10,6 +10,7 @@ mod embedding;
 mod lora;
 mod loss;
 mod matmul;
+mod matmul_tune;
 mod norm;
 mod reduce;
 mod rmsnorm;
@@ -33,7 +34,7 @@ pub(crate) use matmul::matmul_raw;
 /// The cooperative-matrix kernel's self-test, exposed for the tests (any kernel can be compared).
 #[doc(hidden)]
 pub use matmul::self_test as matmul_self_test;
-pub use matmul::{matmul, matmul_ex, Transpose};
+pub use matmul::{matmul, matmul_ex, matmul_fused, Transpose};
 pub use norm::row_norm;
 pub use reduce::{global_norm, mean_all, sum_all, sum_cols, sum_rows};
 pub use rmsnorm::rms_norm;
