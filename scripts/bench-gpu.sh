@@ -13,6 +13,10 @@
 #            of it in one file), and the parts it is made of: devices.json,
 #            bench.json, peft-*.json, bench-gpu.log
 #   BENCH_TIMEOUT=480  seconds for the whole script; each step gets what is left
+#   DORA_CACHE_DIR  where the tiled matmul's tile tuning is remembered
+#            (default: OUT/cache, so each run tunes afresh on its card and
+#            bench-gpu.json carries the winners); DORA_MATMUL_AUTOTUNE=0 or
+#            DORA_MATMUL_TILE=128x128 turn the tuning off
 #   BENCH_MODELS="DIR..."  model directories to benchmark. A directory holding
 #            only a config.json gets random bf16 weights first (written with
 #            transformers; throughput does not depend on the values, and a
@@ -29,6 +33,9 @@ mkdir -p "$OUT"
 exec > >(tee -a "$OUT/bench-gpu.log") 2>&1
 deadline=$((SECONDS + ${BENCH_TIMEOUT:-480}))
 export HF_HUB_OFFLINE=1 PYTHONUNBUFFERED=1
+# The tiled matmul tunes its tile per shape class on a real GPU: let it, and keep its results.
+export DORA_CACHE_DIR=${DORA_CACHE_DIR:-$OUT/cache}
+echo "DORA_CACHE_DIR=$DORA_CACHE_DIR (matmul tile tuning: ${DORA_MATMUL_AUTOTUNE:-on}, tile ${DORA_MATMUL_TILE:-tuned})"
 failed=()
 
 # step NAME CMD...: runs CMD under the time left; a failure is recorded, not fatal.
@@ -140,6 +147,7 @@ combined = {
     "devices": load(os.path.join(out, "devices.json")),
     "bench": load(os.path.join(out, "bench.json")),
     "peft": {os.path.basename(p)[5:-5]: load(p) for p in sorted(glob.glob(os.path.join(out, "peft-*.json")))},
+    "matmul_tiles": load(os.path.join(os.environ.get("DORA_CACHE_DIR", ""), "matmul-tiles.json")),
     "failed_steps": failed,
 }
 with open(os.path.join(out, "bench-gpu.json"), "w") as f:

@@ -8,6 +8,9 @@ bash scripts/install-mesa.sh
 
 echo "== tests on the default adapter (Vulkan where available)"
 cargo test "$@"
+# Every tile of the tiled family (128x128, 64x64, 32x128, 128x32) is forced
+# by tests/matmul_tiles.rs in the passes on the default adapter and on GL;
+# this pass runs the rest with the tiles real GPUs would default to.
 echo "== matmul, layer and gradient tests with the workgroup-tiled kernels (what real GPUs run)"
 DORA_MATMUL_KERNELS=tiled cargo test --test kernels --test layers --test gradients "$@"
 echo "== attention through the fused kernels (what long sequences take): models against transformers, training against PEFT"

@@ -36,7 +36,7 @@ pub use autograd::{is_grad_enabled, no_grad, NoGradGuard};
 pub use error::{describe_panic, Error, Result};
 pub use gpu::{
     describe_adapters, list_adapters, AdapterReport, AttentionKernels, Gpu, GpuOptions, KernelTime,
-    MatmulKernels, MemoryStats, PoolLimits,
+    MatmulAutotune, MatmulKernels, MatmulTile, MatmulTileCache, MemoryStats, PoolLimits,
 };
 pub use tensor::{DType, Quant, Tensor};
 /// Former module paths, kept for applications that import them.

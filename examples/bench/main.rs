@@ -1,4 +1,5 @@
-//! Benchmark: the device's FMA ceiling, matmul throughput against it, one
+//! Benchmark: the device's FMA ceiling, matmul throughput against it (and
+//! the workgroup-tiled family's per tile), one
 //! DoRA layer against one LoRA layer (time and peak GPU memory), end-to-end
 //! DoRA and LoRA training steps, and merged-model against base-model forward.
 //!
@@ -25,7 +26,7 @@ mod measure;
 use dora_wgpu::nn::{AdapterOptions, DoraLinear, DoraPath, Linear, LoraLinear, Rng};
 use dora_wgpu::ops::{self, Transpose};
 use dora_wgpu::train::Method;
-use dora_wgpu::{AttentionKernels, DType, Gpu, GpuOptions, MatmulKernels, Tensor};
+use dora_wgpu::{AttentionKernels, DType, Gpu, GpuOptions, MatmulKernels, MatmulTile, Tensor};
 use measure::{median, merged_forward_times, paired_ratio, train_throughputs, TrainShape};
 use serde_json::json;
 
@@ -60,6 +61,103 @@ fn profile_clock(gpu: &Gpu) -> &'static str {
 
 fn random(rng: &mut Rng, n: usize) -> Vec<f32> {
     (0..n).map(|_| rng.uniform_in(-1.0, 1.0)).collect()
+}
+
+/// The workgroup-tiled family (what real GPUs run) on its own contexts: each
+/// tile forced, and the context's own choice (tuned per shape class on a
+/// real GPU, the shape's default elsewhere), in GFLOP/s and % of the FMA
+/// peak. Shapes: a square product (4096³ on a GPU), the base x·Wᵀ (bf16 W),
+/// and the DoRA backward's rank-r products (dA = (h·B)ᵀ·x with M = r,
+/// x·Aᵀ with N = r, dB = hᵀ·(x·Aᵀ) with N = r).
+fn tiled_family(
+    quick: bool,
+    repeats: usize,
+    peak: f64,
+    rng: &mut Rng,
+) -> dora_wgpu::Result<Vec<serde_json::Value>> {
+    let open = |tile| {
+        Gpu::with_options(&GpuOptions {
+            matmul_kernels: MatmulKernels::Tiled,
+            matmul_tile: tile,
+            ..Default::default()
+        })
+    };
+    let tuned = open(None)?;
+    let mut contexts = vec![("auto".to_string(), tuned.clone())];
+    for tile in MatmulTile::ALL {
+        if tile.fits(tuned.limits()) {
+            contexts.push((tile.name(), open(Some(tile))?));
+        }
+    }
+    let mut shapes: Vec<(usize, usize, usize, Transpose, DType)> = if quick {
+        vec![
+            (96, 64, 80, Transpose::NN, DType::F32),
+            (16, 64, 96, Transpose::TN, DType::F32),
+            (96, 64, 16, Transpose::NT, DType::F32),
+        ]
+    } else {
+        vec![
+            (1024, 1024, 1024, Transpose::NN, DType::F32),
+            (512, 576, 1536, Transpose::NT, DType::BF16),
+            (16, 512, 576, Transpose::TN, DType::F32),
+            (512, 576, 16, Transpose::NT, DType::F32),
+            (1536, 512, 16, Transpose::TN, DType::F32),
+        ]
+    };
+    if !quick {
+        if tuned.adapter_info().device_type == dora_wgpu::wgpu::DeviceType::Cpu {
+            println!("(4096³ left out on a CPU adapter: minutes per tile)");
+        } else {
+            shapes.insert(0, (4096, 4096, 4096, Transpose::NN, DType::F32));
+            shapes.insert(1, (4096, 4096, 4096, Transpose::NT, DType::BF16));
+        }
+    }
+    println!(
+        "tiled family{}: GFLOP/s (% of peak) per tile",
+        if tuned.tunes_matmul_tiles() {
+            ", auto = tuned"
+        } else {
+            ", auto = the shape's default (no tuning here)"
+        }
+    );
+    print!("{:>16} {:>6} {:>5}", "m×k×n", "layout", "B");
+    for (name, _) in &contexts {
+        print!(" {name:>16}");
+    }
+    println!();
+    let mut rows = Vec::new();
+    for (m, k, n, t, dtype) in shapes {
+        let (ta, tb) = (t == Transpose::TN, t == Transpose::NT);
+        let a = random(rng, m * k);
+        let b = random(rng, k * n);
+        print!(
+            "{:>16} {:>6} {:>5}",
+            format!("{m}×{k}×{n}"),
+            format!("{t:?}"),
+            dtype.name()
+        );
+        let mut per_tile = serde_json::Map::new();
+        for (name, gpu) in &contexts {
+            let ga = Tensor::from_f32(gpu, &a, &if ta { [k, m] } else { [m, k] })?;
+            let gb = Tensor::from_f32_as(gpu, &b, &if tb { [n, k] } else { [k, n] }, dtype)?;
+            let reps = if m * k * n > 1 << 30 { 3 } else { repeats };
+            let (_, steady) = time(gpu, reps, || ops::matmul_ex(&ga, &gb, t).map(|_| ()))?;
+            let gflops = 2.0 * (m * k * n) as f64 / steady / 1e9;
+            print!(
+                " {:>16}",
+                format!("{gflops:.1} ({:.1}%)", 100.0 * gflops / peak)
+            );
+            per_tile.insert(
+                name.clone(),
+                json!({"gflops": gflops, "pct_of_peak": 100.0 * gflops / peak}),
+            );
+        }
+        println!();
+        rows.push(json!({"m": m, "k": k, "n": n, "layout": format!("{t:?}"),
+            "weight_dtype": dtype.name(), "tiles": per_tile}));
+    }
+    println!();
+    Ok(rows)
 }
 
 /// Causal attention forward + backward, the fused kernels against the
@@ -249,6 +347,7 @@ fn run() -> dora_wgpu::Result<()> {
     );
     drop((a, b, other));
     let cooperative = cooperative::cooperative_matmuls(shapes, repeats, &mut rng)?;
+    let tiled = tiled_family(quick, repeats, peak, &mut rng)?;
 
     // One layer, forward + backward: DoRA (factored and direct) against LoRA.
     let (inp, out, rank, tokens) = if quick {
@@ -512,6 +611,7 @@ fn run() -> dora_wgpu::Result<()> {
             "weight_dtype": "f32", "gflops": other_gflops, "pct_of_peak": 100.0 * other_gflops / peak},
         "matmul": matmuls,
         "matmul_cooperative": cooperative,
+        "matmul_tiled": tiled,
         "dora_lora_time_ratio": dora_t / lora_t,
         "dora_lora_memory_ratio": dora_mem as f64 / lora_mem as f64,
         "dora_factored_direct_time_ratio": dora_t / direct_t,
@@ -530,6 +630,12 @@ fn run() -> dora_wgpu::Result<()> {
         && matmuls
             .iter()
             .all(|m| m["gflops"].as_f64().is_some_and(f64::is_finite))
+        && tiled.iter().all(|row| {
+            row["tiles"].as_object().is_some_and(|t| {
+                t.values()
+                    .all(|v| v["gflops"].as_f64().is_some_and(f64::is_finite))
+            })
+        })
         && [dora_t / lora_t, dora_t / direct_t, fwd.merged_ratio]
             .iter()
             .all(|r| r.is_finite() && *r > 0.0)

@@ -7,6 +7,7 @@ use std::sync::{Arc, Mutex};
 
 use super::batch::Batch;
 use super::cooperative::{self, CooperativeState};
+use super::matmul_tiles::{tile_from_env, MatmulAutotune, MatmulTile, TileChoice};
 use super::pipeline::PipelineCache;
 use super::pool::{BufferPool, MemoryStats, PoolLimits};
 use crate::error::{Error, Result};
@@ -16,6 +17,8 @@ use crate::error::{Error, Result};
 /// (a case-insensitive substring of the adapter's name) and `WGPU_POWER_PREF`
 /// (low, high); without them the high-performance adapter is preferred.
 /// `DORA_MATMUL_KERNELS` (auto, tiled, broadcast) forces a matmul kernel family,
+/// `DORA_MATMUL_TILE` (e.g. 128x128) the tiled family's tile and
+/// `DORA_MATMUL_AUTOTUNE=0` turns its tuning off,
 /// `DORA_ATTENTION` (auto, fused, matmul) an attention path,
 /// `DORA_COOPERATIVE_MATRIX=1` turns on the cooperative-matrix matmul.
 #[derive(Clone, Debug)]
@@ -24,6 +27,18 @@ pub struct GpuOptions {
     pub adapter_name: Option<String>,
     pub power_preference: wgpu::PowerPreference,
     pub matmul_kernels: MatmulKernels,
+    /// The tiled family's tile for every product (`None`: tuned on a real
+    /// GPU, else chosen from the shape; `DORA_MATMUL_TILE` when unset here).
+    /// A tile the device's limits do not allow is an error.
+    pub matmul_tile: Option<MatmulTile>,
+    /// Whether to time the tiled family's candidate tiles on the first
+    /// product of each shape class and remember the fastest per adapter
+    /// (default: on real GPUs, not CPU adapters; `DORA_MATMUL_AUTOTUNE`
+    /// when left at `Auto`: 0 turns it off).
+    pub matmul_autotune: MatmulAutotune,
+    /// The tuning cache file; None: `$DORA_CACHE_DIR/matmul-tiles.json`,
+    /// else the platform's cache directory (see [`super::MatmulTileCache::default_path`]).
+    pub matmul_tile_cache: Option<std::path::PathBuf>,
     /// Invocations per broadcast-matmul group: `None` takes the adapter's
     /// SIMD width when the driver states one (lavapipe: 8), else 16; `Some(8)` or
     /// `Some(16)` forces one, e.g. to test the 16-lane kernels on a device
@@ -121,6 +136,9 @@ impl Default for GpuOptions {
             power_preference: wgpu::PowerPreference::from_env()
                 .unwrap_or(wgpu::PowerPreference::HighPerformance),
             matmul_kernels: MatmulKernels::Auto,
+            matmul_tile: None,
+            matmul_autotune: MatmulAutotune::Auto,
+            matmul_tile_cache: None,
             broadcast_lanes: None,
             attention: AttentionKernels::Auto,
             subgroups: std::env::var("DORA_SUBGROUPS").map_or(true, |v| v != "0"),
@@ -153,6 +171,8 @@ pub(crate) struct GpuInner {
     pub matmul_kernels: MatmulKernels,
     /// Invocations per broadcast-matmul group ([`broadcast_lanes_for`]).
     pub broadcast_lanes: u32,
+    /// How the tiled matmul's tile is picked.
+    pub matmul_tiles: TileChoice,
     /// The attention path (`Auto` decides per call, by size).
     pub attention: AttentionKernels,
     /// Row reductions use subgroup operations (the device has `SUBGROUP` and
@@ -241,6 +261,14 @@ impl Gpu {
             AttentionKernels::Auto => AttentionKernels::from_env()?,
             chosen => chosen,
         };
+        let tile = match options.matmul_tile {
+            None => tile_from_env()?,
+            chosen => chosen,
+        };
+        let autotune = match options.matmul_autotune {
+            MatmulAutotune::Auto => MatmulAutotune::from_env()?,
+            chosen => chosen,
+        };
         if let Some(lanes) = options
             .broadcast_lanes
             .filter(|l| !BROADCAST_LANES.contains(l))
@@ -315,6 +343,7 @@ impl Gpu {
             info,
             kernels,
             options.broadcast_lanes,
+            (tile, autotune, options.matmul_tile_cache.clone()),
             attention,
             Some(report),
         )?;
@@ -355,17 +384,24 @@ impl Gpu {
             info,
             MatmulKernels::Auto,
             None,
+            (tile_from_env()?, MatmulAutotune::from_env()?, None),
             AttentionKernels::Auto,
             None,
         )
     }
 
+    #[allow(clippy::too_many_arguments)]
     fn with_device(
         device: wgpu::Device,
         queue: wgpu::Queue,
         info: wgpu::AdapterInfo,
         matmul_kernels: MatmulKernels,
         broadcast_lanes: Option<u32>,
+        (tile, autotune, cache): (
+            Option<MatmulTile>,
+            MatmulAutotune,
+            Option<std::path::PathBuf>,
+        ),
         attention: AttentionKernels,
         report: Option<AdapterReport>,
     ) -> Result<Gpu> {
@@ -381,6 +417,7 @@ impl Gpu {
         let batch = Batch::new(&device, limits.min_uniform_buffer_offset_alignment);
         let matmul_kernels = matmul_kernels.resolve(&info);
         let broadcast_lanes = broadcast_lanes.unwrap_or_else(|| broadcast_lanes_for(&info));
+        let matmul_tiles = TileChoice::new(tile, autotune, cache, &info, &limits)?;
         let pass_timer = PassTimer::new(&device, &queue);
         let subgroups = device.features().contains(wgpu::Features::SUBGROUP);
         Ok(Gpu {
@@ -394,6 +431,7 @@ impl Gpu {
                 batch: Mutex::new(batch),
                 matmul_kernels,
                 broadcast_lanes,
+                matmul_tiles,
                 attention,
                 report,
                 subgroups,
@@ -465,6 +503,17 @@ impl Gpu {
     /// The matmul kernel family this context launches (`Tiled` or `Broadcast`).
     pub fn matmul_kernels(&self) -> MatmulKernels {
         self.inner.matmul_kernels
+    }
+
+    /// The tiled matmul's forced tile, if any ([`GpuOptions::matmul_tile`]).
+    pub fn matmul_tile(&self) -> Option<MatmulTile> {
+        self.inner.matmul_tiles.forced
+    }
+
+    /// Whether this context tunes the tiled matmul's tile ([`GpuOptions::matmul_autotune`]:
+    /// no tile forced, and a real GPU unless `Always`).
+    pub fn tunes_matmul_tiles(&self) -> bool {
+        self.inner.matmul_tiles.tuned.is_some()
     }
 
     /// Invocations per broadcast-matmul group on this context (8 or 16; see

@@ -4,6 +4,7 @@
 mod batch;
 mod context;
 pub(crate) mod cooperative;
+pub(crate) mod matmul_tiles;
 mod pipeline;
 mod pool;
 
@@ -14,6 +15,7 @@ pub use context::{
     describe_adapters, list_adapters, AdapterReport, AttentionKernels, Gpu, GpuOptions, KernelTime,
     MatmulKernels,
 };
+pub use matmul_tiles::{MatmulAutotune, MatmulTile, MatmulTileCache};
 pub use pipeline::Access;
 pub(crate) use pipeline::Program;
 pub use pool::{MemoryStats, PoolLimits};
@@ -161,6 +163,44 @@ impl Gpu {
         buffers: &[&GpuBuffer],
         workgroups: [u32; 3],
     ) -> Result<()> {
+        let profiling = self.is_profiling();
+        let seconds = self.record_dispatch(kernel, params, buffers, workgroups, profiling)?;
+        if let Some(seconds) = seconds {
+            let key = if std::env::var_os("DORA_WGPU_PROFILE_GRID").is_some() {
+                format!("{} {workgroups:?}", kernel.label())
+            } else {
+                kernel.label()
+            };
+            self.record_kernel_time(&key, seconds);
+        }
+        Ok(())
+    }
+
+    /// Runs one dispatch on its own and returns its time: GPU timestamps
+    /// where the device has them, else the wall clock around its submission
+    /// (the matmul tile tuning's measurement).
+    pub(crate) fn time_dispatch(
+        &self,
+        kernel: &dyn Program,
+        params: &[u8],
+        buffers: &[&GpuBuffer],
+        workgroups: [u32; 3],
+    ) -> Result<f64> {
+        Ok(self
+            .record_dispatch(kernel, params, buffers, workgroups, true)?
+            .unwrap_or(0.0))
+    }
+
+    /// Records one dispatch; `timed` submits it alone, waits for it and
+    /// returns its time (None for an empty grid).
+    fn record_dispatch(
+        &self,
+        kernel: &dyn Program,
+        params: &[u8],
+        buffers: &[&GpuBuffer],
+        workgroups: [u32; 3],
+        timed: bool,
+    ) -> Result<Option<f64>> {
         debug_assert_eq!(buffers.len(), kernel.bindings().len(), "{}", kernel.label());
         if params.len() as u64 > PARAM_BYTES {
             return Err(Error::InvalidArgument(format!(
@@ -179,8 +219,7 @@ impl Gpu {
             .inner
             .pipelines
             .get(&self.inner.device, kernel, self.inner.subgroups);
-        let profiling = self.is_profiling();
-        if profiling {
+        if timed {
             self.synchronize()?; // only this dispatch is timed
         }
         let mut batch = self.inner.batch.lock().unwrap();
@@ -219,9 +258,9 @@ impl Gpu {
                 entries: &entries,
             });
         if workgroups.contains(&0) {
-            return Ok(()); // empty tensor: nothing to run
+            return Ok(None); // empty tensor: nothing to run
         }
-        let timer = self.inner.pass_timer.as_ref().filter(|_| profiling);
+        let timer = self.inner.pass_timer.as_ref().filter(|_| timed);
         let encoder = batch.encoder(&self.inner.device);
         let mut pass = encoder.begin_compute_pass(&wgpu::ComputePassDescriptor {
             label: None,
@@ -234,7 +273,7 @@ impl Gpu {
         pass.set_pipeline(&pipeline.pipeline);
         pass.set_bind_group(0, &bind_group, &[offset]);
         pass.dispatch_workgroups(workgroups[0], workgroups[1], workgroups[2]);
-        if profiling {
+        if timed {
             drop(pass);
             if let Some(t) = timer {
                 encoder.resolve_query_set(&t.query_set, 0..2, &t.resolved, 0);
@@ -255,14 +294,9 @@ impl Gpu {
                     started.elapsed().as_secs_f64()
                 }
             };
-            let key = if std::env::var_os("DORA_WGPU_PROFILE_GRID").is_some() {
-                format!("{} {workgroups:?}", kernel.label())
-            } else {
-                kernel.label()
-            };
-            self.record_kernel_time(&key, seconds);
+            return Ok(Some(seconds));
         }
-        Ok(())
+        Ok(None)
     }
 
     /// Copies the first `bytes` bytes of a buffer to the host. Submits the batch

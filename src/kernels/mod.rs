@@ -29,7 +29,7 @@ pub mod softmax;
 pub use crate::gpu::Access;
 pub use elementwise::{BinaryOp, Broadcast, UnaryOp};
 pub use flash_attention::AttentionPass;
-pub use matmul::MatmulKind;
+pub use matmul::{MatmulKind, MatmulTile};
 pub use params::{Member, ParamsLayout};
 
 use crate::error::Result;

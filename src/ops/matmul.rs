@@ -4,9 +4,32 @@
 
 use crate::autograd::record;
 use crate::error::{arg_err, Result};
-use crate::kernels::matmul::matmul_raw;
 pub use crate::kernels::matmul::Transpose;
+use crate::kernels::matmul::{matmul_epilogue, matmul_raw, Epilogue};
 use crate::tensor::{DType, Tensor};
+
+/// out = col_scale ⊙ (alpha·op(A)·op(B) + beta·out) + bias, outside autograd:
+/// the fused DoRA forward's product. `out` is created when None (then `beta`
+/// only matters if it is not 0: the new output's contents are undefined);
+/// a bias needs a column scale.
+#[allow(clippy::too_many_arguments)]
+pub fn matmul_fused(
+    a: &Tensor,
+    b: &Tensor,
+    t: Transpose,
+    alpha: f32,
+    beta: f32,
+    out: Option<&Tensor>,
+    col_scale: Option<&Tensor>,
+    bias: Option<&Tensor>,
+) -> Result<Tensor> {
+    let epilogue = match (col_scale, bias) {
+        (Some(col_scale), bias) => Some(Epilogue { col_scale, bias }),
+        (None, None) => None,
+        (None, Some(_)) => arg_err!("matmul_fused: a bias needs a column scale"),
+    };
+    matmul_epilogue(a, b, t, alpha, beta, out, epilogue)
+}
 
 /// A·B.
 pub fn matmul(a: &Tensor, b: &Tensor) -> Result<Tensor> {

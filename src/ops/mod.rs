@@ -32,7 +32,7 @@ pub use elementwise::{
 pub use embedding::{embedding, VocabMatrix};
 pub(crate) use lora::{lora_linear_fused, FusedLora};
 pub use loss::{cross_entropy, lm_head_cross_entropy, IGNORE_INDEX};
-pub use matmul::{matmul, matmul_ex, Transpose};
+pub use matmul::{matmul, matmul_ex, matmul_fused, Transpose};
 pub use norm::row_norm;
 pub use reduce::{global_norm, mean_all, sum_all, sum_cols, sum_rows};
 pub use rmsnorm::rms_norm;

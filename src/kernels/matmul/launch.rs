@@ -2,7 +2,10 @@
 //! kernel the dispatcher picks for it, and the dispatch. `MatmulKind::serves`
 //! is the rule both the pick here and the variant list (`variants`) follow.
 
-use super::{broadcast_lanes, broadcast_vector_b, Matmul, MatmulKind, MatmulParams};
+use super::tune::{tile_for, ShapeClass};
+use super::{
+    broadcast_lanes, broadcast_vector_b, tiled_vec4, Matmul, MatmulKind, MatmulParams, MatmulTile,
+};
 use crate::dtype::DType;
 use crate::error::{arg_err, shape_err, Result};
 use crate::gpu::cooperative::{CooperativeShape, CooperativeState};
@@ -116,7 +119,8 @@ const COOPERATIVE_MIN: usize = 16;
 
 /// The kernel for one product on a context using `family`, whose broadcast
 /// groups are `lanes` invocations, and whose cooperative-matrix kernel (if
-/// verified) has `cooperative` tiles.
+/// verified) has `cooperative` tiles. A tiled kernel's tile is a placeholder
+/// here; [`tile_for`] picks it.
 fn choose_kind(
     (family, lanes): (MatmulKernels, u32),
     cooperative: Option<CooperativeShape>,
@@ -160,8 +164,29 @@ fn choose_kind(
     if serves(MatmulKind::Skinny) && p.m <= SKINNY_MAX_ROWS {
         MatmulKind::Skinny
     } else {
-        MatmulKind::Tiled
+        MatmulKind::Tiled {
+            tile: MatmulTile::M64N64,
+            vec4: tiled_vec4(ta, tb, p.m, p.k, p.n),
+        }
     }
+}
+
+/// Workgroups covering the product with `kind`.
+fn workgroups(kind: MatmulKind, p: &Plan) -> [u32; 3] {
+    let (cols, rows) = match kind {
+        MatmulKind::Skinny => (256, p.m.max(1)),
+        MatmulKind::Tiled { tile, .. } => {
+            let (rows, cols) = tile.size();
+            (cols as usize, rows as usize)
+        }
+        MatmulKind::Broadcast { tall, lanes, .. } => broadcast_block(tall, lanes),
+        MatmulKind::Cooperative { tile, .. } => (4 * tile as usize, 4 * tile as usize),
+    };
+    [
+        p.n.div_ceil(cols) as u32,
+        p.m.div_ceil(rows) as u32,
+        p.batch as u32,
+    ]
 }
 
 /// out = alpha·op(A)·op(B) + beta·out, recorded nowhere. `out` is created when None.
@@ -288,7 +313,10 @@ fn self_test_products(gpu: &Gpu, candidate: MatmulKind) -> Result<f32> {
             launch_product(&a, &b, t, 0.5, 0.25, Some(&out), epilogue, Some(kind))?;
             out.to_vec_f32()
         };
-        let reference = run(MatmulKind::Tiled)?;
+        let reference = run(MatmulKind::Tiled {
+            tile: MatmulTile::M64N64,
+            vec4: false,
+        })?;
         let got = run(candidate)?;
         let range = reference
             .iter()
@@ -371,62 +399,76 @@ fn launch_product(
         beta,
         has_bias: epilogue.as_ref().is_some_and(|e| e.bias.is_some()) as u32,
     };
+    if let Some(e) = &epilogue {
+        for (t, what) in [(Some(e.col_scale), "column scale"), (e.bias, "bias")] {
+            if let Some(t) = t {
+                if t.shape() != [p.n] || t.dtype() != DType::F32 {
+                    shape_err!(
+                        "matmul epilogue: {what} is {:?} {}, expected [{}] f32",
+                        t.shape(),
+                        t.dtype().name(),
+                        p.n
+                    );
+                }
+            }
+        }
+    }
     let gpu = a.gpu();
     let family = (gpu.matmul_kernels(), gpu.broadcast_lanes());
-    let kind = match forced {
+    let mut kind = match forced {
         Some(kind) => kind,
         None => choose_kind(family, cooperative_shape(gpu), &p, ta, tb, b.dtype()),
     };
-    let kernel = Matmul {
+    let kernel = |kind| Matmul {
         trans_a: ta,
         trans_b: tb,
         b_dtype: b.dtype(),
         epilogue: epilogue.is_some(),
         kind,
     };
-    let groups = match kind {
-        MatmulKind::Skinny => [p.n.div_ceil(256) as u32, 1, p.batch as u32],
-        MatmulKind::Tiled => [
-            p.n.div_ceil(64) as u32,
-            p.m.div_ceil(64) as u32,
-            p.batch as u32,
-        ],
-        MatmulKind::Cooperative { tile, .. } => {
-            let block = 4 * tile as usize;
-            [
-                p.n.div_ceil(block) as u32,
-                p.m.div_ceil(block) as u32,
-                p.batch as u32,
-            ]
-        }
-        MatmulKind::Broadcast { tall, lanes, .. } => {
-            let (cols, rows) = broadcast_block(tall, lanes);
-            [
-                p.n.div_ceil(cols) as u32,
-                p.m.div_ceil(rows) as u32,
-                p.batch as u32,
-            ]
-        }
+    // Without a bias the scale buffer is bound twice; the kernel never reads it as a bias.
+    let extra: Vec<&Tensor> = match &epilogue {
+        None => vec![],
+        Some(e) => vec![e.col_scale, e.bias.unwrap_or(e.col_scale)],
     };
-    match epilogue {
-        None => launch(kernel, &params, &[a, b, &out], groups)?,
-        Some(e) => {
-            for (t, what) in [(Some(e.col_scale), "column scale"), (e.bias, "bias")] {
-                if let Some(t) = t {
-                    if t.shape() != [p.n] || t.dtype() != DType::F32 {
-                        shape_err!(
-                            "matmul epilogue: {what} is {:?} {}, expected [{}] f32",
-                            t.shape(),
-                            t.dtype().name(),
-                            p.n
-                        );
-                    }
-                }
-            }
-            // Without a bias the scale buffer is bound twice; the kernel never reads it as a bias.
-            let bias = e.bias.unwrap_or(e.col_scale);
-            launch(kernel, &params, &[a, b, &out, e.col_scale, bias], groups)?
-        }
+    if let (None, MatmulKind::Tiled { vec4, .. }) = (forced, kind) {
+        let class = ShapeClass {
+            trans_a: ta,
+            trans_b: tb,
+            b_dtype: b.dtype(),
+            epilogue: epilogue.is_some(),
+            vec4,
+            batch: p.batch,
+            m: p.m,
+            k: p.k,
+            n: p.n,
+        };
+        // Tuning runs write a scratch output, never `out`.
+        let mut scratch = None;
+        let tile = tile_for(gpu, &class, |tile| {
+            let kind = MatmulKind::Tiled { tile, vec4 };
+            let scratch = match &scratch {
+                Some(t) => t,
+                None => scratch.insert(Tensor::empty(gpu, &p.out_shape, DType::F32)?),
+            };
+            let mut tensors = vec![a, b, scratch];
+            tensors.extend(&extra);
+            let bufs: Vec<_> = tensors.iter().map(|t| t.buf()).collect();
+            let params = MatmulParams {
+                beta: 0.0,
+                ..params
+            };
+            gpu.time_dispatch(
+                &crate::kernels::Kernel::from(kernel(kind)),
+                bytemuck::bytes_of(&params),
+                &bufs,
+                workgroups(kind, &p),
+            )
+        })?;
+        kind = MatmulKind::Tiled { tile, vec4 };
     }
+    let mut tensors = vec![a, b, &out];
+    tensors.extend(&extra);
+    launch(kernel(kind), &params, &tensors, workgroups(kind, &p))?;
     Ok(out)
 }

@@ -1,6 +1,6 @@
 // C[b] = alpha * op(A[b]) * op(B[b]) + beta * C[b], for CPU-emulated devices
 // (lavapipe, llvmpipe, WARP, SwiftShader). Same operands and parameters
-// (matmul_io.wgsl) and epilogue as matmul.wgsl; the header also supplies
+// (matmul_io.wgsl) and epilogue as matmul_tiled.wgsl; the header also supplies
 // `load_b_pair`.
 //
 // Why a second kernel: a software device runs each workgroup as a loop over

@@ -1,6 +1,6 @@
 // C[b] = alpha * op(A[b]) * op(B[b]) + beta * C[b] on cooperative matrices
 // (tensor cores, simdgroup matrices): f16 operands, f32 accumulators.
-// Same operands, transposes, B types and epilogue as matmul.wgsl; the
+// Same operands, transposes, B types and epilogue as matmul_tiled.wgsl; the
 // generated header adds `enable f16; enable wgpu_cooperative_matrix;`,
 // T (the hardware tile: 8 or 16), LANES (the subgroup size) and the
 // TileA/TileB/TileC aliases of coop_mat{T}x{T}.

@@ -3,7 +3,7 @@
 // would spend most of its 64-row tiles on padding. One invocation per output
 // column n computes up to four rows at a time, reading B once per four rows.
 // Same parameters and bindings (matmul_io.wgsl) and header (`load_b`,
-// `epilogue`) as matmul.wgsl.
+// `epilogue`) as matmul_tiled.wgsl.
 
 @compute @workgroup_size(256)
 fn main(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wid: vec3<u32>) {

@@ -2,15 +2,20 @@
 //! operand transposed, B of any float dtype, and an optional epilogue (a
 //! per-column scale and bias). The kernels share `matmul_io.wgsl` (operands
 //! and parameters) and differ in how they tile: workgroup-memory tiles
-//! (`matmul.wgsl`, real GPUs), none for a few rows (`matmul_skinny.wgsl`),
+//! (`matmul_tiled.wgsl`, real GPUs, in several tile sizes: `tiles.rs`), none
+//! for a few rows (`matmul_skinny.wgsl`),
 //! register tiles for CPU-emulated devices (`matmul_broadcast.wgsl`, with a
 //! `b_pair_*.wgsl` loader of B), cooperative matrices (`matmul_coop.wgsl`).
-//! `launch.rs` picks among them for each product.
+//! `launch.rs` picks among them for each product, `tune.rs` the tile.
 
 mod launch;
+mod tiles;
+mod tune;
 
+pub use crate::gpu::MatmulTile;
 pub(crate) use launch::{matmul_epilogue, matmul_raw, Epilogue};
 pub use launch::{self_test, Transpose};
+pub(crate) use tiles::tiled_vec4;
 
 use super::params::{kernel_params, Params};
 use super::{shared, Access, Family, Kernel, ParamsLayout};
@@ -21,8 +26,9 @@ use Access::{Read, ReadWrite};
 /// Which matmul kernel computes a product.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum MatmulKind {
-    /// Workgroup-memory tiles (matmul.wgsl): real GPUs.
-    Tiled,
+    /// Workgroup-memory tiles (matmul_tiled.wgsl): real GPUs. `vec4` reads
+    /// both operands four elements at a time (see [`tiled_vec4`]).
+    Tiled { tile: MatmulTile, vec4: bool },
     /// No tiles, for a few rows of A not transposed (matmul_skinny.wgsl).
     Skinny,
     /// Register tiles, no workgroup memory (matmul_broadcast.wgsl): CPU-emulated
@@ -61,8 +67,11 @@ impl MatmulKind {
         });
         let cooperative =
             cooperative::SHAPES.map(|(tile, lanes)| MatmulKind::Cooperative { tile, lanes });
-        [MatmulKind::Tiled, MatmulKind::Skinny]
+        let tiled = MatmulTile::ALL
             .into_iter()
+            .flat_map(|tile| [false, true].map(|vec4| MatmulKind::Tiled { tile, vec4 }));
+        tiled
+            .chain([MatmulKind::Skinny])
             .chain(broadcast)
             .chain(cooperative)
     }
@@ -74,7 +83,7 @@ impl MatmulKind {
         match self {
             // A quantized B is a frozen weight: A is never transposed against it.
             _ if matches!(b_dtype, DType::Quant(_)) && trans_a => false,
-            MatmulKind::Tiled => true,
+            MatmulKind::Tiled { .. } => true,
             MatmulKind::Skinny => !trans_a,
             // TT is never on a training path; a vector loader needs a B it
             // can read in vectors at some size (8 x 8 meets every alignment).
@@ -166,9 +175,16 @@ impl Family for Matmul {
             epilogue,
             kind,
         } = *self;
+        let a = match kind {
+            MatmulKind::Tiled { vec4, .. } => tiles::a_word(vec4),
+            _ => tiles::a_word(false),
+        };
         let b = match kind {
             MatmulKind::Broadcast { vector_b, .. } => {
                 broadcast_b_loader(b_dtype, trans_b, vector_b)
+            }
+            MatmulKind::Tiled { vec4: true, .. } if b_dtype == DType::F32 => {
+                tiles::VEC4_F32_B.to_string()
             }
             _ => shared::weight_loader("BWord", "load_b", "b", b_dtype),
         };
@@ -188,16 +204,17 @@ impl Family for Matmul {
                  alias TileB = coop_mat{tile}x{tile}<f16, B>;\n\
                  alias TileC = coop_mat{tile}x{tile}<f32, C>;\n"
             ),
-            MatmulKind::Tiled | MatmulKind::Skinny => String::new(),
+            MatmulKind::Tiled { tile, vec4 } => tiles::header(tile, vec4, b_dtype),
+            MatmulKind::Skinny => String::new(),
         };
         format!(
-            "const TRANS_A: bool = {trans_a};\nconst TRANS_B: bool = {trans_b};\n{}{b}{epilogue}{tiles}",
+            "const TRANS_A: bool = {trans_a};\nconst TRANS_B: bool = {trans_b};\n{}{a}{b}{epilogue}{tiles}",
             include_str!("matmul_io.wgsl")
         )
     }
     fn body(&self) -> &'static str {
         match self.kind {
-            MatmulKind::Tiled => include_str!("matmul.wgsl"),
+            MatmulKind::Tiled { .. } => include_str!("matmul_tiled.wgsl"),
             MatmulKind::Skinny => include_str!("matmul_skinny.wgsl"),
             MatmulKind::Broadcast { .. } => include_str!("matmul_broadcast.wgsl"),
             MatmulKind::Cooperative { .. } => include_str!("matmul_coop.wgsl"),

@@ -1,0 +1,2 @@
+// A read element by element.
+alias AWord = f32;

@@ -1,0 +1,2 @@
+// A read as vec4s (the tiled kernel, where its contiguous dimension allows).
+alias AWord = vec4<f32>;
