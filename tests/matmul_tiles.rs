@@ -1,4 +1,4 @@
-//! The workgroup-tiled matmul family (shaders/matmul_tiled.wgsl), each tile
+//! The workgroup-tiled matmul family (src/kernels/matmul/matmul_tiled.wgsl), each tile
 //! forced through `GpuOptions::matmul_tile`: every tile x transpose x B type
 //! (f32, bf16, f16, Q8_0 blocks) x epilogue against f64, on sizes that are
 //! not multiples of any tile (partial tiles), with K, M or N not multiples of

@@ -328,7 +328,7 @@ impl Gpu {
             experimental_features: if experimental {
                 // SAFETY: wgpu's experimental features may have bugs of their
                 // own; the cooperative kernel is used only after it matches
-                // the f32 kernels on this device (ops::matmul's self-test).
+                // the f32 kernels on this device (kernels::matmul's self-test).
                 unsafe { wgpu::ExperimentalFeatures::enabled() }
             } else {
                 wgpu::ExperimentalFeatures::disabled()

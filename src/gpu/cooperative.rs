@@ -3,7 +3,7 @@
 //! state of that path on one context. The path is opt-in
 //! ([`super::GpuOptions::cooperative_matrix`]): its operands are rounded to
 //! f16. It is used only after a self-test against the f32 kernels on the
-//! same device (`ops::matmul`), and falls back to them, saying so once.
+//! same device (`kernels::matmul`), and falls back to them, saying so once.
 
 /// The hardware tile the cooperative matmul runs on.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
