@@ -257,9 +257,20 @@ const SELF_TEST_TOLERANCE: f32 = 1e-2;
 /// (a difference past [`SELF_TEST_TOLERANCE`], or a device error).
 pub fn self_test(gpu: &Gpu, candidate: MatmulKind) -> std::result::Result<f32, String> {
     // wgpu's error scopes are per thread; the whole test runs on this one.
-    let scope = gpu.device().push_error_scope(wgpu::ErrorFilter::Validation);
+    // Every kind of error is caught: an experimental feature may fail in
+    // the driver (internal) as well as in validation.
+    let device = gpu.device();
+    let scopes = [
+        wgpu::ErrorFilter::Validation,
+        wgpu::ErrorFilter::OutOfMemory,
+        wgpu::ErrorFilter::Internal,
+    ]
+    .map(|filter| device.push_error_scope(filter));
     let result = self_test_products(gpu, candidate);
-    let device_error = pollster::block_on(scope.pop());
+    let mut device_error = None;
+    for scope in scopes.into_iter().rev() {
+        device_error = device_error.or(pollster::block_on(scope.pop()));
+    }
     match (result, device_error) {
         (_, Some(e)) => Err(format!(
             "device error: {}",
