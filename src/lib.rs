@@ -17,6 +17,7 @@ pub mod assets;
 pub mod autograd;
 mod dtype;
 mod error;
+mod files;
 pub mod gpu;
 pub mod io;
 pub mod kernels;

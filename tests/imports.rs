@@ -5,9 +5,9 @@
 
 /// Lower layers first. A module may use those before it, never one after it
 /// or beside it.
-const ORDER: [&str; 16] = [
-    "error", "dtype", "gpu", "tensor", "kernels", "autograd", "ops", "io", "nn", "optim", "text",
-    "plot", "assets", "peak", "train", "tasks",
+const ORDER: [&str; 17] = [
+    "error", "files", "dtype", "gpu", "tensor", "kernels", "autograd", "ops", "io", "nn", "optim",
+    "text", "plot", "assets", "peak", "train", "tasks",
 ];
 
 /// Names the crate root re-exports, and the module each comes from.

@@ -11,6 +11,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 
 use crate::error::{Error, Result};
+use crate::files::write_atomically;
 
 /// Depth of the K-slices every tile stages (`BK` in kernels/matmul/matmul_tiled.wgsl).
 const BK: u32 = 16;
@@ -307,6 +308,13 @@ impl MatmulTileCache {
                 .collect(),
         );
         let json = serde_json::json!({ "format": FORMAT, "version": VERSION, "adapters": all });
+        // The cache directory is ours to make (a fresh machine has none).
+        if let Some(dir) = path.parent() {
+            std::fs::create_dir_all(dir).map_err(|source| Error::Io {
+                path: dir.display().to_string(),
+                source,
+            })?;
+        }
         write_atomically(
             path,
             &serde_json::to_vec_pretty(&json).expect("JSON of strings"),
@@ -349,23 +357,4 @@ fn read_file(path: &Path) -> Option<Adapters> {
             None
         }
     }
-}
-
-/// Writes `bytes` to a unique temporary beside `path`, then renames it into place.
-fn write_atomically(path: &Path, bytes: &[u8]) -> Result<()> {
-    static COUNTER: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
-    let err = |source: std::io::Error| Error::Io {
-        path: path.display().to_string(),
-        source,
-    };
-    if let Some(dir) = path.parent() {
-        std::fs::create_dir_all(dir).map_err(err)?;
-    }
-    let n = COUNTER.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-    let tmp = path.with_extension(format!("json.{}.{n}.tmp", std::process::id()));
-    let result = std::fs::write(&tmp, bytes).and_then(|()| std::fs::rename(&tmp, path));
-    if result.is_err() {
-        let _ = std::fs::remove_file(&tmp);
-    }
-    result.map_err(err)
 }

@@ -10,11 +10,12 @@ pub use self::peft::{
     lora_scaling, AdapterConfig, AdapterWeights, ModuleAdapter, TargetModules, CONFIG_FILE,
     WEIGHTS_FILE,
 };
-pub(crate) use self::safetensors::write_atomically_with;
 pub use self::safetensors::{
-    read_safetensors, unique_suffix, write_atomically, write_safetensors,
-    write_safetensors_streamed, HostTensor, MappedSafetensors, TensorEntry, TensorRef,
+    read_safetensors, write_safetensors, write_safetensors_streamed, HostTensor, MappedSafetensors,
+    TensorEntry, TensorRef,
 };
+pub(crate) use crate::files::write_atomically_with;
+pub use crate::files::{unique_suffix, write_atomically};
 
 /// Parses JSON text into `T`; an error names the field at fault
 /// (`field rope_theta: invalid type: string "big", expected f64 at line 3 column 22`).

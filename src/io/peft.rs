@@ -10,8 +10,9 @@ use std::path::Path;
 
 use serde::{Deserialize, Serialize};
 
-use super::safetensors::{read_safetensors, write_atomically, write_safetensors, HostTensor};
+use super::safetensors::{read_safetensors, write_safetensors, HostTensor};
 use crate::error::{Error, Result};
+use crate::files::write_atomically;
 
 /// PEFT's scaling: lora_alpha / r, or lora_alpha / √r with rsLoRA.
 pub fn lora_scaling(alpha: f32, rank: usize, use_rslora: bool) -> f32 {
