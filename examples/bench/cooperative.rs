@@ -3,11 +3,11 @@
 //! self-test against the f32 kernels, and the section says how it went.
 
 use dora_wgpu::nn::Rng;
-use dora_wgpu::ops::{self, Transpose};
-use dora_wgpu::{DType, Gpu, GpuOptions, Tensor};
+use dora_wgpu::ops::Transpose;
+use dora_wgpu::{DType, Gpu, GpuOptions};
 use serde_json::{json, Value};
 
-use crate::{random, time};
+use crate::{random, time_matmul};
 
 pub fn cooperative_matmuls(
     shapes: &[(usize, usize, usize)],
@@ -29,12 +29,8 @@ pub fn cooperative_matmuls(
             ("NT", Transpose::NT, DType::BF16),
             ("NN", Transpose::NN, DType::F32),
         ] {
-            let a = Tensor::from_f32(&gpu, &random(rng, m * k), &[m, k])?;
-            let b_shape = if t == Transpose::NT { [n, k] } else { [k, n] };
-            let b = Tensor::from_f32_as(&gpu, &random(rng, k * n), &b_shape, dtype)?;
-            let reps = if m * k * n > 1 << 30 { 2 } else { repeats };
-            let (first, steady) = time(&gpu, reps, || ops::matmul_ex(&a, &b, t).map(|_| ()))?;
-            let gflops = 2.0 * (m * k * n) as f64 / steady / 1e9;
+            let (a, b) = (random(rng, m * k), random(rng, k * n));
+            let (first, gflops) = time_matmul(&gpu, (m, k, n), t, dtype, &a, &b, repeats, 2)?;
             let used = gpu.uses_cooperative_matrix() == Some(true);
             println!(
                 "{:>18} {layout:>6} {:>5} {:>10.1} {gflops:>9.2} cooperative {}",

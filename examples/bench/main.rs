@@ -63,6 +63,34 @@ fn random(rng: &mut Rng, n: usize) -> Vec<f32> {
     (0..n).map(|_| rng.uniform_in(-1.0, 1.0)).collect()
 }
 
+/// Times op(A)·op(B) of `m×k×n` on `gpu`, A from the values `a` and B from
+/// `b` stored as `dtype`: (first call in seconds, steady GFLOP/s). The
+/// multi-GFLOP shapes get `repeats` of at most `big_repeats`: they take
+/// seconds each on a CPU device.
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn time_matmul(
+    gpu: &Gpu,
+    (m, k, n): (usize, usize, usize),
+    t: Transpose,
+    dtype: DType,
+    a: &[f32],
+    b: &[f32],
+    repeats: usize,
+    big_repeats: usize,
+) -> dora_wgpu::Result<(f64, f64)> {
+    let a_shape = if t == Transpose::TN { [k, m] } else { [m, k] };
+    let b_shape = if t == Transpose::NT { [n, k] } else { [k, n] };
+    let a = Tensor::from_f32(gpu, a, &a_shape)?;
+    let b = Tensor::from_f32_as(gpu, b, &b_shape, dtype)?;
+    let reps = if m * k * n > 1 << 30 {
+        big_repeats
+    } else {
+        repeats
+    };
+    let (first, steady) = time(gpu, reps, || ops::matmul_ex(&a, &b, t).map(|_| ()))?;
+    Ok((first, 2.0 * (m * k * n) as f64 / steady / 1e9))
+}
+
 /// The workgroup-tiled family (what real GPUs run) on its own contexts: each
 /// tile forced, and the context's own choice (tuned per shape class on a
 /// real GPU, the shape's default elsewhere), in GFLOP/s and % of the FMA
@@ -127,7 +155,6 @@ fn tiled_family(
     println!();
     let mut rows = Vec::new();
     for (m, k, n, t, dtype) in shapes {
-        let (ta, tb) = (t == Transpose::TN, t == Transpose::NT);
         let a = random(rng, m * k);
         let b = random(rng, k * n);
         print!(
@@ -138,11 +165,7 @@ fn tiled_family(
         );
         let mut per_tile = serde_json::Map::new();
         for (name, gpu) in &contexts {
-            let ga = Tensor::from_f32(gpu, &a, &if ta { [k, m] } else { [m, k] })?;
-            let gb = Tensor::from_f32_as(gpu, &b, &if tb { [n, k] } else { [k, n] }, dtype)?;
-            let reps = if m * k * n > 1 << 30 { 3 } else { repeats };
-            let (_, steady) = time(gpu, reps, || ops::matmul_ex(&ga, &gb, t).map(|_| ()))?;
-            let gflops = 2.0 * (m * k * n) as f64 / steady / 1e9;
+            let (_, gflops) = time_matmul(gpu, (m, k, n), t, dtype, &a, &b, repeats, 3)?;
             print!(
                 " {:>16}",
                 format!("{gflops:.1} ({:.1}%)", 100.0 * gflops / peak)
@@ -301,14 +324,8 @@ fn run() -> dora_wgpu::Result<()> {
             ("TN", Transpose::TN),
         ] {
             for dtype in [DType::F32, DType::BF16] {
-                let a_shape = if t == Transpose::TN { [k, m] } else { [m, k] };
-                let b_shape = if t == Transpose::NT { [n, k] } else { [k, n] };
-                let a = Tensor::from_f32(&gpu, &random(&mut rng, m * k), &a_shape)?;
-                let b = Tensor::from_f32_as(&gpu, &random(&mut rng, k * n), &b_shape, dtype)?;
-                // Few repeats of the multi-GFLOP shapes: they take seconds each on a CPU device.
-                let reps = if m * k * n > 1 << 30 { 2 } else { repeats };
-                let (first, steady) = time(&gpu, reps, || ops::matmul_ex(&a, &b, t).map(|_| ()))?;
-                let gflops = 2.0 * (m * k * n) as f64 / steady / 1e9;
+                let (a, b) = (random(&mut rng, m * k), random(&mut rng, k * n));
+                let (first, gflops) = time_matmul(&gpu, (m, k, n), t, dtype, &a, &b, repeats, 2)?;
                 println!(
                     "{:>18} {layout:>6} {:>5} {:>10.1} {gflops:>9.2} {:>7.1}%",
                     format!("{m}×{k}×{n}"),
